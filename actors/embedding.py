@@ -1,0 +1,38 @@
+"""EmbeddingActor: one loaded InsightFace model; fetch -> decode -> detect -> embed."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+
+from facepass.models import PhotoRef, PhotoResult
+from facepass.pipeline import PhotoPipeline
+from facepass.settings import Settings
+
+
+@ray.remote
+class EmbeddingActor:
+    """Async actor: up to ``photos_in_flight_per_actor`` photos download at once while
+    the model works on one, so storage latency hides behind inference."""
+
+    def __init__(self, settings: Settings) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.pipeline = PhotoPipeline(settings)
+        self.pipeline.load()
+
+    async def process(self, photo: PhotoRef) -> PhotoResult:
+        return await self.pipeline.run(photo)
+
+    async def info(self) -> dict[str, Any]:
+        embedder = self.pipeline.embedder
+        return {
+            "pid": os.getpid(),
+            "model_name": embedder.model_name,
+            "providers_requested": embedder.requested_providers,
+            "providers_active": embedder.active_providers,
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "intra_op_threads": embedder.threads,
+        }

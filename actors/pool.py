@@ -1,0 +1,131 @@
+"""EmbeddingPool: the actors, the writer, and the routing of photos between them.
+
+Actors and the writer are named and detached, so the Serve app and a bulk job
+share one pool and there is exactly one writer. An actor that dies is restarted
+by Ray (``max_restarts=-1``); the photo it held goes to another actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from actors.embedding import EmbeddingActor
+from actors.writer import IndexWriter
+from facepass.errors import WorkerLost
+from facepass.faces import ModelPack
+from facepass.models import PhotoOutcome, PhotoRef, PhotoStatus
+from facepass.settings import Settings
+
+log = logging.getLogger(__name__)
+
+try:  # newer Ray: raised while an actor restarts
+    from ray.exceptions import ActorUnavailableError
+
+    _ACTOR_LOST: tuple[type[BaseException], ...] = (RayActorError, ActorUnavailableError)
+except ImportError:  # pragma: no cover
+    _ACTOR_LOST = (RayActorError,)
+
+
+def embedding_actor_name(i: int) -> str:
+    return f"facepass-embedder-{i}"
+
+
+WRITER_NAME = "facepass-index-writer"
+
+
+class EmbeddingPool:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._model_name = ModelPack.from_settings(settings).name
+        common: dict[str, Any] = {
+            "namespace": settings.ray_namespace,
+            "lifetime": "detached",
+            "get_if_exists": True,
+            "max_restarts": -1,
+        }
+        self.actors = [
+            EmbeddingActor.options(  # type: ignore[attr-defined]
+                name=embedding_actor_name(i),
+                max_concurrency=settings.photos_in_flight_per_actor,
+                **settings.embedding_actor_options(),
+                **common,
+            ).remote(settings)
+            for i in range(settings.embed_actors)
+        ]
+        self.writer = IndexWriter.options(  # type: ignore[attr-defined]
+            name=WRITER_NAME, num_cpus=0, max_concurrency=1, **common
+        ).remote(settings)
+        self._in_flight = [0] * len(self.actors)
+        self._slots: asyncio.Semaphore | None = None
+
+    @property
+    def capacity(self) -> int:
+        return len(self.actors) * self.settings.photos_in_flight_per_actor
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    @property
+    def in_flight(self) -> int:
+        return sum(self._in_flight)
+
+    def _pick(self, avoid: set[int]) -> int:
+        candidates = [i for i in range(len(self.actors)) if i not in avoid] or list(range(len(self.actors)))
+        return min(candidates, key=lambda i: self._in_flight[i])
+
+    async def process(self, photo: PhotoRef) -> PhotoOutcome:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.capacity)
+        async with self._slots:
+            return await self._process(photo)
+
+    async def _process(self, photo: PhotoRef) -> PhotoOutcome:
+        tried: set[int] = set()
+        last_error = ""
+        for _attempt in range(self.settings.max_attempts):
+            i = self._pick(tried)
+            self._in_flight[i] += 1
+            try:
+                result_ref = self.actors[i].process.remote(photo)
+                # The ref goes to the writer as is: the result never passes through here.
+                outcome: PhotoOutcome = await self.writer.write.remote(result_ref)
+                return outcome
+            except _ACTOR_LOST as exc:
+                last_error = f"{type(exc).__name__}"
+                log.warning("actor %d lost while holding %s; retrying on another", i, photo.filename)
+                tried.add(i)
+            except RayTaskError as exc:
+                # A bug, not a bad photo: report it, do not record it, keep serving.
+                log.error("processing %s failed: %s", photo.filename, exc)
+                return self._lost(photo, f"{type(exc.cause).__name__}: {exc.cause}")
+            finally:
+                self._in_flight[i] -= 1
+        return self._lost(photo, f"worker lost {self.settings.max_attempts} times ({last_error})")
+
+    @staticmethod
+    def _lost(photo: PhotoRef, detail: str) -> PhotoOutcome:
+        error = WorkerLost(detail)
+        return PhotoOutcome(
+            photo_id=photo.id,
+            filename=photo.filename,
+            status=PhotoStatus.RETRY,
+            error_code=error.code,
+            error_message=error.message(photo.filename),
+        )
+
+    async def health(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        refs = [a.info.remote() for a in self.actors]
+        infos = await asyncio.wait_for(asyncio.gather(*refs), timeout_s)
+        writer_ok = await asyncio.wait_for(self.writer.ping.remote(), timeout_s)
+        return {"actors": list(infos), "writer": bool(writer_ok)}
+
+    def shutdown(self) -> None:
+        """Kill the detached actors (tests and the demo clean up with this)."""
+        for handle in [*self.actors, self.writer]:
+            ray.kill(handle, no_restart=True)

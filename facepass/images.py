@@ -1,0 +1,215 @@
+"""Fetching photos from object storage and decoding them, with the limits design.md asks for."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import io
+import socket
+from urllib.parse import quote, urlsplit
+
+import cv2
+import httpx
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, UnidentifiedImageError
+
+from facepass.errors import (
+    DownloadTimeout,
+    NotAnImage,
+    PhotoError,
+    PhotoNotFound,
+    PhotoTooLarge,
+    StorageUnavailable,
+    UrlNotAllowed,
+)
+from facepass.settings import Settings
+
+BgrImage = npt.NDArray[np.uint8]
+
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"BM", "bmp"),
+)
+_CHUNK = 64 * 1024
+
+
+class ImageTooLarge(PhotoError):
+    code = "too_many_pixels"
+
+    def message(self, filename: str) -> str:
+        return f"Изображение {filename} слишком большое: {self.detail}"
+
+
+def sniff_format(data: bytes) -> str:
+    """The image format by its first bytes; anything else is refused before decoding."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    raise NotAnImage("content is not a JPEG, PNG, WebP or BMP image")
+
+
+def _is_public_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_reserved
+        or ip.is_multicast
+        or ip.is_unspecified
+    )
+
+
+class UrlPolicy:
+    """Turns a catalog ``preview_path`` into the URL to fetch, or refuses it.
+
+    Relative paths resolve under the storage base URL (which the operator chose,
+    so it may be on loopback). Absolute URLs come from catalog data: only
+    allow-listed hosts, and never ones that resolve to loopback, link-local or
+    private addresses.
+    """
+
+    def __init__(self, storage_url: str, allowed_hosts: list[str], resolve_dns: bool = True) -> None:
+        self.base = storage_url if storage_url.endswith("/") else storage_url + "/"
+        self.allowed_hosts = {h.lower() for h in allowed_hosts}
+        self.resolve_dns = resolve_dns
+
+    def url_for(self, preview_path: str) -> str:
+        path = preview_path.strip()
+        parts = urlsplit(path)
+        if parts.scheme or path.startswith("//"):
+            return self._absolute(path)
+        if not path or path.startswith("/") or "\\" in path:
+            raise UrlNotAllowed(f"bad preview path {preview_path!r}")
+        segments = path.split("/")
+        if any(seg in ("", ".", "..") for seg in segments):
+            raise UrlNotAllowed(f"bad preview path {preview_path!r}")
+        return self.base + quote(path, safe="/")
+
+    def _absolute(self, url: str) -> str:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        if parts.scheme not in ("http", "https") or not host:
+            raise UrlNotAllowed(f"URL {url!r} is not http(s)")
+        if host not in self.allowed_hosts:
+            raise UrlNotAllowed(f"host {host!r} is not allow-listed")
+        if parts.username or parts.password:
+            raise UrlNotAllowed("credentials in URL")
+        for address in self._addresses(host):
+            if not _is_public_address(address):
+                raise UrlNotAllowed(f"host {host!r} resolves to non-public address {address}")
+        return url
+
+    def _addresses(self, host: str) -> list[str]:
+        try:
+            return [str(ipaddress.ip_address(host))]
+        except ValueError:
+            pass
+        if not self.resolve_dns:
+            return []
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except socket.gaierror as exc:
+            raise StorageUnavailable(f"cannot resolve {host}: {exc}") from exc
+        return [str(info[4][0]) for info in infos]
+
+
+class ImageFetcher:
+    """Async downloads: one connection pool per worker, a hard total deadline per photo."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.policy = UrlPolicy(settings.storage_url, settings.storage_allowed_hosts)
+        self.timeout_s = settings.download_timeout_s
+        self.max_bytes = settings.max_download_bytes
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                follow_redirects=False,  # a redirect could point anywhere: refuse it
+                timeout=httpx.Timeout(self.timeout_s),
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+                trust_env=False,
+            )
+        return self._client
+
+    async def fetch(self, preview_path: str) -> bytes:
+        url = self.policy.url_for(preview_path)
+        try:
+            return await asyncio.wait_for(self._download(url), timeout=self.timeout_s)
+        except TimeoutError as exc:
+            raise DownloadTimeout(f"timeout after {self.timeout_s:g}s") from exc
+
+    async def _download(self, url: str) -> bytes:
+        try:
+            async with self._http().stream("GET", url) as response:
+                self._check_status(response)
+                declared = response.headers.get("content-length")
+                if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+                    raise PhotoTooLarge(f"{declared} bytes > limit {self.max_bytes}")
+                body = bytearray()
+                async for chunk in response.aiter_bytes(_CHUNK):
+                    body += chunk
+                    if len(body) > self.max_bytes:
+                        raise PhotoTooLarge(f"more than {self.max_bytes} bytes")
+                return bytes(body)
+        except httpx.TimeoutException as exc:
+            raise DownloadTimeout(f"timeout after {self.timeout_s:g}s") from exc
+        except httpx.HTTPError as exc:
+            raise StorageUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _check_status(response: httpx.Response) -> None:
+        status = response.status_code
+        if status == 200:
+            return
+        reason = f"{status} {response.reason_phrase}".strip()
+        if status in (404, 410):
+            raise PhotoNotFound(reason)
+        if status in (401, 403) or 300 <= status < 400:
+            raise UrlNotAllowed(reason)
+        raise StorageUnavailable(reason)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+# EXIF orientation -> (rotation, then flip) that undoes it, as PIL's exif_transpose does.
+_ORIENT = {
+    2: (None, 1),
+    3: (cv2.ROTATE_180, None),
+    4: (None, 0),
+    5: (cv2.ROTATE_90_CLOCKWISE, 1),
+    6: (cv2.ROTATE_90_CLOCKWISE, None),
+    7: (cv2.ROTATE_90_COUNTERCLOCKWISE, 1),
+    8: (cv2.ROTATE_90_COUNTERCLOCKWISE, None),
+}
+
+
+def decode_image(data: bytes, max_pixels: int) -> BgrImage:
+    """Bytes -> upright BGR array. Checks the format and the pixel count before decoding."""
+    sniff_format(data)
+    try:
+        with Image.open(io.BytesIO(data)) as header:  # reads the header only
+            width, height = header.size
+            orientation = int(header.getexif().get(0x0112, 1) or 1)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise NotAnImage(f"unreadable header: {exc}") from exc
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{width}x{height} pixels > limit {max_pixels}")
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if image is None or image.size == 0:
+        raise NotAnImage("corrupt image data")
+    rotate, flip = _ORIENT.get(orientation, (None, None))
+    if rotate is not None:
+        image = cv2.rotate(image, rotate)
+    if flip is not None:
+        image = cv2.flip(image, flip)
+    return np.ascontiguousarray(image)

@@ -1,0 +1,109 @@
+"""Plain data that crosses module (and actor) boundaries."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+EMBEDDING_DIM = 512
+Embedding = npt.NDArray[np.float32]
+
+
+class LedgerStatus(enum.StrEnum):
+    """What the local index remembers about a processed photo."""
+
+    INDEXED = "indexed"
+    NO_FACE = "no_face"
+    FAILED = "failed"  # permanent: not an image, too large, URL refused
+
+
+class PhotoStatus(enum.StrEnum):
+    """How one photo ended in one run."""
+
+    INDEXED = "indexed"
+    NO_FACE = "no_face"
+    FAILED = "failed"  # permanent, recorded
+    RETRY = "retry"  # transient, not recorded: the next run tries again
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    id: uuid.UUID
+    name: str
+    facepass_enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoRef:
+    id: uuid.UUID
+    session_id: uuid.UUID
+    filename: str
+    preview_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class DetectedFace:
+    bbox: tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
+    det_score: float
+    embedding: Embedding  # L2-normalized, EMBEDDING_DIM floats
+
+
+@dataclass(slots=True)
+class PhotoResult:
+    """What an embedding worker made of one photo (faces, or the error)."""
+
+    photo: PhotoRef
+    model_name: str
+    faces: list[DetectedFace] = field(default_factory=list)
+    error_code: str | None = None
+    error_message: str | None = None
+    error_transient: bool = False
+    download_ms: float = 0.0
+    inference_ms: float = 0.0
+
+    @property
+    def status(self) -> PhotoStatus:
+        if self.error_code is None:
+            return PhotoStatus.INDEXED
+        if self.error_code == "no_face":
+            return PhotoStatus.NO_FACE
+        return PhotoStatus.RETRY if self.error_transient else PhotoStatus.FAILED
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoOutcome:
+    """What a run reports for one photo after the writer committed it (or not)."""
+
+    photo_id: uuid.UUID
+    filename: str
+    status: PhotoStatus
+    face_count: int = 0
+    best_score: float = 0.0
+    error_code: str | None = None
+    error_message: str | None = None
+    download_ms: float = 0.0
+    inference_ms: float = 0.0
+    write_ms: float = 0.0
+
+    @property
+    def successful(self) -> bool:
+        return self.status is PhotoStatus.INDEXED
+
+    @classmethod
+    def from_result(cls, result: PhotoResult, write_ms: float = 0.0) -> PhotoOutcome:
+        return cls(
+            photo_id=result.photo.id,
+            filename=result.photo.filename,
+            status=result.status,
+            face_count=len(result.faces),
+            best_score=max((f.det_score for f in result.faces), default=0.0),
+            error_code=result.error_code,
+            error_message=result.error_message,
+            download_ms=result.download_ms,
+            inference_ms=result.inference_ms,
+            write_ms=write_ms,
+        )

