@@ -1,0 +1,38 @@
+# One command each, on a fresh machine with only python3: `make demo`, `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+RUN := PYTHONPATH=$(CURDIR) $(UV) run --frozen
+
+.PHONY: install demo test unit integration lint format bench serve clean
+
+install:
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	$(UV) sync --frozen
+
+demo: install
+	RAY_DEDUP_LOGS=0 $(RUN) python -m jobs.demo
+
+serve: install
+	$(RUN) serve run serve_app:app
+
+lint: install
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy
+
+test: install lint
+	$(RUN) bash scripts/pytest.sh tests
+
+unit: install
+	$(RUN) bash scripts/pytest.sh tests/unit
+
+integration: install
+	$(RUN) bash scripts/pytest.sh tests/integration
+
+format: install
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+clean:
+	rm -rf .facepass .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,235 @@
+"""The route end to end: Serve -> embedding actors -> writer -> pgvector, on real parts."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import httpx
+import numpy as np
+import pytest
+import ray
+import sqlalchemy as sa
+
+from actors.pool import embedding_actor_name
+from facepass.demo import photos
+from facepass.demo.scenario import CatalogWriter, SeedScenario, build_seed_scenario, preview_path
+from facepass.demo.storage import PhotoStorage
+from facepass.settings import Settings
+from facepass.store import VectorStore, face_embeddings, indexed_photos
+from tests.integration.conftest import Service
+
+SEED_KEYS = {
+    "success", "message", "session_id", "session_name", "total_photos", "processed_photos",
+    "successful_photos", "skipped_photos", "failed_photos", "processing_time_ms", "errors",
+    "final_embedding_count",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def seed(settings: Settings, storage: PhotoStorage) -> SeedScenario:
+    return build_seed_scenario(settings, storage)
+
+
+@pytest.fixture(scope="module")
+def first_run(service: Service, seed: SeedScenario) -> dict[str, object]:
+    response = service.reindex(seed.session_id)
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+def rows_of(store: VectorStore, session_id: uuid.UUID) -> list[tuple[uuid.UUID, int]]:
+    query = sa.select(face_embeddings.c.photo_id, face_embeddings.c.face_index).where(
+        face_embeddings.c.session_id == session_id
+    )
+    with store.engine.connect() as conn:
+        return [(r[0], r[1]) for r in conn.execute(query)]
+
+
+def test_seed_scenario_counts_and_messages(first_run: dict[str, object], seed: SeedScenario) -> None:
+    assert SEED_KEYS <= set(first_run)
+    assert first_run["success"] is True
+    assert first_run["message"] == "Переиндексация завершена: 8/10 новых фото"
+    assert first_run["session_id"] == str(seed.session_id)
+    assert first_run["session_name"] == "Тестовая фотосессия"
+    assert (first_run["total_photos"], first_run["skipped_photos"]) == (13, 3)
+    assert (first_run["processed_photos"], first_run["successful_photos"], first_run["failed_photos"]) == (
+        10, 8, 2,
+    )  # fmt: skip
+    assert sorted(first_run["errors"]) == sorted(  # type: ignore[arg-type]
+        ["Лицо не обнаружено в фото corrupted_image.jpg", "Ошибка скачивания missing_file.jpg: 404 Not Found"]
+    )
+    assert first_run["final_embedding_count"] == 11
+    assert isinstance(first_run["processing_time_ms"], float) and first_run["processing_time_ms"] > 0
+
+
+def test_second_run_is_idempotent_and_skips_the_no_face_photo(
+    service: Service, seed: SeedScenario, first_run: dict[str, object], store: VectorStore,
+    storage: PhotoStorage,
+) -> None:  # fmt: skip
+    rows_before = rows_of(store, seed.session_id)
+    no_face_hits = storage.hits[seed.paths["corrupted_image.jpg"]]
+    body = service.reindex(seed.session_id).json()
+    assert body["skipped_photos"] == 12
+    # Only the transient 404 is retried; nothing new is indexed.
+    assert body["processed_photos"] == 1 and body["successful_photos"] == 0
+    assert body["errors"] == ["Ошибка скачивания missing_file.jpg: 404 Not Found"]
+    assert body["final_embedding_count"] == 11
+    assert sorted(rows_of(store, seed.session_id)) == sorted(rows_before)
+    assert storage.hits[seed.paths["corrupted_image.jpg"]] == no_face_hits  # not downloaded again
+    assert store.ledger(seed.session_id)[seed.no_face.id] == "no_face"
+    assert seed.missing.id not in store.ledger(seed.session_id)
+
+
+def test_failed_download_is_processed_once_the_file_is_there(
+    service: Service, seed: SeedScenario, first_run: dict[str, object], store: VectorStore,
+    storage: PhotoStorage,
+) -> None:  # fmt: skip
+    storage.put(seed.paths["missing_file.jpg"], photos.jpeg(photos.load("yaoming.jpg")))
+    try:
+        body = service.reindex(seed.session_id).json()
+    finally:
+        storage.remove(seed.paths["missing_file.jpg"])
+    assert (body["processed_photos"], body["successful_photos"]) == (1, 1)
+    assert body["final_embedding_count"] == 12
+    assert store.ledger(seed.session_id)[seed.missing.id] == "indexed"
+    assert service.reindex(seed.session_id).json()["processed_photos"] == 0
+
+
+def test_http_errors(service: Service, catalog_writer: CatalogWriter) -> None:
+    unknown = service.reindex(uuid.uuid4())
+    assert unknown.status_code == 404 and unknown.json()["code"] == "session_not_found"
+    disabled = catalog_writer.add_session("Закрытая сессия", enabled=False)
+    forbidden = service.reindex(disabled)
+    assert forbidden.status_code == 403
+    assert forbidden.json()["detail"] == "FacePass не активен"
+    assert service.reindex("not-a-uuid").status_code == 422
+    assert service.reindex(uuid.uuid4(), mode="bogus").status_code == 422
+    # and the service keeps serving
+    assert httpx.get(f"{service.base_url}/healthz", timeout=30).status_code == 200
+
+
+def test_group_photo_gives_one_row_per_face_matching_insightface(
+    service: Service, catalog_writer: CatalogWriter, storage: PhotoStorage, store: VectorStore, tmp_path: object
+) -> None:
+    sid = catalog_writer.add_session("Групповое фото")
+    path = preview_path(sid, "t1.jpg")
+    data = photos.jpeg(photos.load("t1.jpg"), quality=100)
+    storage.put(path, data)
+    catalog_writer.add_photos(sid, [("t1.jpg", path)])
+    body = service.reindex(sid).json()
+    assert body["successful_photos"] == 1 and body["faces_indexed"] == 6
+    assert body["final_embedding_count"] == 6
+
+    query = sa.select(face_embeddings).where(face_embeddings.c.session_id == sid)
+    with store.engine.connect() as conn:
+        rows = conn.execute(query).mappings().all()
+    assert sorted(r["face_index"] for r in rows) == list(range(6))
+    assert {r["model_name"] for r in rows} == {"model/scrfd_500m_bnkps+w600k_mbf"}
+    stored = np.stack([np.asarray(r["embedding"], dtype=np.float32) for r in rows])
+    np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-5)
+
+    reference = _insightface_reference(data, tmp_path)
+    for row, vec in zip(rows, stored, strict=True):
+        centre = np.array([(row["bbox_x1"] + row["bbox_x2"]) / 2, (row["bbox_y1"] + row["bbox_y2"]) / 2])
+        ref = min(reference, key=lambda f: float(np.linalg.norm(_centre(f.bbox) - centre)))
+        ref_vec = ref.embedding / np.linalg.norm(ref.embedding)
+        assert float(vec @ ref_vec) >= 0.999
+        assert abs(row["det_score"] - float(ref.det_score)) < 1e-3
+
+
+def _centre(bbox: np.ndarray) -> np.ndarray:
+    return np.array([(bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2])
+
+
+def _insightface_reference(data: bytes, tmp_path: object) -> list:  # type: ignore[type-arg]
+    """InsightFace's own FaceAnalysis.get on the same bytes, with the same two models."""
+    from pathlib import Path
+
+    import cv2
+    from insightface.app import FaceAnalysis
+
+    from facepass.faces import ModelPack
+
+    pack = ModelPack.from_settings(Settings())
+    folder = Path(str(tmp_path)) / "pack"
+    folder.mkdir()
+    (folder / pack.detector.name).symlink_to(pack.detector)
+    (folder / pack.recognizer.name).symlink_to(pack.recognizer)
+    analysis = FaceAnalysis(name=str(folder), providers=["CPUExecutionProvider"])
+    analysis.prepare(ctx_id=0, det_size=(640, 640))
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return list(analysis.get(image))
+
+
+def test_killed_embedding_actor_loses_no_photo_and_duplicates_nothing(
+    service: Service, catalog_writer: CatalogWriter, storage: PhotoStorage, store: VectorStore
+) -> None:
+    sid = catalog_writer.add_session("Сессия с падением актора")
+    crops = photos.single_face_crops()
+    names = []
+    for i in range(24):
+        path = preview_path(sid, f"p{i:03d}.jpg")
+        storage.put(path, photos.jpeg(photos.variant(crops[i % len(crops)].image, i)))
+        names.append((f"p{i:03d}.jpg", path))
+    catalog_writer.add_photos(sid, names)
+
+    result: dict[str, httpx.Response] = {}
+    storage.latency_s = 0.25  # slow storage: the run is still going when the actor dies
+    try:
+        caller = threading.Thread(target=lambda: result.update(r=service.reindex(sid)))
+        caller.start()
+        time.sleep(1.5)
+        victim = ray.get_actor(embedding_actor_name(0), namespace=service.settings.ray_namespace)
+        ray.kill(victim, no_restart=False)  # dies mid-photo; Ray restarts it
+        caller.join(timeout=240)
+    finally:
+        storage.latency_s = 0.0
+    body = result["r"].json()
+    assert body["processed_photos"] == 24
+    assert body["successful_photos"] == 24, body["errors"]
+    rows = rows_of(store, sid)
+    assert len(rows) == len(set(rows)) == body["faces_indexed"]  # no (photo, face) twice
+    assert len({p for p, _ in rows}) == 24
+    assert set(store.ledger(sid).values()) == {"indexed"}
+    # The pool is whole again: the restarted actor answers.
+    deadline = time.monotonic() + 60
+    while True:
+        health = httpx.get(f"{service.base_url}/healthz", timeout=60).json()
+        if health["ok"] or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert health["ok"] is True, health
+    assert len(health["pool"]["actors"]) == 2
+
+
+def test_health_reports_the_cpu_choice_and_docs_are_served(service: Service) -> None:
+    health = httpx.get(f"{service.base_url}/healthz", timeout=60)
+    assert health.status_code == 200
+    body = health.json()
+    assert body["cloud_db"] == "ok" and body["local_db"] == "ok" and body["pool"]["writer"] is True
+    for actor in body["pool"]["actors"]:
+        assert actor["providers_requested"] == ["CPUExecutionProvider"]
+        assert actor["providers_active"] == ["CPUExecutionProvider"]
+        assert actor["gpu_ids"] == []
+    assert httpx.get(f"{service.base_url}/docs", timeout=30).status_code == 200
+    spec = httpx.get(f"{service.base_url}/openapi.json", timeout=30).json()
+    assert "/api/v1/faces/force-reindex-session/{session_id}" in spec["paths"]
+
+
+def test_ledger_and_rows_never_disagree(store: VectorStore) -> None:
+    """Every indexed photo has exactly face_count rows; no row without a ledger entry
+    (except legacy rows, which this test session never writes)."""
+    query = sa.text(
+        "SELECT l.photo_id, l.face_count, count(f.id) FROM indexed_photos l "
+        "LEFT JOIN face_embeddings f ON f.photo_id = l.photo_id GROUP BY l.photo_id, l.face_count"
+    )
+    orphan = sa.select(sa.func.count()).select_from(
+        face_embeddings.outerjoin(indexed_photos, face_embeddings.c.photo_id == indexed_photos.c.photo_id)
+    ).where(indexed_photos.c.photo_id.is_(None))
+    with store.engine.connect() as conn:
+        for photo_id, face_count, rows in conn.execute(query):
+            assert face_count == rows, photo_id
+        assert conn.scalar(orphan) == 0

@@ -1,0 +1,27 @@
+"""Unit tier: the core without a cluster. ray.init raises here, so nothing leans on Ray."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from facepass.faces import FaceEmbedder
+from facepass.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _no_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    import ray
+
+    def refuse(*_: object, **__: object) -> None:
+        raise RuntimeError("the unit tier must not start Ray")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    yield
+
+
+@pytest.fixture(scope="session")
+def embedder() -> FaceEmbedder:
+    """One loaded default model pack (CPU) for every unit test that needs faces."""
+    return FaceEmbedder(Settings(gpus_per_actor=0)).load()

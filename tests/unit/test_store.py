@@ -1,0 +1,242 @@
+"""facepass.store: the local pgvector index and its ledger, on the embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from facepass.models import EMBEDDING_DIM, DetectedFace, PhotoRef, PhotoResult, PhotoStatus
+from facepass.store import VectorStore, face_embeddings, indexed_photos
+
+MODEL = "model/scrfd_500m_bnkps+w600k_mbf"
+
+
+def unit_vectors(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    raw = rng.standard_normal((n, EMBEDDING_DIM)).astype(np.float32)
+    return raw / np.linalg.norm(raw, axis=1, keepdims=True)
+
+
+def photo(session_id: uuid.UUID, name: str = "a.jpg") -> PhotoRef:
+    return PhotoRef(uuid.uuid4(), session_id, name, f"sessions/{session_id}/previews/{name}")
+
+
+def faces(n: int, seed: int = 0) -> list[DetectedFace]:
+    vectors = unit_vectors(n, seed)
+    return [
+        DetectedFace(
+            bbox=(10.0 * i, 20.0, 10.0 * i + 50, 90.0), det_score=0.9 - 0.1 * i, embedding=vectors[i]
+        )
+        for i in range(n)
+    ]
+
+
+def indexed(ref: PhotoRef, n: int, seed: int = 0) -> PhotoResult:
+    return PhotoResult(photo=ref, model_name=MODEL, faces=faces(n, seed))
+
+
+def failed(ref: PhotoRef, code: str, transient: bool) -> PhotoResult:
+    return PhotoResult(
+        photo=ref,
+        model_name=MODEL,
+        error_code=code,
+        error_message=f"{code} for {ref.filename}",
+        error_transient=transient,
+    )
+
+
+def rows_of(store: VectorStore, photo_id: uuid.UUID) -> list[sa.Row]:
+    query = (
+        sa.select(face_embeddings)
+        .where(face_embeddings.c.photo_id == photo_id)
+        .order_by(face_embeddings.c.face_index)
+    )
+    with store.engine.connect() as conn:
+        return list(conn.execute(query))
+
+
+def ledger_row(store: VectorStore, photo_id: uuid.UUID) -> sa.Row | None:
+    with store.engine.connect() as conn:
+        return conn.execute(sa.select(indexed_photos).where(indexed_photos.c.photo_id == photo_id)).first()
+
+
+@pytest.fixture
+def session_id() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+def test_create_schema_is_idempotent(store: VectorStore) -> None:
+    store.create_schema()
+    store.create_schema()
+    inspector = sa.inspect(store.engine)
+    assert {"face_embeddings", "indexed_photos"} <= set(inspector.get_table_names())
+    index_names = {ix["name"] for ix in inspector.get_indexes("face_embeddings")}
+    assert "face_embeddings_embedding_hnsw" in index_names
+    store.ping()
+
+
+def test_write_indexed_photo(store: VectorStore, session_id: uuid.UUID) -> None:
+    ref = photo(session_id)
+    result = indexed(ref, 3)
+    assert result.status is PhotoStatus.INDEXED
+    write_ms = store.write_result(result)
+    assert write_ms > 0
+
+    rows = rows_of(store, ref.id)
+    assert [r.face_index for r in rows] == [0, 1, 2]
+    for row, face in zip(rows, result.faces, strict=True):
+        assert row.session_id == session_id
+        assert row.model_name == MODEL
+        assert (row.bbox_x1, row.bbox_y1, row.bbox_x2, row.bbox_y2) == face.bbox
+        assert row.det_score == pytest.approx(face.det_score)
+        assert np.allclose(np.asarray(row.embedding), face.embedding, atol=1e-6)
+    entry = ledger_row(store, ref.id)
+    assert entry is not None
+    assert (entry.status, entry.face_count, entry.error_code, entry.model_name) == ("indexed", 3, None, MODEL)
+    assert store.count_embeddings(session_id) == 3
+    assert store.ledger(session_id) == {ref.id: "indexed"}
+
+
+def test_writing_the_same_photo_again_makes_no_duplicates(store: VectorStore, session_id: uuid.UUID) -> None:
+    ref = photo(session_id)
+    store.write_result(indexed(ref, 3))
+    store.write_result(indexed(ref, 3))
+    assert store.count_embeddings(session_id) == 3
+    assert len(rows_of(store, ref.id)) == 3
+    # a re-run with a different model result replaces the photo's faces as a whole
+    store.write_result(indexed(ref, 2, seed=7))
+    rows = rows_of(store, ref.id)
+    assert [r.face_index for r in rows] == [0, 1]
+    assert np.allclose(np.asarray(rows[0].embedding), unit_vectors(2, 7)[0], atol=1e-6)
+    assert store.ledger(session_id) == {ref.id: "indexed"}
+    entry = ledger_row(store, ref.id)
+    assert entry is not None and entry.face_count == 2
+
+
+def test_no_face_photo_is_recorded_without_rows(store: VectorStore, session_id: uuid.UUID) -> None:
+    ref = photo(session_id, "corrupted_image.jpg")
+    result = failed(ref, "no_face", transient=False)
+    assert result.status is PhotoStatus.NO_FACE
+    store.write_result(result)
+    assert store.count_embeddings(session_id) == 0
+    entry = ledger_row(store, ref.id)
+    assert entry is not None
+    assert (entry.status, entry.face_count, entry.error_code) == ("no_face", 0, "no_face")
+
+
+def test_permanent_failure_is_recorded(store: VectorStore, session_id: uuid.UUID) -> None:
+    ref = photo(session_id, "bad.jpg")
+    result = failed(ref, "not_an_image", transient=False)
+    assert result.status is PhotoStatus.FAILED
+    store.write_result(result)
+    entry = ledger_row(store, ref.id)
+    assert entry is not None
+    assert (entry.status, entry.error_code, entry.error_message) == (
+        "failed",
+        "not_an_image",
+        "not_an_image for bad.jpg",
+    )
+
+
+def test_transient_failure_writes_nothing(store: VectorStore, session_id: uuid.UUID) -> None:
+    ref = photo(session_id, "missing_file.jpg")
+    result = failed(ref, "not_found", transient=True)
+    assert result.status is PhotoStatus.RETRY
+    assert store.write_result(result) == 0.0
+    assert ledger_row(store, ref.id) is None
+    assert store.count_embeddings(session_id) == 0
+    assert store.done_photo_ids(session_id) == set()
+
+
+def test_transient_failure_keeps_earlier_faces(store: VectorStore, session_id: uuid.UUID) -> None:
+    ref = photo(session_id)
+    store.write_result(indexed(ref, 2))
+    store.write_result(failed(ref, "timeout", transient=True))
+    assert store.count_embeddings(session_id) == 2
+    assert store.ledger(session_id) == {ref.id: "indexed"}
+
+
+def test_later_success_replaces_a_recorded_failure(store: VectorStore, session_id: uuid.UUID) -> None:
+    ref = photo(session_id)
+    store.write_result(failed(ref, "not_an_image", transient=False))
+    store.write_result(indexed(ref, 1))
+    entry = ledger_row(store, ref.id)
+    assert entry is not None
+    assert (entry.status, entry.error_code, entry.error_message) == ("indexed", None, None)
+    assert store.count_embeddings(session_id) == 1
+
+
+def test_done_photo_ids(store: VectorStore, session_id: uuid.UUID) -> None:
+    ok, no_face, bad, retry = (photo(session_id, f"{n}.jpg") for n in ("ok", "noface", "bad", "retry"))
+    store.write_result(indexed(ok, 1))
+    store.write_result(failed(no_face, "no_face", transient=False))
+    store.write_result(failed(bad, "too_large", transient=False))
+    store.write_result(failed(retry, "timeout", transient=True))
+    assert store.done_photo_ids(session_id) == {ok.id, no_face.id, bad.id}
+    assert store.done_photo_ids(session_id, retry_failed=True) == {ok.id, no_face.id}
+    assert store.done_photo_ids(uuid.uuid4()) == set()
+
+
+def test_legacy_embeddings_without_ledger_count_as_done(store: VectorStore, session_id: uuid.UUID) -> None:
+    """Rows written before the ledger existed (the seed's 3 pre-indexed photos) are skipped."""
+    legacy = uuid.uuid4()
+    with store.engine.begin() as conn:
+        conn.execute(
+            face_embeddings.insert(),
+            [
+                {
+                    "session_id": session_id,
+                    "photo_id": legacy,
+                    "face_index": i,
+                    "bbox_x1": 0.0,
+                    "bbox_y1": 0.0,
+                    "bbox_x2": 1.0,
+                    "bbox_y2": 1.0,
+                    "det_score": 0.9,
+                    "embedding": vec,
+                    "model_name": "legacy",
+                }
+                for i, vec in enumerate(unit_vectors(2, 3))
+            ],
+        )
+    assert store.ledger(session_id) == {}
+    assert store.done_photo_ids(session_id) == {legacy}
+    assert store.done_photo_ids(session_id, retry_failed=True) == {legacy}
+    assert store.count_embeddings(session_id) == 2
+
+
+def test_count_embeddings_is_per_session(store: VectorStore, session_id: uuid.UUID) -> None:
+    other = uuid.uuid4()
+    store.write_result(indexed(photo(session_id), 3))
+    store.write_result(indexed(photo(session_id), 2, seed=1))
+    store.write_result(indexed(photo(other), 4, seed=2))
+    assert store.count_embeddings(session_id) == 5
+    assert store.count_embeddings(other) == 4
+    assert store.count_embeddings(uuid.uuid4()) == 0
+
+
+def test_search_returns_nearest_face_first(store: VectorStore, session_id: uuid.UUID) -> None:
+    group, single = photo(session_id, "group.jpg"), photo(session_id, "single.jpg")
+    store.write_result(indexed(group, 3, seed=10))
+    store.write_result(indexed(single, 1, seed=11))
+    stranger = photo(uuid.uuid4(), "other-session.jpg")
+    store.write_result(indexed(stranger, 3, seed=10))  # same vectors, another session
+
+    target = unit_vectors(3, 10)[1]
+    hits = store.search(session_id, target.tolist(), limit=10)
+    assert len(hits) == 4
+    assert (hits[0].photo_id, hits[0].face_index) == (group.id, 1)
+    assert hits[0].similarity == pytest.approx(1.0, abs=1e-5)
+    assert hits[0].bbox == (10.0, 20.0, 60.0, 90.0)
+    sims = [h.similarity for h in hits]
+    assert sims == sorted(sims, reverse=True)
+    assert all(h.similarity < 0.5 for h in hits[1:])
+    assert stranger.id not in {h.photo_id for h in hits}
+
+    near = target + 0.05 * unit_vectors(1, 99)[0]
+    assert store.search(session_id, near, limit=1)[0].face_index == 1
+    assert len(store.search(session_id, target, limit=2)) == 2
+    assert store.search(uuid.uuid4(), target) == []
