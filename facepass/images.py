@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import io
+import ipaddress
 import socket
 from urllib.parse import quote, urlsplit
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-
 from concurrent.futures import ThreadPoolExecutor
 
 from facepass.errors import PhotoError
@@ -93,5 +92,3 @@ class LocalProcessor:
         result = await self.pipeline.run(photo)
         write_ms = await asyncio.to_thread(self.store.write_result, result)
         return PhotoOutcome.from_result(result, write_ms)
-
-

@@ -58,9 +58,7 @@ indexed_photos = sa.Table(
     sa.Column("error_message", sa.Text),
     sa.Column("model_name", sa.Text, nullable=False),
     sa.Column("processed_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-    sa.CheckConstraint(
-        "status IN ('indexed', 'no_face', 'failed')", name="indexed_photos_status_check"
-    ),
+    sa.CheckConstraint("status IN ('indexed', 'no_face', 'failed')", name="indexed_photos_status_check"),
 )
 
 
@@ -93,9 +91,7 @@ class VectorStore:
             indexed_photos.c.session_id == session_id, indexed_photos.c.status.in_(statuses)
         )
         legacy = (
-            sa.select(face_embeddings.c.photo_id)
-            .where(face_embeddings.c.session_id == session_id)
-            .distinct()
+            sa.select(face_embeddings.c.photo_id).where(face_embeddings.c.session_id == session_id).distinct()
         )
         with self.engine.connect() as conn:
             return set(conn.scalars(sa.union(ledger, legacy)))
@@ -162,9 +158,7 @@ class VectorStore:
         with self.engine.connect() as conn:
             return {row[0]: row[1] for row in conn.execute(query)}
 
-    def search(
-        self, session_id: uuid.UUID, embedding: Iterable[float], limit: int = 20
-    ) -> list[SearchHit]:
+    def search(self, session_id: uuid.UUID, embedding: Iterable[float], limit: int = 20) -> list[SearchHit]:
         """Faces of the session nearest to ``embedding`` by cosine similarity."""
         query_vec = np.asarray(list(embedding), dtype=np.float32)
         distance = face_embeddings.c.embedding.cosine_distance(query_vec)
@@ -183,10 +177,7 @@ class VectorStore:
             .limit(limit)
         )
         with self.engine.connect() as conn:
-            return [
-                SearchHit(r[0], r[1], float(r[2]), (r[3], r[4], r[5], r[6]))
-                for r in conn.execute(query)
-            ]
+            return [SearchHit(r[0], r[1], float(r[2]), (r[3], r[4], r[5], r[6])) for r in conn.execute(query)]
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -30,6 +30,7 @@ def call_route(base_url: str, session_id: str) -> dict[str, object]:
     print(f"\n$ curl -X POST {url}")
     response = httpx.post(url, timeout=600)
     body: dict[str, object] = response.json()
+    time.sleep(1.5)  # the replica's log lines (streamed by Ray) print before the answer
     print(f"HTTP {response.status_code}")
     print(json.dumps(body, ensure_ascii=False, indent=2))
     return body
@@ -46,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = resolve_databases(Settings(storage_url=storage.url))
     print(f"Embedded/configured databases ready; photos served at {storage.url}")
     scenario = build_seed_scenario(settings, storage)
-    print(f"Cloud catalog: session {scenario.session_id}, {len(scenario.photos)} photos, "
-          f"{len(scenario.preindexed)} already indexed locally")
+    print(
+        f"Cloud catalog: session {scenario.session_id}, {len(scenario.photos)} photos, "
+        f"{len(scenario.preindexed)} already indexed locally"
+    )
 
     ray.init(namespace=settings.ray_namespace, num_cpus=args.num_cpus, log_to_driver=True)
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
@@ -55,10 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     base_url = f"http://{settings.http_host}:{settings.http_port}"
     try:
         first = call_route(base_url, str(scenario.session_id))
-        time.sleep(1.0)  # let the replica's log lines reach this console first
-        print("\n--- second call: nothing new to do ---")
+        print("\n--- second call: nothing new to index (only the 404 photo is retried: transient) ---")
         call_route(base_url, str(scenario.session_id))
-        time.sleep(1.0)
     finally:
         _shutdown(settings)
         storage.stop()
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 def _shutdown(settings: Settings) -> None:
     from actors.pool import WRITER_NAME, embedding_actor_name
 
-    serve.shutdown()
+    serve.shutdown()  # type: ignore[no-untyped-call]
     names = [embedding_actor_name(i) for i in range(settings.embed_actors)] + [WRITER_NAME]
     for name in names:
         try:

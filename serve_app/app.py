@@ -4,11 +4,10 @@ No ``from __future__ import annotations`` here: FastAPI must see real types on
 the class-based routes that Serve wraps.
 """
 
-
 import asyncio
 import logging
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
@@ -18,7 +17,7 @@ from ray.serve import Application
 from actors.pool import EmbeddingPool
 from facepass.catalog import CloudCatalog
 from facepass.db import resolve_databases
-from facepass.errors import FacePassDisabled, FacePassError, SessionNotFound, ServiceUnavailable
+from facepass.errors import FacePassDisabled, FacePassError, ServiceUnavailable, SessionNotFound
 from facepass.reindex import ReindexCoordinator, ReindexMode
 from facepass.settings import Settings
 from facepass.store import VectorStore
@@ -67,7 +66,9 @@ class FacePassIngress:
     async def force_reindex(
         self,
         session_id: uuid.UUID,
-        mode: ReindexMode = Query(ReindexMode.MISSING, description="missing | retry_failed | full"),
+        mode: Annotated[
+            ReindexMode, Query(description="missing | retry_failed | full")
+        ] = ReindexMode.MISSING,
     ) -> dict[str, Any]:
         report = await self.coordinator.run(session_id, mode)
         return report.to_response()
@@ -94,4 +95,5 @@ class FacePassIngress:
 def build_app(settings: Settings | None = None) -> Application:
     """The bound application; databases resolved here (embedded PostgreSQL if no DSN)."""
     resolved = resolve_databases(settings or Settings())
-    return FacePassIngress.bind(resolved)
+    app: Application = FacePassIngress.bind(resolved)  # type: ignore[attr-defined]
+    return app

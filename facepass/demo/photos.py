@@ -36,7 +36,7 @@ def load(name: str) -> BgrImage:
     image = cv2.imread(str(packaged_image(name)), cv2.IMREAD_COLOR)
     if image is None:
         raise FileNotFoundError(name)
-    return image
+    return np.asarray(image, dtype=np.uint8)
 
 
 def jpeg(image: BgrImage, quality: int = 92) -> bytes:
@@ -62,7 +62,7 @@ def _crop(image: BgrImage, bbox: tuple[float, float, float, float], margin: floa
     right, bottom = int(min(w_img, cx + side / 2)), int(min(h_img, cy + side / 2))
     crop = image[top:bottom, left:right]
     scale = 320 / max(crop.shape[:2])
-    return cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    return np.asarray(cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC), np.uint8)
 
 
 @lru_cache(maxsize=1)
@@ -96,4 +96,5 @@ def variant(image: BgrImage, k: int) -> BgrImage:
     scale = 1.0 + 0.15 * ((k // 2) % 3)
     out = cv2.resize(out, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
     gain = 0.85 + 0.1 * ((k // 6) % 4)
-    return np.clip(out.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+    result: BgrImage = np.clip(out.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+    return result

@@ -56,7 +56,12 @@ class CatalogWriter:
                     "VALUES (:id, :session_id, :filename, :preview_path)"
                 ),
                 [
-                    {"id": r.id, "session_id": session_id, "filename": r.filename, "preview_path": r.preview_path}
+                    {
+                        "id": r.id,
+                        "session_id": session_id,
+                        "filename": r.filename,
+                        "preview_path": r.preview_path,
+                    }
                     for r in refs
                 ],
             )

@@ -24,6 +24,7 @@ class PhotoStorage:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
+        assert isinstance(host, str)
         return f"http://{host}:{port}/"
 
     def put(self, path: str, data: bytes) -> None:

@@ -112,7 +112,11 @@ def test_http_errors(service: Service, catalog_writer: CatalogWriter) -> None:
 
 
 def test_group_photo_gives_one_row_per_face_matching_insightface(
-    service: Service, catalog_writer: CatalogWriter, storage: PhotoStorage, store: VectorStore, tmp_path: object
+    service: Service,
+    catalog_writer: CatalogWriter,
+    storage: PhotoStorage,
+    store: VectorStore,
+    tmp_path: object,
 ) -> None:
     sid = catalog_writer.add_session("Групповое фото")
     path = preview_path(sid, "t1.jpg")
@@ -226,9 +230,13 @@ def test_ledger_and_rows_never_disagree(store: VectorStore) -> None:
         "SELECT l.photo_id, l.face_count, count(f.id) FROM indexed_photos l "
         "LEFT JOIN face_embeddings f ON f.photo_id = l.photo_id GROUP BY l.photo_id, l.face_count"
     )
-    orphan = sa.select(sa.func.count()).select_from(
-        face_embeddings.outerjoin(indexed_photos, face_embeddings.c.photo_id == indexed_photos.c.photo_id)
-    ).where(indexed_photos.c.photo_id.is_(None))
+    orphan = (
+        sa.select(sa.func.count())
+        .select_from(
+            face_embeddings.outerjoin(indexed_photos, face_embeddings.c.photo_id == indexed_photos.c.photo_id)
+        )
+        .where(indexed_photos.c.photo_id.is_(None))
+    )
     with store.engine.connect() as conn:
         for photo_id, face_count, rows in conn.execute(query):
             assert face_count == rows, photo_id
