@@ -15,6 +15,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from actors.embedding import EmbeddingActor
+from actors.metrics import reindex_metrics
 from actors.writer import IndexWriter
 from facepass.errors import WorkerLost
 from facepass.faces import ModelPack
@@ -82,8 +83,13 @@ class EmbeddingPool:
     async def process(self, photo: PhotoRef) -> PhotoOutcome:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.capacity)
+        metrics = reindex_metrics()
         async with self._slots:
-            return await self._process(photo)
+            metrics.in_flight.set(self.in_flight + 1)
+            outcome = await self._process(photo)
+            metrics.in_flight.set(self.in_flight)
+        metrics.record(outcome)
+        return outcome
 
     async def _process(self, photo: PhotoRef) -> PhotoOutcome:
         tried: set[int] = set()

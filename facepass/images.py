@@ -138,11 +138,17 @@ class ImageFetcher:
         return self._client
 
     async def fetch(self, preview_path: str) -> bytes:
-        url = self.policy.url_for(preview_path)
         try:
-            return await asyncio.wait_for(self._download(url), timeout=self.timeout_s)
+            return await asyncio.wait_for(self._resolve_and_download(preview_path), timeout=self.timeout_s)
         except TimeoutError as exc:
             raise DownloadTimeout(f"timeout after {self.timeout_s:g}s") from exc
+
+    async def _resolve_and_download(self, preview_path: str) -> bytes:
+        if urlsplit(preview_path.strip()).scheme:  # absolute: a DNS look-up, off the event loop
+            url = await asyncio.to_thread(self.policy.url_for, preview_path)
+        else:
+            url = self.policy.url_for(preview_path)
+        return await self._download(url)
 
     async def _download(self, url: str) -> bytes:
         try:
@@ -198,11 +204,13 @@ def decode_image(data: bytes, max_pixels: int) -> BgrImage:
     try:
         with Image.open(io.BytesIO(data)) as header:  # reads the header only
             width, height = header.size
+            if width * height > max_pixels:  # before getexif(): for PNG that decodes everything
+                raise ImageTooLarge(f"{width}x{height} pixels > limit {max_pixels}")
             orientation = int(header.getexif().get(0x0112, 1) or 1)
+    except Image.DecompressionBombError as exc:  # PIL's own cap, hit while reading the header
+        raise ImageTooLarge(str(exc)) from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise NotAnImage(f"unreadable header: {exc}") from exc
-    if width * height > max_pixels:
-        raise ImageTooLarge(f"{width}x{height} pixels > limit {max_pixels}")
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if image is None or image.size == 0:

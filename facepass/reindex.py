@@ -2,7 +2,8 @@
 
 It knows nothing of Ray: photos go to a ``PhotoProcessor`` (the actor pool in
 production, an in-process one in unit tests). Blocking database calls run in
-threads so the coordinator can live inside an async HTTP handler.
+threads so the coordinator can live inside an async HTTP handler. The bulk job
+(``facepass.bulk``) reuses its steps to stream many sessions through one pool.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from facepass import report as words
@@ -54,6 +55,18 @@ class ReindexPlan:
 ProgressHook = Callable[[ReindexReport], None]
 
 
+@dataclass(slots=True)
+class SessionRun:
+    """One session under way: its report, and when it started."""
+
+    report: ReindexReport
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def remaining(self) -> int:
+        return self.report.planned_photos - self.report.processed_photos
+
+
 class ReindexCoordinator:
     def __init__(
         self,
@@ -62,83 +75,111 @@ class ReindexCoordinator:
         processor: PhotoProcessor,
         *,
         max_errors: int = 10,
+        keep_log: bool = True,
     ) -> None:
         self.catalog = catalog
         self.store = store
         self.processor = processor
         self.max_errors = max_errors
+        self.keep_log = keep_log
 
+    # --- steps ---------------------------------------------------------------
     def plan(self, session_id: uuid.UUID, mode: ReindexMode = ReindexMode.MISSING) -> ReindexPlan:
         """Validate the session and compare the catalog with the local index."""
-        session = self.catalog.require_enabled_session(session_id)
-        photos = self.catalog.list_photos(session_id)
+        return self.plan_session(self.catalog.require_enabled_session(session_id), mode)
+
+    def plan_session(self, session: SessionInfo, mode: ReindexMode = ReindexMode.MISSING) -> ReindexPlan:
+        photos = self.catalog.list_photos(session.id)
         if mode is ReindexMode.FULL:
             done: set[uuid.UUID] = set()
         else:
-            done = self.store.done_photo_ids(session_id, retry_failed=mode is ReindexMode.RETRY_FAILED)
+            done = self.store.done_photo_ids(session.id, retry_failed=mode is ReindexMode.RETRY_FAILED)
         todo = [p for p in photos if p.id not in done]
         return ReindexPlan(session, len(photos), len(photos) - len(todo), todo)
 
-    async def run(
-        self,
-        session_id: uuid.UUID,
-        mode: ReindexMode = ReindexMode.MISSING,
-        on_progress: ProgressHook | None = None,
-    ) -> ReindexReport:
-        started = time.perf_counter()
+    def new_run(self, session_id: uuid.UUID) -> SessionRun:
         report = ReindexReport(
             session_id=session_id,
             session_name="",
             model_name=self.processor.model_name,
             max_errors=self.max_errors,
         )
-        self._say(report, words.start_line(session_id))
-        plan = await asyncio.to_thread(self.plan, session_id, mode)
+        run = SessionRun(report)
+        self.say(report, words.start_line(session_id))
+        return run
+
+    def begin(self, run: SessionRun, plan: ReindexPlan) -> None:
+        report = run.report
         report.session_name = plan.session.name
         report.total_photos = plan.total_photos
         report.skipped_photos = plan.skipped_photos
         report.planned_photos = len(plan.todo)
-        self._say(report, words.validated_line(plan.session))
+        self.say(report, words.validated_line(plan.session))
         for line in words.plan_lines(plan.total_photos, plan.skipped_photos, len(plan.todo)):
-            self._say(report, line)
-        if on_progress:
-            on_progress(report)
+            self.say(report, line)
 
-        async for outcome in self.process_all(plan.todo, report):
-            report.add(outcome)
-            self._say(report, words.photo_done_line(outcome))
-            if on_progress:
-                on_progress(report)
+    def submitted(self, run: SessionRun, index: int, photo: PhotoRef) -> None:
+        self.say(run.report, words.photo_start_line(index, run.report.planned_photos, photo.filename))
 
-        report.final_embedding_count = await asyncio.to_thread(self.store.count_embeddings, session_id)
-        report.processing_time_ms = (time.perf_counter() - started) * 1000
+    def record(self, run: SessionRun, outcome: PhotoOutcome) -> None:
+        run.report.add(outcome)
+        self.say(run.report, words.photo_done_line(outcome))
+
+    async def finish(self, run: SessionRun) -> ReindexReport:
+        report = run.report
+        report.final_embedding_count = await asyncio.to_thread(self.store.count_embeddings, report.session_id)
+        report.processing_time_ms = (time.perf_counter() - run.started) * 1000
         for line in report.closing_lines():
-            self._say(report, line)
+            self.say(report, line)
+        return report
+
+    # --- one session -----------------------------------------------------------
+    async def run(
+        self,
+        session_id: uuid.UUID,
+        mode: ReindexMode = ReindexMode.MISSING,
+        on_progress: ProgressHook | None = None,
+    ) -> ReindexReport:
+        run = self.new_run(session_id)
+        plan = await asyncio.to_thread(self.plan, session_id, mode)
+        self.begin(run, plan)
+        if on_progress:
+            on_progress(run.report)
+        async for outcome in self.process_all(plan.todo, run):
+            self.record(run, outcome)
+            if on_progress:
+                on_progress(run.report)
+        report = await self.finish(run)
         if on_progress:
             on_progress(report)
         return report
 
     async def process_all(
-        self, photos: Iterable[PhotoRef], report: ReindexReport | None = None
+        self, photos: Iterable[PhotoRef], run: SessionRun | None = None
     ) -> AsyncIterator[PhotoOutcome]:
         """Yield outcomes as they finish, with at most ``capacity`` photos in flight."""
-        todo = list(photos)
         pending: set[asyncio.Task[PhotoOutcome]] = set()
         window = max(1, self.processor.capacity)
-        for index, photo in enumerate(todo, start=1):
-            if report is not None:
-                self._say(report, words.photo_start_line(index, len(todo), photo.filename))
-            pending.add(asyncio.ensure_future(self.processor.process(photo)))
-            if len(pending) >= window:
+        try:
+            for index, photo in enumerate(photos, start=1):
+                if run is not None:
+                    self.submitted(run, index, photo)
+                pending.add(asyncio.ensure_future(self.processor.process(photo)))
+                if len(pending) >= window:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        yield task.result()
+            while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     yield task.result()
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                yield task.result()
+        finally:
+            # A failed run (or a cancelled request) must not leave photos running behind it.
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
-    @staticmethod
-    def _say(report: ReindexReport, line: str) -> None:
-        report.log_lines.append(line)
+    def say(self, report: ReindexReport, line: str) -> None:
+        if self.keep_log:
+            report.log_lines.append(line)
         log.info(line)

@@ -89,6 +89,24 @@ class ReindexReport:
             f"Время обработки: {self.processing_time_ms:.0f}ms",
         ]
 
+    def progress(self, elapsed_s: float) -> dict[str, Any]:
+        """Counts so far and an estimate of the time left, for a job still running."""
+        remaining = self.planned_photos - self.processed_photos
+        rate = self.processed_photos / elapsed_s if elapsed_s > 0 else 0.0
+        return {
+            "session_id": str(self.session_id),
+            "session_name": self.session_name,
+            "total_photos": self.total_photos,
+            "skipped_photos": self.skipped_photos,
+            "planned_photos": self.planned_photos,
+            "processed_photos": self.processed_photos,
+            "successful_photos": self.successful_photos,
+            "failed_photos": self.failed_photos,
+            "elapsed_s": round(elapsed_s, 3),
+            "photos_per_s": round(rate, 3),
+            "eta_s": round(remaining / rate, 1) if rate > 0 else None,
+        }
+
     def to_response(self) -> dict[str, Any]:
         """The seed's JSON, field for field, then our extra keys."""
         return {

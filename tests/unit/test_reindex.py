@@ -18,7 +18,7 @@ from facepass.errors import FacePassDisabled, SessionNotFound
 from facepass.faces import FaceEmbedder
 from facepass.models import PhotoOutcome, PhotoRef, PhotoStatus
 from facepass.pipeline import LocalProcessor, PhotoPipeline
-from facepass.reindex import ReindexCoordinator, ReindexMode
+from facepass.reindex import ReindexCoordinator, ReindexMode, SessionRun
 from facepass.report import ReindexReport
 from facepass.settings import Settings
 from facepass.store import VectorStore, face_embeddings
@@ -56,7 +56,7 @@ def reindex(
     async def go() -> ReindexReport:
         pipeline = PhotoPipeline(settings, embedder)
         coordinator = ReindexCoordinator(catalog, store, LocalProcessor(pipeline, store))
-        hook = (lambda r: progress.append(r)) if progress is not None else None
+        hook = progress.append if progress is not None else None
         try:
             return await coordinator.run(session_id, mode, on_progress=hook)
         finally:
@@ -308,10 +308,10 @@ def test_process_all_bounds_photos_in_flight(
     coordinator = ReindexCoordinator(catalog, store, processor)
     sid = uuid.uuid4()
     refs = [PhotoRef(uuid.uuid4(), sid, f"p{i:02d}.jpg", f"p{i:02d}.jpg") for i in range(count)]
-    report = ReindexReport(session_id=sid, session_name="s")
+    report = ReindexReport(session_id=sid, session_name="s", planned_photos=count)
 
     async def go() -> list[PhotoOutcome]:
-        return [outcome async for outcome in coordinator.process_all(refs, report)]
+        return [outcome async for outcome in coordinator.process_all(refs, SessionRun(report))]
 
     outcomes = asyncio.run(go())
     window = max(1, capacity)

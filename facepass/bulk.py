@@ -1,0 +1,169 @@
+"""Bulk reindex of many sessions through one pool, with no idle gap between sessions.
+
+Sessions are read from the catalog a page at a time and planned just before
+their photos are needed, while the previous session's photos are still in
+flight; the in-flight window is shared by all sessions. Resuming is the
+ledger's job: a stopped run leaves every committed photo committed, and the
+next run plans only what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from facepass.errors import FacePassError
+from facepass.models import PhotoOutcome, SessionInfo
+from facepass.reindex import ReindexCoordinator, ReindexMode, ReindexPlan, SessionRun
+from facepass.report import ReindexReport
+
+log = logging.getLogger("facepass.bulk")
+
+
+@dataclass(slots=True)
+class BulkSummary:
+    sessions_seen: int = 0
+    sessions_done: int = 0
+    sessions_complete: int = 0  # nothing was missing
+    sessions_inactive: int = 0
+    sessions_invalid: int = 0
+    photos_total: int = 0
+    photos_skipped: int = 0
+    photos_planned: int = 0
+    photos_processed: int = 0
+    photos_successful: int = 0
+    photos_failed: int = 0
+    faces_indexed: int = 0
+    elapsed_s: float = 0.0
+    dry_run: bool = False
+    inactive_session_ids: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def add_plan(self, plan: ReindexPlan) -> None:
+        self.photos_total += plan.total_photos
+        self.photos_skipped += plan.skipped_photos
+        self.photos_planned += len(plan.todo)
+        if not plan.todo:
+            self.sessions_complete += 1
+
+    def add_report(self, report: ReindexReport) -> None:
+        self.sessions_done += 1
+        self.photos_processed += report.processed_photos
+        self.photos_successful += report.successful_photos
+        self.photos_failed += report.failed_photos
+        self.faces_indexed += report.faces_indexed
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["photos_per_s"] = round(self.photos_processed / self.elapsed_s, 3) if self.elapsed_s else 0.0
+        return data
+
+    def lines(self) -> list[str]:
+        return [
+            "=== МАССОВАЯ ПЕРЕИНДЕКСАЦИЯ ЗАВЕРШЕНА ===",
+            f"Сессий: {self.sessions_seen} (завершено {self.sessions_done}, "
+            f"уже полных {self.sessions_complete}, FacePass не активен {self.sessions_inactive}, "
+            f"ошибок {self.sessions_invalid})",
+            f"Фото: всего {self.photos_total}, пропущено {self.photos_skipped}, "
+            f"обработано {self.photos_processed}, успешно {self.photos_successful}, "
+            f"с ошибками {self.photos_failed}",
+            f"Лиц проиндексировано: {self.faces_indexed}",
+            f"Время: {self.elapsed_s:.1f}s",
+        ]
+
+
+@dataclass(slots=True)
+class BulkHooks:
+    """Optional callbacks for the Ray shell: progress bar and metrics."""
+
+    planned: Callable[[int], None] | None = None  # photos added to the plan
+    outcome: Callable[[SessionRun, PhotoOutcome], None] | None = None
+
+
+class BulkReindexer:
+    def __init__(self, coordinator: ReindexCoordinator, page_size: int = 1000) -> None:
+        self.coordinator = coordinator
+        self.page_size = page_size
+
+    def sessions(self, session_ids: list[uuid.UUID] | None) -> Iterator[SessionInfo | FacePassError]:
+        if session_ids:
+            for sid in session_ids:
+                try:
+                    yield self.coordinator.catalog.get_session(sid)
+                except FacePassError as exc:
+                    yield exc
+            return
+        for page in self.coordinator.catalog.iter_session_pages(self.page_size):
+            yield from page
+
+    async def run(
+        self,
+        session_ids: list[uuid.UUID] | None = None,
+        mode: ReindexMode = ReindexMode.MISSING,
+        dry_run: bool = False,
+        hooks: BulkHooks | None = None,
+    ) -> BulkSummary:
+        hooks = hooks or BulkHooks()
+        started = time.perf_counter()
+        summary = BulkSummary(dry_run=dry_run)
+        window = max(1, self.coordinator.processor.capacity)
+        pending: dict[asyncio.Task[PhotoOutcome], SessionRun] = {}
+        source = self.sessions(session_ids)
+        while True:
+            item = await asyncio.to_thread(next, source, None)  # catalog pages are blocking reads
+            if item is None:
+                break
+            summary.sessions_seen += 1
+            if isinstance(item, FacePassError):
+                summary.sessions_invalid += 1
+                summary.errors.append(str(item))
+                log.warning("%s", item)
+                continue
+            if not item.facepass_enabled:
+                summary.sessions_inactive += 1
+                summary.inactive_session_ids.append(str(item.id))
+                log.info("Сессия %s (%s) пропущена: FacePass не активен", item.id, item.name)
+                continue
+            run = self.coordinator.new_run(item.id)
+            plan = await asyncio.to_thread(self.coordinator.plan_session, item, mode)
+            self.coordinator.begin(run, plan)
+            summary.add_plan(plan)
+            if hooks.planned:
+                hooks.planned(len(plan.todo))
+            if dry_run:
+                continue
+            if not plan.todo:
+                summary.add_report(await self.coordinator.finish(run))
+                continue
+            for index, photo in enumerate(plan.todo, start=1):
+                while len(pending) >= window:
+                    await self._drain(pending, summary, hooks)
+                self.coordinator.submitted(run, index, photo)
+                pending[asyncio.ensure_future(self.coordinator.processor.process(photo))] = run
+        while pending:
+            await self._drain(pending, summary, hooks)
+        summary.elapsed_s = time.perf_counter() - started
+        for line in summary.lines():
+            log.info(line)
+        return summary
+
+    async def _drain(
+        self,
+        pending: dict[asyncio.Task[PhotoOutcome], SessionRun],
+        summary: BulkSummary,
+        hooks: BulkHooks,
+    ) -> None:
+        done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            run = pending.pop(task)
+            outcome = task.result()
+            self.coordinator.record(run, outcome)
+            if hooks.outcome:
+                hooks.outcome(run, outcome)
+            if run.remaining == 0:
+                summary.add_report(await self.coordinator.finish(run))

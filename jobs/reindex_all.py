@@ -1,0 +1,107 @@
+"""Bulk reindex of every session (or the ones named), as a Ray job.
+
+    ray job submit --working-dir . -- python -m jobs.reindex_all [--session ID ...] [--dry-run]
+
+Reuses the route's coordinator, the same named embedding actors and the one
+writer. Stopping the job and submitting it again continues where it stopped:
+committed photos are in the ledger and are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import ray
+from ray.experimental.tqdm_ray import tqdm
+
+from actors.metrics import reindex_metrics
+from actors.pool import EmbeddingPool
+from facepass.bulk import BulkHooks, BulkReindexer
+from facepass.catalog import CloudCatalog
+from facepass.db import resolve_databases
+from facepass.faces import ModelPack
+from facepass.models import PhotoOutcome, PhotoRef
+from facepass.reindex import ReindexCoordinator, ReindexMode, SessionRun
+from facepass.settings import Settings
+from facepass.store import VectorStore
+
+
+class PlanOnly:
+    """The processor of a dry run: plans, never downloads."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._model_name = ModelPack.from_settings(settings).name
+
+    @property
+    def capacity(self) -> int:
+        return 1
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    async def process(self, photo: PhotoRef) -> PhotoOutcome:
+        raise RuntimeError("a dry run processes nothing")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--session", action="append", type=uuid.UUID, default=[], help="only this session")
+    parser.add_argument("--mode", type=ReindexMode, default=ReindexMode.MISSING, choices=list(ReindexMode))
+    parser.add_argument("--dry-run", action="store_true", help="report what would be done, download nothing")
+    parser.add_argument("--summary-json", type=Path, default=Path("facepass-bulk-summary.json"))
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster address")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    settings = resolve_databases(Settings())
+    ray.init(address=args.address, namespace=settings.ray_namespace, log_to_driver=False)
+
+    processor = PlanOnly(settings) if args.dry_run else EmbeddingPool(settings)
+    catalog, store = CloudCatalog(settings.cloud_dsn), VectorStore(settings.local_dsn)
+    store.create_schema()
+    coordinator = ReindexCoordinator(
+        catalog, store, processor, max_errors=settings.report_max_errors, keep_log=False
+    )
+    bar = tqdm(total=0, desc="photos", position=0)
+    metrics = reindex_metrics()
+
+    def planned(count: int) -> None:
+        bar.total = (bar.total or 0) + count
+
+    def outcome(run: SessionRun, _: PhotoOutcome) -> None:
+        bar.update(1)  # type: ignore[no-untyped-call]
+        report = run.report
+        metrics.progress(str(report.session_id), report.processed_photos, report.planned_photos)
+
+    bulk = BulkReindexer(coordinator, page_size=settings.catalog_page_size)
+    summary = asyncio.run(
+        bulk.run(args.session or None, args.mode, args.dry_run, BulkHooks(planned=planned, outcome=outcome))
+    )
+    bar.close()  # type: ignore[no-untyped-call]
+    for line in summary.lines():
+        print(line)
+    data = summary.as_dict()
+    args.summary_json.write_text(json.dumps(data, ensure_ascii=False, indent=2))
+    print(json.dumps(data, ensure_ascii=False))
+    print(f"summary written to {args.summary_json.resolve()}")
+    catalog.close()
+    store.close()
+    return 0 if summary.sessions_invalid == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
