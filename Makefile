@@ -13,6 +13,11 @@ install:
 demo: install
 	RAY_DEDUP_LOGS=0 $(RUN) python -m jobs.demo
 
+# Throughput of (a) the bare model, (b) the seed's loop, (c) the pipeline: `make bench N=10000`.
+N ?= 300
+bench: install
+	RAY_DEDUP_LOGS=0 $(RUN) python -m bench.run --n $(N)
+
 serve: install
 	$(RUN) serve run serve_app:app
 

@@ -29,6 +29,13 @@ class FacePassDisabled(FacePassError):
         self.session_id = session_id
 
 
+class JobNotFound(FacePassError):
+    code = "job_not_found"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"Задача {job_id} не найдена")
+
+
 class ServiceUnavailable(FacePassError):
     code = "service_unavailable"
 

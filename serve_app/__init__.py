@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve_app.app import FacePassIngress, api, build_app
+from serve_app.ingress import FacePassIngress, api, build_app
 
 __all__ = ["FacePassIngress", "api", "app", "build_app"]
 

@@ -3,7 +3,13 @@ loopback photo server for the whole test session (real parts, no mocks)."""
 
 from __future__ import annotations
 
-import socket
+import os
+
+# Ray >= 2.59 runs local clusters with token auth; a client must be in token mode
+# before ray is imported (its config is read at import time).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+import socket  # noqa: E402
 import uuid
 from collections.abc import Iterator
 from pathlib import Path

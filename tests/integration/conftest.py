@@ -1,24 +1,47 @@
-"""Integration tier: one real local Ray cluster + Serve for the whole session."""
+"""Integration tier: one real Ray head (``ray start --head`` on test ports) + Serve,
+shared by the whole session: the route tests drive it over HTTP and the bulk
+tests submit jobs to it with the real ``ray job submit`` CLI."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 import ray
 from ray import serve
 
+from actors.jobs import JOBS_ACTOR_NAME
 from actors.pool import WRITER_NAME, embedding_actor_name
 from facepass.settings import Settings
 from serve_app import build_app
+from tests.conftest import free_port
+
+RAY_BIN = Path(sys.executable).parent / "ray"
+# Ray >= 2.59 turns token auth on for local clusters; the CLI clients must be told.
+RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
+
+
+@dataclass(frozen=True)
+class RayHead:
+    gcs_address: str
+    dashboard_url: str
+    metrics_url: str
+    env: dict[str, str]
 
 
 @dataclass(frozen=True)
 class Service:
     base_url: str
     settings: Settings
+    head: RayHead
 
     def reindex(self, session_id: object, **params: str) -> httpx.Response:
         url = f"{self.base_url}/api/v1/faces/force-reindex-session/{session_id}"
@@ -26,7 +49,7 @@ class Service:
 
 
 def kill_pool(settings: Settings) -> None:
-    names = [embedding_actor_name(i) for i in range(settings.embed_actors)] + [WRITER_NAME]
+    names = [embedding_actor_name(i) for i in range(settings.embed_actors)] + [WRITER_NAME, JOBS_ACTOR_NAME]
     for name in names:
         try:
             ray.kill(ray.get_actor(name, namespace=settings.ray_namespace), no_restart=True)
@@ -35,13 +58,65 @@ def kill_pool(settings: Settings) -> None:
 
 
 @pytest.fixture(scope="session")
-def service(settings: Settings) -> Iterator[Service]:
-    ray.init(num_cpus=4, namespace=settings.ray_namespace, include_dashboard=False)
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
+    gcs, dashboard, metrics = free_port(), free_port(), free_port()
+    log = (tmp_path_factory.mktemp("ray") / "head.log").open("w")
+    command = [
+        str(RAY_BIN), "start", "--head", "--block", "--disable-usage-stats",
+        f"--port={gcs}", f"--dashboard-port={dashboard}", f"--metrics-export-port={metrics}",
+        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+        "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=4",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env=RAY_ENV, start_new_session=True
+    )
+    head = RayHead(
+        f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{metrics}", RAY_ENV
+    )
+    try:
+        _wait_for(head.dashboard_url + "/api/version", process)
+        yield head
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+        _forget_address(head.gcs_address)
+
+
+def _forget_address(gcs_address: str) -> None:
+    """`ray start` leaves its address in /tmp/ray/ray_current_cluster; a later plain
+    ray.init() would try to join the dead head. `ray stop` removes it; SIGTERM does not."""
+    from ray._private.utils import get_ray_address_file
+
+    path = Path(get_ray_address_file(None))
+    if path.exists() and path.read_text().strip().endswith(gcs_address.split(":")[-1]):
+        path.unlink()
+
+
+def _wait_for(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ray start exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=2)  # any answer (even 401) means the dashboard is up
+            return
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not come up")
+
+
+@pytest.fixture(scope="session")
+def service(settings: Settings, ray_head: RayHead) -> Iterator[Service]:
+    ray.init(address=ray_head.gcs_address, namespace=settings.ray_namespace)
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
     serve.run(build_app(settings), name="facepass", route_prefix="/")
     try:
-        yield Service(f"http://{settings.http_host}:{settings.http_port}", settings)
+        yield Service(f"http://{settings.http_host}:{settings.http_port}", settings, ray_head)
     finally:
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]
         kill_pool(settings)
         ray.shutdown()

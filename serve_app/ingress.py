@@ -6,6 +6,7 @@ the class-based routes that Serve wraps.
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import Annotated, Any
 
@@ -14,11 +15,20 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application
 
+from actors.jobs import jobs_actor
+from actors.metrics import reindex_metrics
 from actors.pool import EmbeddingPool
 from facepass.catalog import CloudCatalog
 from facepass.db import resolve_databases
-from facepass.errors import FacePassDisabled, FacePassError, ServiceUnavailable, SessionNotFound
+from facepass.errors import (
+    FacePassDisabled,
+    FacePassError,
+    JobNotFound,
+    ServiceUnavailable,
+    SessionNotFound,
+)
 from facepass.reindex import ReindexCoordinator, ReindexMode
+from facepass.report import ReindexReport
 from facepass.settings import Settings
 from facepass.store import VectorStore
 from serve_app.schemas import ReindexResponse
@@ -33,6 +43,7 @@ api = FastAPI(
 
 _STATUS: dict[type[FacePassError], int] = {
     SessionNotFound: 404,
+    JobNotFound: 404,
     FacePassDisabled: 403,
     ServiceUnavailable: 503,
 }
@@ -57,6 +68,8 @@ class FacePassIngress:
         self.coordinator = ReindexCoordinator(
             self.catalog, self.store, self.pool, max_errors=settings.report_max_errors
         )
+        self.jobs = jobs_actor(settings.ray_namespace)
+        self._background: set[asyncio.Task[None]] = set()
 
     @api.post(
         "/api/v1/faces/force-reindex-session/{session_id}",
@@ -69,9 +82,54 @@ class FacePassIngress:
         mode: Annotated[
             ReindexMode, Query(description="missing | retry_failed | full")
         ] = ReindexMode.MISSING,
-    ) -> dict[str, Any]:
-        report = await self.coordinator.run(session_id, mode)
-        return report.to_response()
+        wait: Annotated[bool, Query(description="false: answer 202 with a job id at once")] = True,
+    ) -> Any:
+        if wait:
+            report = await self.coordinator.run(session_id, mode, self._progress_hook())
+            return report.to_response()
+        # Validate now, so a bad request still gets its 404/403 and not a job id.
+        await asyncio.to_thread(self.catalog.require_enabled_session, session_id)
+        job_id = uuid.uuid4().hex
+        state = {"job_id": job_id, "status": "running", "session_id": str(session_id), "mode": mode.value}
+        await self.jobs.put.remote(job_id, state)
+        task = asyncio.create_task(self._run_job(job_id, session_id, mode))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return JSONResponse(
+            status_code=202,
+            content={**state, "status_url": f"/api/v1/faces/reindex-jobs/{job_id}"},
+        )
+
+    @api.get("/api/v1/faces/reindex-jobs/{job_id}", summary="State of a non-blocking reindex job")
+    async def reindex_job(self, job_id: str) -> dict[str, Any]:
+        state: dict[str, Any] | None = await self.jobs.get.remote(job_id)
+        if state is None:
+            raise JobNotFound(job_id)
+        return state
+
+    def _progress_hook(self, job_id: str | None = None) -> Any:
+        metrics = reindex_metrics()
+        started = time.perf_counter()
+        last_put = [0.0]
+
+        def hook(report: ReindexReport) -> None:
+            metrics.progress(str(report.session_id), report.processed_photos, report.planned_photos)
+            now = time.perf_counter()
+            if job_id is not None and now - last_put[0] >= 0.5:  # do not flood the registry
+                last_put[0] = now
+                state = {"job_id": job_id, "status": "running", **report.progress(now - started)}
+                self.jobs.put.remote(job_id, state)
+
+        return hook
+
+    async def _run_job(self, job_id: str, session_id: uuid.UUID, mode: ReindexMode) -> None:
+        try:
+            report = await self.coordinator.run(session_id, mode, self._progress_hook(job_id))
+            state = {**report.to_response(), "job_id": job_id, "status": "done"}
+        except Exception as exc:  # the job fails; the service does not
+            log.exception("reindex job %s failed", job_id)
+            state = {"job_id": job_id, "status": "failed", "session_id": str(session_id), "error": str(exc)}
+        await self.jobs.put.remote(job_id, state)
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:

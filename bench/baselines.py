@@ -1,0 +1,179 @@
+"""(a) the limit: the bare model on bytes in memory; (b) the seed's sequential loop.
+
+Both run in this process, one photo at a time, with ONNX Runtime on all cores
+(the seed's FaceAnalysis default), before Ray is started.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import httpx
+
+from bench.cpu import OtherLoad
+from bench.data import LazyPhotoFiles
+from bench.memory import RssSampler
+from bench.results import RunResult
+from facepass.catalog import CloudCatalog
+from facepass.demo.scenario import CatalogWriter
+from facepass.errors import NoFaceDetected, PhotoError, PhotoNotFound, StorageUnavailable
+from facepass.faces import FaceEmbedder
+from facepass.images import UrlPolicy, decode_image
+from facepass.models import PhotoRef, PhotoResult
+from facepass.settings import Settings
+from facepass.store import VectorStore
+
+CHUNK = 32  # photos built (untimed) before each timed stretch of the limit run
+
+
+def make_embedder(settings: Settings, threads: int) -> FaceEmbedder:
+    embedder = FaceEmbedder(settings.model_copy(update={"ort_intra_op_threads": threads}))
+    return embedder.load()
+
+
+def count_faces(embedder: FaceEmbedder, data: bytes, max_pixels: int) -> int:
+    try:
+        return len(embedder.embed(decode_image(data, max_pixels)))
+    except NoFaceDetected:
+        return 0
+
+
+def run_limit(
+    files: LazyPhotoFiles,
+    n: int,
+    embedders: dict[str, FaceEmbedder],
+    settings: Settings,
+) -> tuple[dict[str, RunResult], list[int]]:
+    """decode_image + FaceEmbedder.embed, sequential, on bytes already in memory.
+
+    Photos are built (or read from the spool) in chunks outside the timed part,
+    so memory stays flat at any N. Each chunk goes through every embedder in
+    turn (e.g. all cores, and one actor's thread count), so that load from
+    other processes on the machine hits all of them alike. Returns a run per
+    embedder and the face count of each photo (from the first embedder).
+    """
+    max_pixels = settings.max_image_pixels
+    for embedder in embedders.values():
+        count_faces(embedder, files.photo(0), max_pixels)  # ONNX Runtime's first call is slow: not timed
+    faces: list[int] = []
+    first = next(iter(embedders))
+    elapsed = dict.fromkeys(embedders, 0.0)
+    found = dict.fromkeys(embedders, 0)
+    with RssSampler({"driver": os.getpid()}) as memory, OtherLoad() as load:
+        for start in range(0, n, CHUNK):
+            chunk = [files.photo(i) for i in range(start, min(n, start + CHUNK))]
+            for key, embedder in embedders.items():
+                t0 = time.perf_counter()
+                counts = [count_faces(embedder, data, max_pixels) for data in chunk]
+                elapsed[key] += time.perf_counter() - t0
+                found[key] += sum(counts)
+                if key == first:
+                    faces.extend(counts)
+    runs = {
+        key: RunResult(
+            kind="limit",
+            label=f"(a) limit: bare model, 1 process, {embedder.threads} ORT threads, bytes in memory",
+            photos=n,
+            faces=found[key],
+            seconds=elapsed[key],
+            session_photos=n,
+            memory=memory.summary(),
+            load=load.figures(),
+            extra={"ort_threads": embedder.threads, "config": key},
+        )
+        for key, embedder in embedders.items()
+    }
+    return runs, faces
+
+
+def _seed_photo(
+    client: httpx.Client, policy: UrlPolicy, embedder: FaceEmbedder, photo: PhotoRef, settings: Settings
+) -> PhotoResult:
+    """One photo the seed's way: blocking download, decode, detect + embed."""
+    result = PhotoResult(photo=photo, model_name=embedder.model_name)
+    try:
+        t0 = time.perf_counter()
+        try:
+            response = client.get(policy.url_for(photo.preview_path))
+        except httpx.HTTPError as exc:
+            raise StorageUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code == 404:
+            raise PhotoNotFound("404 Not Found")
+        if response.status_code != 200:
+            raise StorageUnavailable(f"{response.status_code} {response.reason_phrase}")
+        t1 = time.perf_counter()
+        result.download_ms = (t1 - t0) * 1000
+        result.faces = embedder.embed(decode_image(response.content, settings.max_image_pixels))
+        result.inference_ms = (time.perf_counter() - t1) * 1000
+    except PhotoError as exc:
+        result.faces = []
+        result.error_code = exc.code
+        result.error_message = exc.message(photo.filename)
+        result.error_transient = exc.transient
+    return result
+
+
+def run_seed_loop(
+    settings: Settings,
+    catalog_writer: CatalogWriter,
+    names_paths: list[tuple[str, str]],
+    embedder: FaceEmbedder,
+    latency_ms: float,
+    session_photos: int,
+) -> RunResult:
+    """The seed's loop into a fresh session: list, compare, then per photo download ->
+    decode -> detect -> embed -> insert + commit (VectorStore.write_result)."""
+    session_id = catalog_writer.add_session(f"bench seed loop {latency_ms:g}ms {uuid.uuid4().hex[:6]}")
+    catalog_writer.add_photos(session_id, names_paths)
+    catalog = CloudCatalog(settings.cloud_dsn)
+    store = VectorStore(settings.local_dsn, pool_size=1)
+    policy = UrlPolicy(settings.storage_url, settings.storage_allowed_hosts)
+    download_ms = inference_ms = write_ms = 0.0
+    errors: dict[str, int] = {}
+    faces = 0
+    try:
+        with (
+            httpx.Client(timeout=settings.download_timeout_s, trust_env=False) as client,
+            RssSampler({"driver": os.getpid()}) as memory,
+            OtherLoad() as load,
+        ):
+            t0 = time.perf_counter()
+            catalog.require_enabled_session(session_id)
+            done = store.done_photo_ids(session_id)
+            todo = [p for p in catalog.list_photos(session_id) if p.id not in done]
+            for photo in todo:
+                result = _seed_photo(client, policy, embedder, photo, settings)
+                write_ms += store.write_result(result)
+                faces += len(result.faces)
+                download_ms += result.download_ms
+                inference_ms += result.inference_ms
+                if result.error_code and result.error_code != "no_face":
+                    errors[result.error_code] = errors.get(result.error_code, 0) + 1
+            elapsed = time.perf_counter() - t0
+        stored = store.count_embeddings(session_id)
+    finally:
+        catalog.close()
+        store.close()
+    count = len(todo)
+    return RunResult(
+        kind="seed_loop",
+        label=f"(b) seed loop: sync download, decode, embed, commit; {embedder.threads} ORT threads",
+        photos=count,
+        faces=faces,
+        seconds=elapsed,
+        latency_ms=latency_ms,
+        extrapolated=count < session_photos,
+        session_photos=session_photos,
+        memory=memory.summary(),
+        load=load.figures(),
+        extra={
+            "session_id": str(session_id),
+            "embeddings_stored": stored,
+            "errors": errors,
+            "mean_download_ms": round(download_ms / max(count, 1), 1),
+            "mean_inference_ms": round(inference_ms / max(count, 1), 1),
+            "mean_write_ms": round(write_ms / max(count, 1), 1),
+        },
+    )

@@ -1,0 +1,93 @@
+"""How busy the rest of the machine was during a run (the benchmark's noise floor).
+
+``other_cores`` = CPU time the whole machine spent busy, minus what this
+benchmark's own processes used (the driver and all its descendants, i.e. the
+Ray cluster it started, plus the embedded PostgreSQL), divided by wall time.
+On a quiet machine it is ~0; 1.0 means another job held a whole core.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from types import TracebackType
+
+import psutil
+
+_PGDATA: list[Path] = []  # the embedded PostgreSQL of this benchmark, if any
+
+
+def watch_postgres(pgdata: Path) -> None:
+    """Count this PostgreSQL data folder's server as ours (not as other load)."""
+    _PGDATA[:] = [pgdata]
+
+
+def _postmaster_pid(pgdata: Path | None) -> int | None:
+    if pgdata is None:
+        return None
+    try:
+        return int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+def _own_cpu_s(pgdata: Path | None) -> dict[int, float]:
+    """CPU seconds (own + reaped children) of every process of ours, by pid."""
+    roots = [psutil.Process(os.getpid())]
+    pg = _postmaster_pid(pgdata)
+    if pg is not None:
+        try:
+            roots.append(psutil.Process(pg))
+        except psutil.Error:
+            pass
+    seen: dict[int, float] = {}
+    for root in roots:
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for proc in procs:
+            try:
+                t = proc.cpu_times()
+            except psutil.Error:
+                continue
+            seen[proc.pid] = t.user + t.system + t.children_user + t.children_system
+    return seen
+
+
+def _busy_s() -> float:
+    t = psutil.cpu_times()
+    idle = float(t.idle) + float(getattr(t, "iowait", 0.0))
+    return float(sum(t)) - idle
+
+
+class OtherLoad:
+    """``with OtherLoad(pgdata) as load: ...`` then ``load.other_cores`` and ``load.own_cores``."""
+
+    def __init__(self, pgdata: Path | None = None) -> None:
+        self.pgdata = pgdata or (_PGDATA[0] if _PGDATA else None)
+        self.other_cores = 0.0
+        self.own_cores = 0.0
+        self._t0 = 0.0
+        self._busy0 = 0.0
+        self._own0: dict[int, float] = {}
+
+    def __enter__(self) -> OtherLoad:
+        self._own0 = _own_cpu_s(self.pgdata)
+        self._busy0 = _busy_s()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        wall = max(time.perf_counter() - self._t0, 1e-9)
+        busy = _busy_s() - self._busy0
+        own_now = _own_cpu_s(self.pgdata)
+        own = sum(max(0.0, cpu - self._own0.get(pid, 0.0)) for pid, cpu in own_now.items())
+        self.own_cores = own / wall
+        self.other_cores = max(0.0, busy - own) / wall
+
+    def figures(self) -> dict[str, float]:
+        return {"own_cores": round(self.own_cores, 2), "other_cores": round(self.other_cores, 2)}

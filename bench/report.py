@@ -1,0 +1,135 @@
+"""Summary figures, the JSON file and the PNG chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.results import RunResult
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or not b:
+        return None
+    return round(a / b, 3)
+
+
+def _rate(run: RunResult | None) -> float | None:
+    return round(run.photos_per_s, 3) if run is not None else None
+
+
+def _face_rate(run: RunResult | None) -> float | None:
+    return round(run.faces_per_s, 3) if run is not None else None
+
+
+def peak_by_process(runs: list[RunResult]) -> dict[str, float]:
+    """The highest sampled RSS of each process over the given runs, MB."""
+    peaks: dict[str, float] = {}
+    for run in runs:
+        for name, figures in run.memory.items():
+            peaks[name] = max(peaks.get(name, 0.0), figures["peak_mb"])
+    return peaks
+
+
+def summarize(
+    *,
+    limit: RunResult | None,
+    limit_actor: RunResult | None,
+    embed_actors: int,
+    actor_threads: int,
+    cpus: int,
+    seed_loops: dict[float, RunResult],
+    pipelines: dict[float, RunResult],
+    rerun: RunResult | None,
+    latencies_ms: list[float],
+    n_photos: int,
+    n_faces: int | None,
+) -> dict[str, Any]:
+    low, high = min(latencies_ms), max(latencies_ms)
+    seed_high = seed_loops.get(high)
+    pipe_low, pipe_high = pipelines.get(low), pipelines.get(high)
+    pipeline_peaks = peak_by_process([r for r in (*pipelines.values(), rerun) if r is not None])
+    # What the pool could do if every actor ran the bare model flat out on its own cores.
+    parallel = max(1, min(embed_actors, cpus // max(1, actor_threads)))
+    ideal = round(limit_actor.photos_per_s * parallel, 3) if limit_actor is not None else None
+    return {
+        "n_photos": n_photos,
+        "n_faces": n_faces,
+        "latency_ms": latencies_ms,
+        "limit_photos_per_s": _rate(limit),
+        "limit_faces_per_s": _face_rate(limit),
+        "limit_actor_threads_photos_per_s": _rate(limit_actor),
+        "limit_actor_threads": actor_threads,
+        "ideal_pool_photos_per_s": ideal,
+        "seed_loop_photos_per_s": _rate(seed_high),
+        "seed_loop_faces_per_s": _face_rate(seed_high),
+        "seed_loop_extrapolated": bool(seed_high and seed_high.extrapolated),
+        "seed_loop_sample_photos": seed_high.photos if seed_high else None,
+        "seed_loop_photos_per_s_low_latency": _rate(seed_loops.get(low)),
+        "pipeline_photos_per_s": _rate(pipe_low),
+        "pipeline_faces_per_s": _face_rate(pipe_low),
+        "pipeline_photos_per_s_high_latency": _rate(pipe_high),
+        "pipeline_faces_per_s_high_latency": _face_rate(pipe_high),
+        "pipeline_vs_limit": _ratio(_rate(pipe_low), _rate(limit)),
+        "pipeline_vs_ideal_pool": _ratio(_rate(pipe_low), ideal),
+        "pipeline_vs_seed_loop": _ratio(_rate(pipe_high), _rate(seed_high)),
+        "latency_hidden": _ratio(_rate(pipe_high), _rate(pipe_low)),
+        "rerun_indexed_s": round(rerun.seconds, 3) if rerun else None,
+        "embedding_actor_peak_rss_mb": {k: v for k, v in pipeline_peaks.items() if k.startswith("embedder")},
+        "other_actor_peak_rss_mb": {
+            k: v for k, v in pipeline_peaks.items() if not k.startswith("embedder") and k != "driver"
+        },
+        "driver_peak_rss_mb_during_pipeline": pipeline_peaks.get("driver"),
+        "other_load_cores": {
+            r.key: r.load.get("other_cores")
+            for r in (limit, limit_actor, *seed_loops.values(), *pipelines.values())
+            if r is not None
+        },
+    }
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, ensure_ascii=False, indent=2, default=str) + "\n")
+    return path
+
+
+def write_chart(path: Path, runs: list[RunResult], title: str) -> Path | None:
+    """Bars of photos/s and faces/s per run. matplotlib is optional: without it, no chart."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed; the PNG chart is skipped")
+        return None
+    shown = [r for r in runs if r.kind != "pipeline_rerun"]
+    labels = []
+    for run in shown:
+        name = {"limit": "limit (a)", "seed_loop": "seed loop (b)", "pipeline": "ours (c)"}.get(
+            run.kind, run.kind
+        )
+        if run.latency_ms is not None:
+            name += f"\n{run.latency_ms:g} ms"
+        if run.extrapolated:
+            name += "\n(sample)"
+        labels.append(name)
+    colors = {"limit": "#7f7f7f", "seed_loop": "#d62728", "pipeline": "#1f77b4"}
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.6 * len(shown) * 2), 4.8))
+    for ax, metric, unit in ((axes[0], "photos_per_s", "photos/s"), (axes[1], "faces_per_s", "faces/s")):
+        values = [getattr(r, metric) for r in shown]
+        bars = ax.bar(range(len(shown)), values, color=[colors.get(r.kind, "#999999") for r in shown])
+        ax.set_xticks(range(len(shown)), labels, fontsize=8)
+        ax.set_ylabel(unit)
+        ax.set_title(unit)
+        for bar, value in zip(bars, values, strict=True):
+            top = (bar.get_x() + bar.get_width() / 2, bar.get_height())
+            ax.annotate(f"{value:.2f}", top, ha="center", va="bottom", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,430 @@
+"""Throughput: the pipeline against the bare model and the seed's loop, in one run.
+
+    python -m bench.run [--n 300] [--latency-ms 100,500] [--bandwidth-mbps 100] [--out bench-results/]
+
+On the same synthetic session (N distinct real-face photos, 0 to 22 faces each)
+and the same machine it measures
+
+(a) the limit: decode_image + FaceEmbedder on the photos' bytes in memory, one
+    process, one photo at a time, ONNX Runtime on all cores;
+(b) the seed's loop: per photo a blocking httpx download from the loopback
+    storage, decode, detect, embed, insert + commit (VectorStore.write_result),
+    at each storage latency; with ``--seed-loop-sample K`` only the first K
+    photos are run and the rate is extrapolated (said so in the output);
+(c) ours: the force-reindex route over HTTP through Ray Serve and the actor
+    pool into a fresh session, at each latency; then a second call on the
+    indexed session (``rerun_indexed_s``).
+
+It prints photos/s and faces/s per run, the ratios, the rerun time and peak RSS
+(driver and each embedding actor), writes JSON and a PNG chart into ``--out``,
+and prints the JSON file's path as its last line. ``--memory-check`` runs only
+(c), at N and at 4N photos, and compares the peak RSS of the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import shutil
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from bench.baselines import make_embedder, run_limit, run_seed_loop
+from bench.cpu import watch_postgres
+from bench.data import DATA_VERSION, SyntheticSession, SyntheticStorage
+from bench.memory import driver_maxrss_mb
+from bench.report import peak_by_process, summarize, write_chart, write_json
+from bench.results import RunResult
+from bench.service import BenchService, free_port, run_pipeline, run_rerun
+from facepass.db import resolve_databases
+from facepass.demo.scenario import CatalogWriter
+from facepass.settings import Settings
+from facepass.store import VectorStore
+
+
+def _latencies(text: str) -> list[float]:
+    try:
+        values = sorted({float(v) for v in text.split(",") if v.strip()})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--latency-ms wants numbers like 100,500: {exc}") from exc
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError("--latency-ms wants one or more numbers >= 0")
+    return values
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=300, help="photos in the session (default 300)")
+    parser.add_argument(
+        "--latency-ms", type=_latencies, default=[100.0, 500.0], help="storage latency per request, ms"
+    )
+    parser.add_argument(
+        "--bandwidth-mbps", type=float, default=100.0, help="storage bandwidth cap per connection; 0 = none"
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for JSON and PNG")
+    parser.add_argument(
+        "--seed-loop-sample",
+        type=int,
+        default=60,
+        help="photos the seed loop runs (0 = all); rate extrapolated",
+    )
+    parser.add_argument("--limit-sample", type=int, default=0, help="photos the limit run uses (0 = all N)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic session")
+    parser.add_argument("--data-dir", type=Path, default=Path(".facepass/bench"), help="embedded databases")
+    parser.add_argument("--http-port", type=int, default=0, help="Serve's port (0 = a free one)")
+    parser.add_argument("--memory-check", action="store_true", help="only (c), at N and 4N: peak RSS of both")
+    parser.add_argument(
+        "--no-spool",
+        action="store_true",
+        help="build photos inside timed runs instead of spooling them first",
+    )
+    parser.add_argument("--keep-data", action="store_true", help="keep the bench sessions and spooled photos")
+    parser.add_argument("--ray-logs", action="store_true", help="stream the actors' logs to this terminal")
+    args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error("--n must be >= 1")
+    return args
+
+
+def _machine() -> dict[str, Any]:
+    import onnxruntime
+    import ray
+
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "ort_providers_available": onnxruntime.get_available_providers(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _delete_sessions(settings: Settings, session_ids: list[str]) -> None:
+    """Remove this run's sessions from the catalog and the index (the HNSW index stays small)."""
+    if not session_ids:
+        return
+    ids = [uuid.UUID(s) for s in session_ids]
+    param: sa.BindParameter[list[uuid.UUID]] = sa.bindparam("ids", expanding=True)
+    catalog = CatalogWriter(settings.cloud_dsn or "")
+    store = VectorStore(settings.local_dsn, pool_size=1)
+    try:
+        with catalog.engine.begin() as conn:
+            conn.execute(
+                sa.text("DELETE FROM photos WHERE session_id IN :ids").bindparams(param), {"ids": ids}
+            )
+            conn.execute(sa.text("DELETE FROM sessions WHERE id IN :ids").bindparams(param), {"ids": ids})
+        with store.engine.begin() as conn:
+            for table in ("face_embeddings", "indexed_photos"):
+                statement = sa.text(f"DELETE FROM {table} WHERE session_id IN :ids").bindparams(param)
+                conn.execute(statement, {"ids": ids})
+    finally:
+        catalog.close()
+        store.close()
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    wall_start = time.perf_counter()
+    started_at = datetime.now(UTC)
+    n: int = args.n
+    latencies: list[float] = args.latency_ms
+    low, high = latencies[0], latencies[-1]
+    n_total = 4 * n if args.memory_check else n
+    bytes_per_s = args.bandwidth_mbps * 1e6 / 8 if args.bandwidth_mbps > 0 else 0.0
+    data_dir: Path = args.data_dir.expanduser().resolve()
+    spool_dir = None if args.no_spool else data_dir / "spool"
+
+    session = SyntheticSession(n_total, seed=args.seed)
+    storage = SyntheticStorage(session, bytes_per_s=bytes_per_s, spool_dir=spool_dir)
+    storage.start()
+    base = Settings(
+        data_dir=data_dir,
+        storage_url=storage.url,
+        http_port=args.http_port or free_port(),
+        ray_namespace=f"facepass-bench-{uuid.uuid4().hex[:8]}",
+    )
+    settings = resolve_databases(base)
+    if not (base.cloud_dsn and base.local_dsn):
+        watch_postgres(data_dir / "pg")  # the embedded server's CPU is ours, not "other load"
+    catalog_writer = CatalogWriter(settings.cloud_dsn or "")
+    catalog_writer.create_schema()
+    schema_store = VectorStore(settings.local_dsn, pool_size=1)
+    schema_store.create_schema()
+    schema_store.close()
+    machine = _machine()
+    threads = os.cpu_count() or 1
+    if machine["load_average_at_start"][0] > 0.5 * threads:
+        _say(
+            f"note: load average {machine['load_average_at_start']} on {threads} CPUs: other work is "
+            "running, figures will be noisy (each run reports how many cores other processes kept busy)"
+        )
+    bandwidth = f"{args.bandwidth_mbps:g} Mbit/s" if bytes_per_s else "unlimited"
+    _say(
+        f"bench: {n_total} photos (seed {args.seed}), storage latency "
+        f"{', '.join(f'{v:g}' for v in latencies)} ms per request, bandwidth {bandwidth}"
+        f" per connection; {machine['cpus']} CPUs, load average {machine['load_average_at_start']}"
+    )
+    _say(
+        f"pool: {settings.embed_actors} embedding actors x {settings.intra_op_threads()} ORT threads, "
+        f"{settings.photos_in_flight_per_actor} photos in flight each; "
+        f"baselines: 1 process x {threads} ORT threads"
+    )
+
+    runs: list[RunResult] = []
+    session_ids: list[str] = []
+    limit: RunResult | None = None
+    limit_actor: RunResult | None = None
+    faces_per_photo: list[int] = []
+    seed_loops: dict[float, RunResult] = {}
+    pipelines: dict[float, RunResult] = {}
+    rerun: RunResult | None = None
+    memory_runs: dict[str, RunResult] = {}
+    service: BenchService | None = None
+    built_before_runs = 0
+    try:
+        t0 = time.perf_counter()
+        built = storage.lazy_files.prepare(n_total)
+        built_before_runs = storage.lazy_files.generated
+        if spool_dir is not None:
+            _say(f"photos spooled to {spool_dir} ({built} built now) in {time.perf_counter() - t0:.1f} s")
+
+        if not args.memory_check:
+            embedders = {"all_cores": make_embedder(settings, threads)}
+            if settings.intra_op_threads() != threads:
+                embedders["actor_threads"] = make_embedder(settings, settings.intra_op_threads())
+            embedder = embedders["all_cores"]
+            limit_n = min(args.limit_sample or n, n)
+            limits, faces_per_photo = run_limit(storage.lazy_files, limit_n, embedders, settings)
+            for run in limits.values():
+                run.extrapolated = limit_n < n
+                run.session_photos = n
+                runs.append(run)
+                _say(run.line())
+            limit = limits["all_cores"]
+            limit_actor = limits.get("actor_threads", limit)
+            sample = min(args.seed_loop_sample or n, n)
+            for latency in latencies:
+                storage.latency_s = latency / 1000
+                seed = run_seed_loop(
+                    settings, catalog_writer, session.names_paths(sample), embedder, latency, n
+                )
+                session_ids.append(seed.extra["session_id"])
+                seed_loops[latency] = seed
+                runs.append(seed)
+                _say(seed.line())
+            del embedder, embedders
+            gc.collect()
+
+        _say("starting Ray + Serve + the pool ...")
+        t0 = time.perf_counter()
+        service = BenchService(settings, ray_logs=args.ray_logs).start()
+        ready_s = time.perf_counter() - t0
+        _say(f"service ready in {ready_s:.1f} s {service.startup_s}; processes {service.pids()}")
+        storage.latency_s = 0.0
+        warm_n = min(n, settings.embed_actors * settings.photos_in_flight_per_actor)
+        warm, warm_id = run_pipeline(service, catalog_writer, session.names_paths(warm_n), 0.0, "warm-up")
+        session_ids.append(str(warm_id))
+        _say(f"warm-up (not counted): {warm.photos} photos in {warm.seconds:.1f} s")
+
+        if args.memory_check:
+            storage.latency_s = low / 1000
+            for label, count in (("n", n), ("4n", 4 * n)):
+                run, sid = run_pipeline(
+                    service, catalog_writer, session.names_paths(count), low, f"(c) ours, {count} photos"
+                )
+                session_ids.append(str(sid))
+                memory_runs[label] = run
+                runs.append(run)
+                _say(run.line())
+                _say(f"  peak RSS MB: {_peaks_text(run)}")
+        else:
+            low_session: uuid.UUID | None = None
+            for latency in latencies:
+                storage.latency_s = latency / 1000
+                run, sid = run_pipeline(service, catalog_writer, session.names_paths(n), latency)
+                session_ids.append(str(sid))
+                low_session = low_session or sid
+                pipelines[latency] = run
+                runs.append(run)
+                _say(run.line())
+                _check_pipeline(run, n, faces_per_photo if len(faces_per_photo) == n else None)
+            assert low_session is not None
+            storage.latency_s = low / 1000
+            rerun = run_rerun(service, low_session, low)
+            runs.append(rerun)
+            _say(f"{rerun.label}: {rerun.seconds:.2f} s (skipped {rerun.extra.get('skipped_photos')})")
+    finally:
+        if service is not None:
+            service.stop()
+        storage.stop()
+        if not args.keep_data:
+            _delete_sessions(settings, session_ids)
+            if spool_dir is not None:
+                shutil.rmtree(spool_dir, ignore_errors=True)
+        catalog_writer.close()
+
+    wall_s = time.perf_counter() - wall_start
+    machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    stamp = started_at.strftime("%Y%m%d-%H%M%S")
+    out: Path = args.out
+    common: dict[str, Any] = {
+        "started_at": started_at.isoformat(),
+        "wall_s": round(wall_s, 1),
+        "bandwidth_mbps": args.bandwidth_mbps,
+        "seed": args.seed,
+        "data_version": DATA_VERSION,
+        "spooled": spool_dir is not None,
+        "photos_built_during_runs": storage.lazy_files.generated - built_before_runs,
+        "driver_peak_rss_mb": round(driver_maxrss_mb(), 1),
+        "settings": {
+            "embed_actors": settings.embed_actors,
+            "photos_in_flight_per_actor": settings.photos_in_flight_per_actor,
+            "ort_threads_per_actor": settings.intra_op_threads(),
+            "baseline_ort_threads": threads,
+            "det_size": settings.det_size,
+            "model": runs[-1].extra.get("model_name") if runs else None,
+        },
+        "machine": machine,
+    }
+    if args.memory_check:
+        payload = _memory_payload(n, low, memory_runs) | common | {"runs": [r.to_json() for r in runs]}
+        path = write_json(out / f"bench-memory-{stamp}.json", payload)
+        _print_memory_summary(payload)
+    else:
+        n_faces = sum(faces_per_photo) if limit is not None and not limit.extrapolated else None
+        summary = summarize(
+            limit=limit,
+            limit_actor=limit_actor,
+            embed_actors=settings.embed_actors,
+            actor_threads=settings.intra_op_threads(),
+            cpus=os.cpu_count() or 1,
+            seed_loops=seed_loops,
+            pipelines=pipelines,
+            rerun=rerun,
+            latencies_ms=latencies,
+            n_photos=n,
+            n_faces=n_faces if n_faces is not None else (pipelines[low].faces if low in pipelines else None),
+        )
+        payload = summary | common | {"runs": [r.to_json() for r in runs]}
+        chart = write_chart(
+            out / f"bench-{stamp}.png", runs, f"FacePass throughput, N={n}, {machine['cpus']} CPUs"
+        )
+        payload["chart"] = str(chart) if chart else None
+        path = write_json(out / f"bench-{stamp}.json", payload)
+        _print_summary(payload, low, high)
+    _say(f"wall time: {wall_s:.1f} s; driver peak RSS (getrusage): {common['driver_peak_rss_mb']} MB")
+    _say(str(path))
+    return 0
+
+
+def _peaks_text(run: RunResult) -> str:
+    return ", ".join(f"{name} {figures['peak_mb']:.0f}" for name, figures in run.memory.items())
+
+
+def _check_pipeline(run: RunResult, n: int, faces_per_photo: list[int] | None) -> None:
+    """Photos with no face count as failed in the seed's report; anything else is a real failure."""
+    unexpected = int(run.extra.get("failed_photos", 0)) - int(run.extra.get("no_face_photos", 0))
+    if run.photos != n or unexpected:
+        pairs = zip(run.extra.get("errors", []), run.extra.get("error_codes", []), strict=False)
+        errors = [message for message, code in pairs if code != "no_face"]
+        _say(f"  WARNING: processed {run.photos} of {n}, {unexpected} failed other than no-face: {errors}")
+    if faces_per_photo is not None and run.faces != sum(faces_per_photo):
+        _say(f"  note: {run.faces} embeddings stored vs {sum(faces_per_photo)} faces found by the limit run")
+
+
+def _memory_payload(n: int, latency: float, runs: dict[str, RunResult]) -> dict[str, Any]:
+    small, big = runs.get("n"), runs.get("4n")
+    peaks_small = peak_by_process([small]) if small else {}
+    peaks_big = peak_by_process([big]) if big else {}
+    growth = {
+        name: round(peaks_big[name] / peaks_small[name], 3) for name in peaks_big if peaks_small.get(name)
+    }
+    return {
+        "memory_check": True,
+        "n_photos": n,
+        "n_photos_4n": 4 * n,
+        "latency_ms": [latency],
+        "peak_rss_mb_n": peaks_small,
+        "peak_rss_mb_4n": peaks_big,
+        "peak_rss_growth_4n_over_n": growth,
+        "pipeline_photos_per_s_n": round(small.photos_per_s, 3) if small else None,
+        "pipeline_photos_per_s_4n": round(big.photos_per_s, 3) if big else None,
+    }
+
+
+def _fmt(value: object, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3g}{unit}"
+    return f"{value}{unit}"
+
+
+def _print_summary(p: dict[str, Any], low: float, high: float) -> None:
+    _say()
+    _say(f"== summary: {p['n_photos']} photos, {_fmt(p['n_faces'])} faces ==")
+    _say(f"limit (a): {_fmt(p['limit_photos_per_s'])} photos/s, {_fmt(p['limit_faces_per_s'])} faces/s")
+    _say(
+        f"limit with one actor's {p['limit_actor_threads']} ORT thread(s): "
+        f"{_fmt(p['limit_actor_threads_photos_per_s'])} photos/s; "
+        f"ideal pool (that x parallel actors): {_fmt(p['ideal_pool_photos_per_s'])} photos/s"
+    )
+    sampled = " (extrapolated from a sample)" if p["seed_loop_extrapolated"] else ""
+    _say(
+        f"seed loop (b) @ {high:g} ms: {_fmt(p['seed_loop_photos_per_s'])} photos/s, "
+        f"{_fmt(p['seed_loop_faces_per_s'])} faces/s{sampled}"
+    )
+    _say(
+        f"ours (c) @ {low:g} ms: {_fmt(p['pipeline_photos_per_s'])} photos/s, "
+        f"{_fmt(p['pipeline_faces_per_s'])} faces/s"
+    )
+    _say(
+        f"ours (c) @ {high:g} ms: {_fmt(p['pipeline_photos_per_s_high_latency'])} photos/s, "
+        f"{_fmt(p['pipeline_faces_per_s_high_latency'])} faces/s"
+    )
+    _say(f"pipeline_vs_limit     (c@{low:g} / a):      {_fmt(p['pipeline_vs_limit'])}")
+    _say(f"pipeline_vs_ideal_pool (c@{low:g} / ideal pool): {_fmt(p['pipeline_vs_ideal_pool'])}")
+    _say(f"pipeline_vs_seed_loop (c@{high:g} / b@{high:g}): {_fmt(p['pipeline_vs_seed_loop'])}")
+    _say(f"latency_hidden        (c@{high:g} / c@{low:g}): {_fmt(p['latency_hidden'])}")
+    _say(f"rerun_indexed_s: {_fmt(p['rerun_indexed_s'], ' s')}")
+    actors = ", ".join(f"{k} {v:.0f}" for k, v in p["embedding_actor_peak_rss_mb"].items())
+    others = ", ".join(f"{k} {v:.0f}" for k, v in p["other_actor_peak_rss_mb"].items())
+    _say(
+        f"peak RSS MB during (c): driver {_fmt(p['driver_peak_rss_mb_during_pipeline'])}; {actors}"
+        + (f"; {others}" if others else "")
+    )
+    load = ", ".join(f"{k} {_fmt(v)}" for k, v in p["other_load_cores"].items())
+    _say(f"other processes on the machine kept busy (cores): {load}")
+    if p.get("chart"):
+        _say(f"chart: {p['chart']}")
+
+
+def _print_memory_summary(p: dict[str, Any]) -> None:
+    _say()
+    _say(f"== memory check: {p['n_photos']} vs {p['n_photos_4n']} photos ==")
+    for name in sorted(set(p["peak_rss_mb_n"]) | set(p["peak_rss_mb_4n"])):
+        small, big = p["peak_rss_mb_n"].get(name), p["peak_rss_mb_4n"].get(name)
+        _say(
+            f"{name:16s} peak RSS {_fmt(small)} MB at N, {_fmt(big)} MB at 4N "
+            f"(x{_fmt(p['peak_rss_growth_4n_over_n'].get(name))})"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""(c) ours: the real service (Ray + Serve + the pool) started the way the integration tests do."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import httpx
+import psutil
+import ray
+from ray import serve
+
+from actors.pool import WRITER_NAME, embedding_actor_name
+from bench.cpu import OtherLoad
+from bench.memory import RssSampler
+from bench.results import RunResult
+from facepass.demo.scenario import CatalogWriter
+from facepass.settings import Settings
+from serve_app import build_app
+
+APP_NAME = "facepass"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class BenchService:
+    """ray.init + serve.start + serve.run(build_app(settings)); ``stop()`` tears all of it down."""
+
+    def __init__(self, settings: Settings, *, ray_logs: bool = False) -> None:
+        self.settings = settings
+        self.base_url = f"http://{settings.http_host}:{settings.http_port}"
+        self.ray_logs = ray_logs
+        self.actor_pids: dict[str, int] = {}
+        self.startup_s: dict[str, float] = {}
+        self._http = httpx.Client(timeout=httpx.Timeout(None, connect=30), trust_env=False)
+
+    def start(self, ready_timeout_s: float = 600) -> BenchService:
+        s = self.settings
+        num_cpus = max(os.cpu_count() or 1, math.ceil(s.embed_actors * s.cpus_per_actor))
+        t0 = time.perf_counter()
+        ray.init(
+            address="local",  # always a cluster of our own, never one that `ray start` left running
+            namespace=s.ray_namespace,
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=self.ray_logs,  # the replica logs a line per photo: noise at N=10,000
+        )
+        t1 = time.perf_counter()
+        serve.start(http_options={"host": s.http_host, "port": s.http_port})
+        t2 = time.perf_counter()
+        serve.run(build_app(s), name=APP_NAME, route_prefix="/")
+        t3 = time.perf_counter()
+        self._wait_healthy(ready_timeout_s)
+        t4 = time.perf_counter()
+        self.actor_pids = self._actor_pids()
+        self.startup_s = {
+            "ray_init": round(t1 - t0, 1),
+            "serve_start": round(t2 - t1, 1),
+            "serve_run": round(t3 - t2, 1),
+            "pool_healthy": round(t4 - t3, 1),
+        }
+        return self
+
+    def _wait_healthy(self, timeout_s: float) -> None:
+        """/healthz answers 200 once every embedding actor has loaded its model."""
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                response = self._http.get(f"{self.base_url}/healthz", timeout=30)
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text[:300]}"
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.5)
+        raise RuntimeError(f"service not healthy after {timeout_s:g}s: {last}")
+
+    def _actor_pids(self) -> dict[str, int]:
+        pids: dict[str, int] = {}
+        for i in range(self.settings.embed_actors):
+            handle = ray.get_actor(embedding_actor_name(i), namespace=self.settings.ray_namespace)
+            info: Any = ray.get(handle.info.remote())
+            pids[f"embedder-{i}"] = int(info["pid"])
+        # The replica (where the coordinator runs) and the writer, found by their process titles
+        # among this driver's descendants (other Ray clusters on the machine are not ours).
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                title = " ".join(proc.cmdline())
+            except psutil.Error:
+                continue
+            if "ServeReplica:" in title and "FacePassIngress" in title:
+                pids["ingress-replica"] = proc.pid
+            elif "IndexWriter" in title:
+                pids["index-writer"] = proc.pid
+        return pids
+
+    def pids(self) -> dict[str, int]:
+        return {"driver": os.getpid(), **self.actor_pids}
+
+    def reindex(self, session_id: uuid.UUID, mode: str = "missing") -> dict[str, Any]:
+        url = f"{self.base_url}/api/v1/faces/force-reindex-session/{session_id}"
+        response = self._http.post(url, params={"mode": mode})
+        if response.status_code != 200:
+            raise RuntimeError(f"reindex of {session_id}: HTTP {response.status_code} {response.text[:500]}")
+        body: dict[str, Any] = response.json()
+        return body
+
+    def stop(self) -> None:
+        self._http.close()
+        if not ray.is_initialized():
+            return
+        try:
+            serve.shutdown()  # type: ignore[no-untyped-call]
+        finally:
+            names = [embedding_actor_name(i) for i in range(self.settings.embed_actors)] + [WRITER_NAME]
+            for name in names:
+                try:
+                    ray.kill(ray.get_actor(name, namespace=self.settings.ray_namespace), no_restart=True)
+                except ValueError:
+                    pass
+            ray.shutdown()
+
+
+def _report_extra(body: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "session_id",
+        "total_photos",
+        "processed_photos",
+        "successful_photos",
+        "skipped_photos",
+        "failed_photos",
+        "processing_time_ms",
+        "final_embedding_count",
+        "faces_indexed",
+        "no_face_photos",
+        "retry_photos",
+        "error_codes",
+        "errors",
+        "model_name",
+    )
+    return {k: body[k] for k in keys if k in body}
+
+
+def run_pipeline(
+    service: BenchService,
+    catalog_writer: CatalogWriter,
+    names_paths: list[tuple[str, str]],
+    latency_ms: float,
+    label: str = "(c) ours: force-reindex route over HTTP, Ray Serve + actor pool",
+) -> tuple[RunResult, uuid.UUID]:
+    """A fresh session of the given photos, indexed by one POST; timed from request to answer."""
+    session_id = catalog_writer.add_session(f"bench pipeline {latency_ms:g}ms {uuid.uuid4().hex[:6]}")
+    catalog_writer.add_photos(session_id, names_paths)
+    with RssSampler(service.pids()) as memory, OtherLoad() as load:
+        t0 = time.perf_counter()
+        body = service.reindex(session_id)
+        elapsed = time.perf_counter() - t0
+    extra = _report_extra(body)
+    extra.update(
+        embed_actors=service.settings.embed_actors,
+        photos_in_flight_per_actor=service.settings.photos_in_flight_per_actor,
+        ort_threads_per_actor=service.settings.intra_op_threads(),
+    )
+    run = RunResult(
+        kind="pipeline",
+        label=label,
+        photos=int(body.get("processed_photos", 0)),
+        faces=int(body.get("final_embedding_count", 0)),
+        seconds=elapsed,
+        latency_ms=latency_ms,
+        session_photos=len(names_paths),
+        memory=memory.summary(),
+        load=load.figures(),
+        extra=extra,
+    )
+    return run, session_id
+
+
+def run_rerun(service: BenchService, session_id: uuid.UUID, latency_ms: float) -> RunResult:
+    """A second call on a session that is fully indexed: it must skip everything."""
+    with RssSampler(service.pids()) as memory:
+        t0 = time.perf_counter()
+        body = service.reindex(session_id)
+        elapsed = time.perf_counter() - t0
+    return RunResult(
+        kind="pipeline_rerun",
+        label="(c) rerun on the already-indexed session",
+        photos=int(body.get("processed_photos", 0)),
+        faces=int(body.get("final_embedding_count", 0)),
+        seconds=elapsed,
+        latency_ms=latency_ms,
+        session_photos=int(body.get("total_photos", 0)),
+        memory=memory.summary(),
+        extra=_report_extra(body),
+    )

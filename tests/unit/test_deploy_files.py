@@ -1,0 +1,154 @@
+"""The deployment files are checked with Ray's own validators (no cluster is started)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+from ray.serve.schema import ServeDeploySchema
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER_YAML = ROOT / "cluster.yaml"
+SERVE_CONFIG = ROOT / "deploy" / "serve_config.yaml"
+RAYSERVICE = ROOT / "deploy" / "kuberay-rayservice.yaml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "facepass-dashboard.json"
+METRICS_PY = ROOT / "actors" / "metrics.py"
+
+IMPORT_PATH = "serve_app:app"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(CLUSTER_YAML.read_text())
+    return config
+
+
+def _rayservice() -> dict[str, Any]:
+    docs = [doc for doc in yaml.safe_load_all(RAYSERVICE.read_text()) if doc]
+    services = [doc for doc in docs if doc.get("kind") == "RayService"]
+    assert len(services) == 1, [doc.get("kind") for doc in docs]
+    service: dict[str, Any] = services[0]
+    return service
+
+
+def _head_and_workers(config: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    workers = [spec for name, spec in types.items() if name != config["head_node_type"]]
+    return head, workers
+
+
+def test_cluster_yaml_passes_ray_validation(cluster: dict[str, Any]) -> None:
+    validate_config(copy.deepcopy(cluster))
+    # What `ray up` does: merge the provider's defaults, then validate again.
+    validate_config(prepare_config(copy.deepcopy(cluster)))
+
+
+def test_cluster_yaml_has_cpu_head_and_gpu_workers(cluster: dict[str, Any]) -> None:
+    head, workers = _head_and_workers(cluster)
+    assert head["resources"].get("CPU", 0) > 0
+    assert head["resources"].get("GPU", 0) == 0
+    gpu_workers = [w for w in workers if w["resources"].get("GPU", 0) >= 1]
+    assert gpu_workers, "no worker node type with a GPU"
+    for worker in gpu_workers:
+        assert worker.get("min_workers", 0) == 0
+        assert worker["max_workers"] >= 1
+
+
+def test_cluster_yaml_installs_and_starts_the_app(cluster: dict[str, Any]) -> None:
+    assert cluster["file_mounts"] == {"~/facepass": "."}
+    setup = "\n".join(cluster["setup_commands"])
+    assert "uv sync --frozen" in setup
+    for name in (
+        "FACEPASS_CLOUD_DSN",
+        "FACEPASS_LOCAL_DSN",
+        "FACEPASS_STORAGE_URL",
+        "FACEPASS_GPUS_PER_ACTOR=1",
+        "FACEPASS_EMBED_ACTORS",
+        "FACEPASS_HTTP_HOST=0.0.0.0",
+    ):
+        assert name in setup, name
+    head_start = "\n".join(cluster["head_start_ray_commands"])
+    assert "--dashboard-host=0.0.0.0" in head_start
+    assert "--metrics-export-port=8080" in head_start
+    assert "serve deploy deploy/serve_config.yaml" in head_start
+    worker_start = "\n".join(cluster["worker_start_ray_commands"])
+    assert "$RAY_HEAD_IP" in worker_start
+    assert "--metrics-export-port=8080" in worker_start
+
+
+def _check_serve_config(config: dict[str, Any]) -> ServeDeploySchema:
+    schema = ServeDeploySchema.model_validate(config)
+    assert [app.import_path for app in schema.applications] == [IMPORT_PATH]
+    app = schema.applications[0]
+    assert app.route_prefix == "/"
+    assert [d.name for d in app.deployments] == ["FacePassIngress"]
+    return schema
+
+
+def test_serve_config_passes_serve_schema() -> None:
+    config = yaml.safe_load(SERVE_CONFIG.read_text())
+    schema = _check_serve_config(config)
+    assert schema.http_options.host == "0.0.0.0"
+    assert schema.http_options.port == 8000
+
+
+def test_rayservice_embeds_the_same_application() -> None:
+    service = _rayservice()
+    assert service["apiVersion"] == "ray.io/v1"
+    serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    _check_serve_config(serve_config)
+    assert serve_config["applications"] == yaml.safe_load(SERVE_CONFIG.read_text())["applications"]
+
+
+def test_rayservice_has_cpu_head_and_gpu_worker_group() -> None:
+    cluster_spec = _rayservice()["spec"]["rayClusterConfig"]
+    head = cluster_spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in head.get("resources", {}).get("limits", {})
+    gpu_groups = [
+        group
+        for group in cluster_spec["workerGroupSpecs"]
+        if group["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu") == 1
+    ]
+    assert gpu_groups, "no worker group with nvidia.com/gpu: 1"
+    for container in [head, *(g["template"]["spec"]["containers"][0] for g in gpu_groups)]:
+        secrets = [ref["secretRef"]["name"] for ref in container.get("envFrom", []) if "secretRef" in ref]
+        assert secrets, f"{container['name']} takes no env from a Secret"
+
+
+def _metric_names() -> list[str]:
+    names = sorted(set(re.findall(r'"(facepass_[a-z0-9_]+)"', METRICS_PY.read_text())))
+    assert names, "no metric names found in actors/metrics.py"
+    return names
+
+
+def _dashboard_exprs() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs: list[str] = []
+
+    def walk(panels: list[dict[str, Any]]) -> None:
+        for panel in panels:
+            exprs.extend(t["expr"] for t in panel.get("targets", []) if "expr" in t)
+            walk(panel.get("panels", []))
+
+    walk(dashboard["panels"])
+    return exprs
+
+
+def test_dashboard_is_valid_json_with_a_prometheus_variable() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = dashboard["templating"]["list"]
+    assert any(v["type"] == "datasource" and v["query"] == "prometheus" for v in variables)
+    assert dashboard["schemaVersion"] >= 36
+
+
+@pytest.mark.parametrize("name", _metric_names())
+def test_dashboard_shows_every_metric(name: str) -> None:
+    pattern = re.compile(rf"\bray_{name}(_bucket|_sum|_count)?\b")
+    assert any(pattern.search(expr) for expr in _dashboard_exprs()), f"ray_{name} is in no panel"
