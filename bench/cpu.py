@@ -32,8 +32,8 @@ def _postmaster_pid(pgdata: Path | None) -> int | None:
         return None
 
 
-def _own_cpu_s(pgdata: Path | None) -> dict[int, float]:
-    """CPU seconds (own + reaped children) of every process of ours, by pid."""
+def _own_cpu_s(pgdata: Path | None) -> tuple[dict[int, float], set[int]]:
+    """CPU seconds (own + reaped children) of every process of ours by pid, and the PostgreSQL pids."""
     roots = [psutil.Process(os.getpid())]
     pg = _postmaster_pid(pgdata)
     if pg is not None:
@@ -42,6 +42,7 @@ def _own_cpu_s(pgdata: Path | None) -> dict[int, float]:
         except psutil.Error:
             pass
     seen: dict[int, float] = {}
+    postgres: set[int] = set()
     for root in roots:
         try:
             procs = [root, *root.children(recursive=True)]
@@ -53,7 +54,9 @@ def _own_cpu_s(pgdata: Path | None) -> dict[int, float]:
             except psutil.Error:
                 continue
             seen[proc.pid] = t.user + t.system + t.children_user + t.children_system
-    return seen
+            if root.pid == pg:
+                postgres.add(proc.pid)
+    return seen, postgres
 
 
 def _busy_s() -> float:
@@ -63,18 +66,22 @@ def _busy_s() -> float:
 
 
 class OtherLoad:
-    """``with OtherLoad(pgdata) as load: ...`` then ``load.other_cores`` and ``load.own_cores``."""
+    """``with OtherLoad(names) as load: ...`` then ``load.other_cores``, ``load.own_cores`` and
+    ``load.by_process`` (cores used by each named pid; ``postgres``; ``rest`` for Ray's own
+    processes, Serve's proxy and anything else of ours)."""
 
-    def __init__(self, pgdata: Path | None = None) -> None:
+    def __init__(self, names: dict[str, int] | None = None, pgdata: Path | None = None) -> None:
         self.pgdata = pgdata or (_PGDATA[0] if _PGDATA else None)
+        self.names = {pid: name for name, pid in (names or {}).items()}
         self.other_cores = 0.0
         self.own_cores = 0.0
+        self.by_process: dict[str, float] = {}
         self._t0 = 0.0
         self._busy0 = 0.0
         self._own0: dict[int, float] = {}
 
     def __enter__(self) -> OtherLoad:
-        self._own0 = _own_cpu_s(self.pgdata)
+        self._own0, _ = _own_cpu_s(self.pgdata)
         self._busy0 = _busy_s()
         self._t0 = time.perf_counter()
         return self
@@ -84,10 +91,20 @@ class OtherLoad:
     ) -> None:
         wall = max(time.perf_counter() - self._t0, 1e-9)
         busy = _busy_s() - self._busy0
-        own_now = _own_cpu_s(self.pgdata)
-        own = sum(max(0.0, cpu - self._own0.get(pid, 0.0)) for pid, cpu in own_now.items())
+        own_now, postgres = _own_cpu_s(self.pgdata)
+        own = 0.0
+        by_process: dict[str, float] = {}
+        for pid, cpu in own_now.items():
+            used = max(0.0, cpu - self._own0.get(pid, 0.0))
+            own += used
+            name = self.names.get(pid) or ("postgres" if pid in postgres else "rest")
+            by_process[name] = by_process.get(name, 0.0) + used / wall
         self.own_cores = own / wall
         self.other_cores = max(0.0, busy - own) / wall
+        self.by_process = dict(sorted(by_process.items()))
 
     def figures(self) -> dict[str, float]:
-        return {"own_cores": round(self.own_cores, 2), "other_cores": round(self.other_cores, 2)}
+        out = {"own_cores": round(self.own_cores, 2), "other_cores": round(self.other_cores, 2)}
+        if self.names:
+            out |= {f"cores:{name}": round(cores, 2) for name, cores in self.by_process.items()}
+        return out

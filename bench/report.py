@@ -81,6 +81,10 @@ def summarize(
             k: v for k, v in pipeline_peaks.items() if not k.startswith("embedder") and k != "driver"
         },
         "driver_peak_rss_mb_during_pipeline": pipeline_peaks.get("driver"),
+        "pipeline_cores_by_process": {
+            r.key: {k.split(":", 1)[1]: v for k, v in r.load.items() if k.startswith("cores:")}
+            for r in pipelines.values()
+        },
         "other_load_cores": {
             r.key: r.load.get("other_cores")
             for r in (limit, limit_actor, *seed_loops.values(), *pipelines.values())

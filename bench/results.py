@@ -53,6 +53,9 @@ class RunResult:
         )
         if self.load:
             text += f" [other processes busy: {self.load.get('other_cores', 0.0):.2f} cores]"
+            split = {k.split(":", 1)[1]: v for k, v in self.load.items() if k.startswith("cores:")}
+            if split:
+                text += "\n  cores used: " + ", ".join(f"{k} {v:.2f}" for k, v in split.items())
         if self.extrapolated:
             text += (
                 f" -- measured on a sample of {self.photos} of {self.session_photos} photos; "

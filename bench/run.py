@@ -90,6 +90,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep-data", action="store_true", help="keep the bench sessions and spooled photos")
     parser.add_argument("--ray-logs", action="store_true", help="stream the actors' logs to this terminal")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy every pipeline process during (c); adds some load"
+    )
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error("--n must be >= 1")
@@ -149,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     bytes_per_s = args.bandwidth_mbps * 1e6 / 8 if args.bandwidth_mbps > 0 else 0.0
     data_dir: Path = args.data_dir.expanduser().resolve()
     spool_dir = None if args.no_spool else data_dir / "spool"
+    profile_dir: Path | None = args.out / "profiles" if args.profile else None
 
     session = SyntheticSession(n_total, seed=args.seed)
     storage = SyntheticStorage(session, bytes_per_s=bytes_per_s, spool_dir=spool_dir)
@@ -175,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             "running, figures will be noisy (each run reports how many cores other processes kept busy)"
         )
     bandwidth = f"{args.bandwidth_mbps:g} Mbit/s" if bytes_per_s else "unlimited"
+    sizes = f"{n} and {n_total}" if args.memory_check else str(n)
     _say(
-        f"bench: {n_total} photos (seed {args.seed}), storage latency "
+        f"bench: {sizes} photos (seed {args.seed}), storage latency "
         f"{', '.join(f'{v:g}' for v in latencies)} ms per request, bandwidth {bandwidth}"
         f" per connection; {machine['cpus']} CPUs, load average {machine['load_average_at_start']}"
     )
@@ -246,27 +251,36 @@ def main(argv: list[str] | None = None) -> int:
             storage.latency_s = low / 1000
             for label, count in (("n", n), ("4n", 4 * n)):
                 run, sid = run_pipeline(
-                    service, catalog_writer, session.names_paths(count), low, f"(c) ours, {count} photos"
+                    service,
+                    catalog_writer,
+                    session.names_paths(count),
+                    low,
+                    f"(c) ours, {count} photos",
+                    profile_dir,
                 )
                 session_ids.append(str(sid))
                 memory_runs[label] = run
                 runs.append(run)
                 _say(run.line())
                 _say(f"  peak RSS MB: {_peaks_text(run)}")
+                _say_profile(run)
         else:
             low_session: uuid.UUID | None = None
             for latency in latencies:
                 storage.latency_s = latency / 1000
-                run, sid = run_pipeline(service, catalog_writer, session.names_paths(n), latency)
+                run, sid = run_pipeline(
+                    service, catalog_writer, session.names_paths(n), latency, profile_dir=profile_dir
+                )
                 session_ids.append(str(sid))
                 low_session = low_session or sid
                 pipelines[latency] = run
                 runs.append(run)
                 _say(run.line())
+                _say_profile(run)
                 _check_pipeline(run, n, faces_per_photo if len(faces_per_photo) == n else None)
             assert low_session is not None
             storage.latency_s = low / 1000
-            rerun = run_rerun(service, low_session, low)
+            rerun = run_rerun(service, low_session, n, low)
             runs.append(rerun)
             _say(f"{rerun.label}: {rerun.seconds:.2f} s (skipped {rerun.extra.get('skipped_photos')})")
     finally:
@@ -331,6 +345,15 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"wall time: {wall_s:.1f} s; driver peak RSS (getrusage): {common['driver_peak_rss_mb']} MB")
     _say(str(path))
     return 0
+
+
+def _say_profile(run: RunResult, top: int = 3) -> None:
+    profile: dict[str, dict[str, Any]] = run.extra.get("profile", {})
+    for name, figures in profile.items():
+        frames = "; ".join(
+            f"{pct}% {frame}" for frame, pct in list(figures.get("self_pct", {}).items())[:top]
+        )
+        _say(f"  py-spy {name} ({figures.get('samples', 0)} samples): {frames}")
 
 
 def _peaks_text(run: RunResult) -> str:

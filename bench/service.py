@@ -7,6 +7,8 @@ import os
 import socket
 import time
 import uuid
+from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +19,7 @@ from ray import serve
 from actors.pool import WRITER_NAME, embedding_actor_name
 from bench.cpu import OtherLoad
 from bench.memory import RssSampler
+from bench.profiling import SpyRecorder
 from bench.results import RunResult
 from facepass.demo.scenario import CatalogWriter
 from facepass.settings import Settings
@@ -106,9 +109,11 @@ class BenchService:
     def pids(self) -> dict[str, int]:
         return {"driver": os.getpid(), **self.actor_pids}
 
-    def reindex(self, session_id: uuid.UUID, mode: str = "missing") -> dict[str, Any]:
+    def reindex(self, session_id: uuid.UUID, photos: int, mode: str = "missing") -> dict[str, Any]:
+        """POST the route; the answer may take a while (a generous 300 s + 2 s per photo)."""
         url = f"{self.base_url}/api/v1/faces/force-reindex-session/{session_id}"
-        response = self._http.post(url, params={"mode": mode})
+        timeout = httpx.Timeout(300 + 2.0 * photos, connect=30)
+        response = self._http.post(url, params={"mode": mode}, timeout=timeout)
         if response.status_code != 200:
             raise RuntimeError(f"reindex of {session_id}: HTTP {response.status_code} {response.text[:500]}")
         body: dict[str, Any] = response.json()
@@ -156,15 +161,25 @@ def run_pipeline(
     names_paths: list[tuple[str, str]],
     latency_ms: float,
     label: str = "(c) ours: force-reindex route over HTTP, Ray Serve + actor pool",
+    profile_dir: Path | None = None,
 ) -> tuple[RunResult, uuid.UUID]:
-    """A fresh session of the given photos, indexed by one POST; timed from request to answer."""
+    """A fresh session of the given photos, indexed by one POST; timed from request to answer.
+    With ``profile_dir``, py-spy samples every process of the pipeline meanwhile."""
     session_id = catalog_writer.add_session(f"bench pipeline {latency_ms:g}ms {uuid.uuid4().hex[:6]}")
     catalog_writer.add_photos(session_id, names_paths)
-    with RssSampler(service.pids()) as memory, OtherLoad() as load:
+    pids = service.pids()
+    spy = (
+        SpyRecorder(pids, profile_dir, f"pipeline-{len(names_paths)}-{latency_ms:g}ms")
+        if profile_dir
+        else None
+    )
+    with RssSampler(pids) as memory, OtherLoad(pids) as load, spy or nullcontext():
         t0 = time.perf_counter()
-        body = service.reindex(session_id)
+        body = service.reindex(session_id, len(names_paths))
         elapsed = time.perf_counter() - t0
     extra = _report_extra(body)
+    if spy is not None:
+        extra["profile"] = spy.summary()
     extra.update(
         embed_actors=service.settings.embed_actors,
         photos_in_flight_per_actor=service.settings.photos_in_flight_per_actor,
@@ -185,11 +200,11 @@ def run_pipeline(
     return run, session_id
 
 
-def run_rerun(service: BenchService, session_id: uuid.UUID, latency_ms: float) -> RunResult:
+def run_rerun(service: BenchService, session_id: uuid.UUID, photos: int, latency_ms: float) -> RunResult:
     """A second call on a session that is fully indexed: it must skip everything."""
     with RssSampler(service.pids()) as memory:
         t0 = time.perf_counter()
-        body = service.reindex(session_id)
+        body = service.reindex(session_id, photos)
         elapsed = time.perf_counter() - t0
     return RunResult(
         kind="pipeline_rerun",

@@ -114,6 +114,28 @@ class BulkReindexer:
         window = max(1, self.coordinator.processor.capacity)
         pending: dict[asyncio.Task[PhotoOutcome], SessionRun] = {}
         source = self.sessions(session_ids)
+        try:
+            await self._stream(source, summary, pending, window, mode, dry_run, hooks)
+        finally:
+            # Stopped (job stop, Ctrl-C): drop what is in flight; the ledger keeps what committed.
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        summary.elapsed_s = time.perf_counter() - started
+        for line in summary.lines():
+            log.info(line)
+        return summary
+
+    async def _stream(
+        self,
+        source: Iterator[SessionInfo | FacePassError],
+        summary: BulkSummary,
+        pending: dict[asyncio.Task[PhotoOutcome], SessionRun],
+        window: int,
+        mode: ReindexMode,
+        dry_run: bool,
+        hooks: BulkHooks,
+    ) -> None:
         while True:
             item = await asyncio.to_thread(next, source, None)  # catalog pages are blocking reads
             if item is None:
@@ -147,10 +169,6 @@ class BulkReindexer:
                 pending[asyncio.ensure_future(self.coordinator.processor.process(photo))] = run
         while pending:
             await self._drain(pending, summary, hooks)
-        summary.elapsed_s = time.perf_counter() - started
-        for line in summary.lines():
-            log.info(line)
-        return summary
 
     async def _drain(
         self,

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -23,7 +24,7 @@ from ray.experimental.tqdm_ray import tqdm
 
 from actors.metrics import reindex_metrics
 from actors.pool import EmbeddingPool
-from facepass.bulk import BulkHooks, BulkReindexer
+from facepass.bulk import BulkHooks, BulkReindexer, BulkSummary
 from facepass.catalog import CloudCatalog
 from facepass.db import resolve_databases
 from facepass.faces import ModelPack
@@ -88,9 +89,22 @@ def main(argv: list[str] | None = None) -> int:
         metrics.progress(str(report.session_id), report.processed_photos, report.planned_photos)
 
     bulk = BulkReindexer(coordinator, page_size=settings.catalog_page_size)
-    summary = asyncio.run(
-        bulk.run(args.session or None, args.mode, args.dry_run, BulkHooks(planned=planned, outcome=outcome))
-    )
+    hooks = BulkHooks(planned=planned, outcome=outcome)
+
+    async def run_until_stopped() -> BulkSummary:
+        # `ray job stop` sends SIGTERM: stop submitting at once; committed photos stay committed.
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, main_task.cancel)
+        return await bulk.run(args.session or None, args.mode, args.dry_run, hooks)
+
+    try:
+        summary = asyncio.run(run_until_stopped())
+    except asyncio.CancelledError:
+        print("Остановлено. Следующий запуск продолжит с того же места (обработанные фото в индексе).")
+        return 130
     bar.close()  # type: ignore[no-untyped-call]
     for line in summary.lines():
         print(line)

@@ -1,0 +1,221 @@
+"""Bulk reindex as a real Ray job: `ray job submit` against the session's `ray start` head."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from facepass.db import make_engine
+from facepass.demo import photos
+from facepass.demo.scenario import CatalogWriter, index_locally, preview_path
+from facepass.demo.storage import PhotoStorage
+from facepass.models import PhotoRef
+from facepass.settings import Settings
+from facepass.store import VectorStore, face_embeddings
+from tests.integration.conftest import RAY_BIN, Service
+
+REPO = Path(__file__).resolve().parents[2]
+TERMINAL = {JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED}
+
+
+def new_catalog(settings: Settings) -> tuple[str, CatalogWriter]:
+    """A catalog database of its own, so "every session" means exactly this test's sessions."""
+    name = f"cloud_{uuid.uuid4().hex[:10]}"
+    assert settings.cloud_dsn
+    admin = make_engine(settings.cloud_dsn.replace("/facepass_cloud?", "/postgres?"))
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    dsn = settings.cloud_dsn.replace("/facepass_cloud?", f"/{name}?")
+    writer = CatalogWriter(dsn)
+    writer.create_schema()
+    return dsn, writer
+
+
+def add_face_photos(writer: CatalogWriter, storage: PhotoStorage, sid: uuid.UUID, n: int) -> list[PhotoRef]:
+    crops = photos.single_face_crops()
+    names = []
+    for i in range(n):
+        path = preview_path(sid, f"b{i:03d}.jpg")
+        storage.put(path, photos.jpeg(photos.variant(crops[i % len(crops)].image, i + 7)))
+        names.append((f"b{i:03d}.jpg", path))
+    return writer.add_photos(sid, names)
+
+
+def job_env(service: Service, cloud_dsn: str) -> dict[str, str]:
+    s = service.settings
+    return {
+        "FACEPASS_CLOUD_DSN": cloud_dsn,
+        "FACEPASS_LOCAL_DSN": s.local_dsn or "",
+        "FACEPASS_STORAGE_URL": s.storage_url,
+        "FACEPASS_RAY_NAMESPACE": s.ray_namespace,
+        "FACEPASS_EMBED_ACTORS": str(s.embed_actors),
+        "FACEPASS_PHOTOS_IN_FLIGHT_PER_ACTOR": str(s.photos_in_flight_per_actor),
+        "FACEPASS_DOWNLOAD_TIMEOUT_S": str(s.download_timeout_s),
+    }
+
+
+def ray_job(service: Service, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    command = [str(RAY_BIN), "job", *args]
+    return subprocess.run(
+        command, env=service.head.env, capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+def submit(
+    service: Service, cloud_dsn: str, summary: Path, *job_args: str, wait: bool = True, job_id: str = ""
+) -> subprocess.CompletedProcess[str]:
+    runtime_env = {
+        "working_dir": str(REPO),
+        "excludes": [".venv", ".git", ".facepass", "bench-results", "*.pyc", "__pycache__"],
+        "env_vars": job_env(service, cloud_dsn),
+    }
+    options = ["--address", service.head.dashboard_url, "--runtime-env-json", json.dumps(runtime_env)]
+    if job_id:
+        options += ["--submission-id", job_id]
+    if not wait:
+        options.append("--no-wait")
+    entry = [sys.executable, "-m", "jobs.reindex_all", "--summary-json", str(summary), *job_args]
+    return ray_job(service, "submit", *options, "--", *entry)
+
+
+def embeddings_of(store: VectorStore, sid: uuid.UUID) -> list[tuple[uuid.UUID, int]]:
+    query = sa.select(face_embeddings.c.photo_id, face_embeddings.c.face_index).where(
+        face_embeddings.c.session_id == sid
+    )
+    with store.engine.connect() as conn:
+        return [(r[0], r[1]) for r in conn.execute(query)]
+
+
+def test_bulk_job_indexes_every_active_session_and_a_second_run_does_nothing(
+    service: Service, storage: PhotoStorage, store: VectorStore, tmp_path: Path
+) -> None:
+    dsn, writer = new_catalog(service.settings)
+    a, b = writer.add_session("Сессия A"), writer.add_session("Сессия B")
+    inactive, complete = writer.add_session("Сессия C", enabled=False), writer.add_session("Сессия D")
+    add_face_photos(writer, storage, a, 5)
+    add_face_photos(writer, storage, b, 4)
+    add_face_photos(writer, storage, inactive, 3)
+    index_locally(service.settings, store, add_face_photos(writer, storage, complete, 2))
+
+    dry = submit(service, dsn, tmp_path / "dry.json", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    planned = json.loads((tmp_path / "dry.json").read_text())
+    assert planned["photos_planned"] == 9 and planned["photos_processed"] == 0
+    assert embeddings_of(store, a) == []  # a dry run downloads and writes nothing
+
+    first = submit(service, dsn, tmp_path / "first.json")
+    assert first.returncode == 0, first.stdout + first.stderr
+    summary = json.loads((tmp_path / "first.json").read_text())
+    assert summary["sessions_seen"] == 4
+    assert summary["sessions_inactive"] == 1 and summary["inactive_session_ids"] == [str(inactive)]
+    assert summary["sessions_complete"] == 1
+    assert (summary["photos_total"], summary["photos_skipped"]) == (11, 2)
+    assert (summary["photos_processed"], summary["photos_successful"], summary["photos_failed"]) == (9, 9, 0)
+    assert "Сессия валидирована: Сессия A" in first.stdout + first.stderr  # the seed's words, per session
+    assert len({p for p, _ in embeddings_of(store, a)}) == 5
+    assert len({p for p, _ in embeddings_of(store, b)}) == 4
+    assert embeddings_of(store, inactive) == []
+
+    second = submit(service, dsn, tmp_path / "second.json")
+    assert second.returncode == 0, second.stdout + second.stderr
+    again = json.loads((tmp_path / "second.json").read_text())
+    assert again["photos_processed"] == 0 and again["sessions_complete"] == 3
+    writer.close()
+
+
+def test_stopped_job_resumes_and_indexes_every_photo_exactly_once(
+    service: Service, storage: PhotoStorage, store: VectorStore, tmp_path: Path
+) -> None:
+    dsn, writer = new_catalog(service.settings)
+    sessions = [writer.add_session(f"Большая сессия {i}") for i in range(2)]
+    for sid in sessions:
+        add_face_photos(writer, storage, sid, 60)
+    storage.latency_s = 1.0  # slow storage, so that the job is still running when stopped
+    job_id = f"facepass-resume-{uuid.uuid4().hex[:8]}"
+    try:
+        started = submit(service, dsn, tmp_path / "stopped.json", wait=False, job_id=job_id)
+        assert started.returncode == 0, started.stdout + started.stderr
+        deadline = time.monotonic() + 180
+        while sum(len(store.ledger(s)) for s in sessions) < 5 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        # The SDK call behind `ray job stop` (the CLI takes seconds just to start here).
+        JobSubmissionClient(service.head.dashboard_url).stop_job(job_id)
+        deadline = time.monotonic() + 60
+        while JobSubmissionClient(service.head.dashboard_url).get_job_status(job_id) not in TERMINAL:
+            assert time.monotonic() < deadline, "the job did not stop"
+            time.sleep(0.2)
+    finally:
+        storage.latency_s = 0.0
+    done_before = sum(len(store.ledger(s)) for s in sessions)
+    assert 0 < done_before < 120, "the job should have been stopped mid-run"
+
+    resumed = submit(service, dsn, tmp_path / "resumed.json")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    summary = json.loads((tmp_path / "resumed.json").read_text())
+    assert summary["photos_processed"] <= 120 - done_before + 8  # at most the in-flight window again
+    for sid in sessions:
+        rows = embeddings_of(store, sid)
+        assert len(rows) == len(set(rows))  # no face twice
+        assert len({p for p, _ in rows}) == 60  # every photo indexed
+        assert set(store.ledger(sid).values()) == {"indexed"}
+    writer.close()
+
+
+def test_custom_metrics_reach_the_node_metrics_endpoint(service: Service) -> None:
+    wanted = {"ray_facepass_photos_total", "ray_facepass_faces_total", "ray_facepass_inference_seconds"}
+    deadline = time.monotonic() + 90
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{service.head.metrics_url}/metrics", timeout=10).text
+        seen = {name for name in wanted if name in text}
+        if seen == wanted:
+            break
+        time.sleep(2)
+    assert seen == wanted
+
+
+@pytest.mark.parametrize("n_photos", [6])
+def test_non_blocking_route_gives_a_job_with_progress_and_the_same_final_json(
+    service: Service, catalog_writer: CatalogWriter, storage: PhotoStorage, n_photos: int
+) -> None:
+    sid = catalog_writer.add_session("Сессия в фоне")
+    add_face_photos(catalog_writer, storage, sid, n_photos)
+    storage.latency_s = 0.2
+    try:
+        accepted = service.reindex(sid, wait="false")
+        assert accepted.status_code == 202, accepted.text
+        job = accepted.json()
+        assert job["status"] == "running" and job["status_url"].endswith(job["job_id"])
+        states = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            state = httpx.get(f"{service.base_url}{job['status_url']}", timeout=30).json()
+            states.append(state)
+            if state["status"] != "running":
+                break
+            time.sleep(0.3)
+    finally:
+        storage.latency_s = 0.0
+    final = states[-1]
+    assert final["status"] == "done", final
+    assert final["message"] == f"Переиндексация завершена: {n_photos}/{n_photos} новых фото"
+    assert (final["total_photos"], final["processed_photos"], final["successful_photos"]) == (n_photos,) * 3
+    assert final["final_embedding_count"] >= n_photos and final["errors"] == []
+    running = [s for s in states if s["status"] == "running" and "processed_photos" in s]
+    assert running, "progress was never visible while the job ran"
+    assert all("eta_s" in s and s["planned_photos"] == n_photos for s in running)
+    # A blocking call now answers with the same fields, and nothing left to do.
+    blocking = service.reindex(sid).json()
+    assert set(blocking) <= set(final) and blocking["skipped_photos"] == n_photos
+    assert httpx.get(f"{service.base_url}/api/v1/faces/reindex-jobs/nope", timeout=30).status_code == 404
+    assert service.reindex(uuid.uuid4(), wait="false").status_code == 404
