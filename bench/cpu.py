@@ -32,8 +32,9 @@ def _postmaster_pid(pgdata: Path | None) -> int | None:
         return None
 
 
-def _own_cpu_s(pgdata: Path | None) -> tuple[dict[int, float], set[int]]:
-    """CPU seconds (own + reaped children) of every process of ours by pid, and the PostgreSQL pids."""
+def _own_cpu_s(pgdata: Path | None) -> tuple[dict[int, float], dict[int, str]]:
+    """CPU seconds (own + reaped children) of every process of ours by pid, and the role of
+    the ones that are not named by the caller: ``postgres``, ``profiler`` (py-spy)."""
     roots = [psutil.Process(os.getpid())]
     pg = _postmaster_pid(pgdata)
     if pg is not None:
@@ -42,7 +43,7 @@ def _own_cpu_s(pgdata: Path | None) -> tuple[dict[int, float], set[int]]:
         except psutil.Error:
             pass
     seen: dict[int, float] = {}
-    postgres: set[int] = set()
+    roles: dict[int, str] = {}
     for root in roots:
         try:
             procs = [root, *root.children(recursive=True)]
@@ -55,8 +56,14 @@ def _own_cpu_s(pgdata: Path | None) -> tuple[dict[int, float], set[int]]:
                 continue
             seen[proc.pid] = t.user + t.system + t.children_user + t.children_system
             if root.pid == pg:
-                postgres.add(proc.pid)
-    return seen, postgres
+                roles[proc.pid] = "postgres"
+            else:
+                try:
+                    if proc.name() == "py-spy":
+                        roles[proc.pid] = "profiler"
+                except psutil.Error:
+                    pass
+    return seen, roles
 
 
 def _busy_s() -> float:
@@ -67,8 +74,8 @@ def _busy_s() -> float:
 
 class OtherLoad:
     """``with OtherLoad(names) as load: ...`` then ``load.other_cores``, ``load.own_cores`` and
-    ``load.by_process`` (cores used by each named pid; ``postgres``; ``rest`` for Ray's own
-    processes, Serve's proxy and anything else of ours)."""
+    ``load.by_process`` (cores used by each named pid; ``postgres``; ``profiler`` for py-spy;
+    ``rest`` for Ray's own processes, Serve's proxy and anything else of ours)."""
 
     def __init__(self, names: dict[str, int] | None = None, pgdata: Path | None = None) -> None:
         self.pgdata = pgdata or (_PGDATA[0] if _PGDATA else None)
@@ -91,13 +98,13 @@ class OtherLoad:
     ) -> None:
         wall = max(time.perf_counter() - self._t0, 1e-9)
         busy = _busy_s() - self._busy0
-        own_now, postgres = _own_cpu_s(self.pgdata)
+        own_now, roles = _own_cpu_s(self.pgdata)
         own = 0.0
         by_process: dict[str, float] = {}
         for pid, cpu in own_now.items():
             used = max(0.0, cpu - self._own0.get(pid, 0.0))
             own += used
-            name = self.names.get(pid) or ("postgres" if pid in postgres else "rest")
+            name = self.names.get(pid) or roles.get(pid, "rest")
             by_process[name] = by_process.get(name, 0.0) + used / wall
         self.own_cores = own / wall
         self.other_cores = max(0.0, busy - own) / wall
