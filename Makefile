@@ -4,7 +4,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := PYTHONPATH=$(CURDIR) $(UV) run --frozen
 
-.PHONY: install demo test unit integration lint format bench serve clean
+.PHONY: install demo test unit integration lint format bench bench-smoke serve clean
 
 install:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -17,6 +17,10 @@ demo: install
 N ?= 300
 bench: install
 	RAY_DEDUP_LOGS=0 $(RUN) python -m bench.run --n $(N)
+
+# CI-sized smoke run of the benchmark (about 1.5 minutes here).
+bench-smoke: install
+	$(RUN) python -m bench.run --n 12 --latency-ms 20,50 --seed-loop-sample 6 --limit-sample 12
 
 serve: install
 	$(RUN) serve run serve_app:app

@@ -8,7 +8,7 @@ from typing import Any
 
 import ray
 
-from facepass.models import PhotoRef, PhotoResult
+from facepass.models import DetectedFace, PhotoRef, PhotoResult
 from facepass.pipeline import PhotoPipeline
 from facepass.settings import Settings
 
@@ -26,6 +26,10 @@ class EmbeddingActor:
 
     async def process(self, photo: PhotoRef) -> PhotoResult:
         return await self.pipeline.run(photo)
+
+    async def embed_image(self, data: bytes) -> list[DetectedFace]:
+        """Faces of an uploaded image (a selfie); raises the typed PhotoError on bad input."""
+        return await self.pipeline.embed_bytes(data)
 
     async def info(self) -> dict[str, Any]:
         embedder = self.pipeline.embedder

@@ -19,7 +19,7 @@ from actors.metrics import reindex_metrics
 from actors.writer import IndexWriter
 from facepass.errors import WorkerLost
 from facepass.faces import ModelPack
-from facepass.models import PhotoOutcome, PhotoRef, PhotoStatus
+from facepass.models import DetectedFace, PhotoOutcome, PhotoRef, PhotoStatus
 from facepass.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,20 @@ class EmbeddingPool:
             error_code=error.code,
             error_message=error.message(photo.filename),
         )
+
+    async def embed_image(self, data: bytes) -> list[DetectedFace]:
+        """Faces of one uploaded image, on the least busy actor (typed errors propagate)."""
+        i = self._pick(set())
+        self._in_flight[i] += 1
+        try:
+            faces: list[DetectedFace] = await self.actors[i].embed_image.remote(data)
+            return faces
+        except RayTaskError as exc:
+            if isinstance(exc.cause, Exception):
+                raise exc.cause from None
+            raise
+        finally:
+            self._in_flight[i] -= 1
 
     async def health(self, timeout_s: float = 10.0) -> dict[str, Any]:
         refs = [a.info.remote() for a in self.actors]

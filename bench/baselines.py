@@ -108,10 +108,7 @@ def _seed_photo(
         result.faces = embedder.embed(decode_image(response.content, settings.max_image_pixels))
         result.inference_ms = (time.perf_counter() - t1) * 1000
     except PhotoError as exc:
-        result.faces = []
-        result.error_code = exc.code
-        result.error_message = exc.message(photo.filename)
-        result.error_transient = exc.transient
+        result.fail(exc)
     return result
 
 

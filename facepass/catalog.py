@@ -92,6 +92,22 @@ class CloudCatalog:
             yield [PhotoRef(id=r[0], session_id=session_id, filename=r[1], preview_path=r[2]) for r in rows]
             after = rows[-1][0]
 
+    def photos_by_id(self, session_id: uuid.UUID, photo_ids: list[uuid.UUID]) -> dict[uuid.UUID, PhotoRef]:
+        """The live photos among ``photo_ids`` (soft-deleted ones are left out)."""
+        if not photo_ids:
+            return {}
+        s, t = self.schema, self._photos
+        query = sa.select(t.c[s.photo_id], t.c[s.photo_filename], t.c[s.photo_path]).where(
+            t.c[s.photo_session] == session_id,
+            t.c[s.photo_id].in_(photo_ids),
+            t.c[s.photo_deleted].is_(None),
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return {
+            r[0]: PhotoRef(id=r[0], session_id=session_id, filename=r[1], preview_path=r[2]) for r in rows
+        }
+
     def iter_session_pages(self, page_size: int = 1000) -> Iterator[list[SessionInfo]]:
         """All sessions in id order, a page at a time (memory does not grow with the catalog)."""
         s, t = self.schema, self._sessions

@@ -36,6 +36,27 @@ class JobNotFound(FacePassError):
         super().__init__(f"Задача {job_id} не найдена")
 
 
+class BadSelfie(FacePassError):
+    """An uploaded selfie that cannot be searched with."""
+
+    code = "bad_selfie"
+
+
+class SelfieHasNoFace(BadSelfie):
+    code = "no_face"
+
+    def __init__(self) -> None:
+        super().__init__("Лицо не обнаружено на селфи")
+
+
+class SelfieNotAnImage(BadSelfie):
+    code = "not_an_image"
+
+
+class SelfieTooLarge(BadSelfie):
+    code = "too_large"
+
+
 class ServiceUnavailable(FacePassError):
     code = "service_unavailable"
 

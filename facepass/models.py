@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from facepass.errors import PhotoError
+
 EMBEDDING_DIM = 512
 Embedding = npt.NDArray[np.float32]
 
@@ -64,6 +66,13 @@ class PhotoResult:
     error_transient: bool = False
     download_ms: float = 0.0
     inference_ms: float = 0.0
+
+    def fail(self, error: PhotoError, code: str | None = None, transient: bool | None = None) -> None:
+        """Record a per-photo error in the seed's words (no faces kept)."""
+        self.faces = []
+        self.error_code = code or error.code
+        self.error_message = error.message(self.photo.filename)
+        self.error_transient = error.transient if transient is None else transient
 
     @property
     def status(self) -> PhotoStatus:

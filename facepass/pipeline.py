@@ -42,6 +42,11 @@ class PhotoPipeline:
         image = decode_image(data, self.settings.max_image_pixels)
         return self.embedder.embed(image)
 
+    async def embed_bytes(self, data: bytes) -> list[DetectedFace]:
+        """Decode + embed bytes already in memory (a selfie); typed errors propagate."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._compute, self._decode_and_embed, data)
+
     async def run(self, photo: PhotoRef) -> PhotoResult:
         """Never raises for a bad photo: the error goes into the result."""
         result = PhotoResult(photo=photo, model_name=self.model_name)
@@ -54,17 +59,10 @@ class PhotoPipeline:
             result.faces = await loop.run_in_executor(self._compute, self._decode_and_embed, data)
             result.inference_ms = (time.perf_counter() - t1) * 1000
         except PhotoError as exc:
-            result.faces = []
-            result.error_code = exc.code
-            result.error_message = exc.message(photo.filename)
-            result.error_transient = exc.transient
+            result.fail(exc)
         except Exception as exc:  # an unexpected library error: report it, retry next run
             log.exception("processing %s failed", photo.filename)
-            unexpected = PhotoError(f"{type(exc).__name__}: {exc}")
-            result.faces = []
-            result.error_code = "processing_error"
-            result.error_message = unexpected.message(photo.filename)
-            result.error_transient = True
+            result.fail(PhotoError(f"{type(exc).__name__}: {exc}"), code="processing_error", transient=True)
         return result
 
     async def aclose(self) -> None:

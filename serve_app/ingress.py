@@ -21,14 +21,22 @@ from actors.pool import EmbeddingPool
 from facepass.catalog import CloudCatalog
 from facepass.db import resolve_databases
 from facepass.errors import (
+    BadSelfie,
     FacePassDisabled,
     FacePassError,
     JobNotFound,
+    NoFaceDetected,
+    NotAnImage,
+    PhotoError,
+    SelfieHasNoFace,
+    SelfieNotAnImage,
+    SelfieTooLarge,
     ServiceUnavailable,
     SessionNotFound,
 )
 from facepass.reindex import ReindexCoordinator, ReindexMode
 from facepass.report import ReindexReport
+from facepass.search import DEFAULT_THRESHOLD, find_photos, selfie_face
 from facepass.settings import Settings
 from facepass.store import VectorStore
 from serve_app.schemas import ReindexResponse
@@ -44,6 +52,10 @@ api = FastAPI(
 _STATUS: dict[type[FacePassError], int] = {
     SessionNotFound: 404,
     JobNotFound: 404,
+    SelfieHasNoFace: 422,
+    SelfieNotAnImage: 415,
+    SelfieTooLarge: 413,
+    BadSelfie: 400,
     FacePassDisabled: 403,
     ServiceUnavailable: 503,
 }
@@ -130,6 +142,52 @@ class FacePassIngress:
             log.exception("reindex job %s failed", job_id)
             state = {"job_id": job_id, "status": "failed", "session_id": str(session_id), "error": str(exc)}
         await self.jobs.put.remote(job_id, state)
+
+    @api.post(
+        "/api/v1/faces/search/{session_id}",
+        summary="Photos of the session that show the person in the selfie (image bytes as the body)",
+    )
+    async def search(
+        self,
+        session_id: uuid.UUID,
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        threshold: Annotated[float, Query(ge=-1.0, le=1.0)] = DEFAULT_THRESHOLD,
+    ) -> dict[str, Any]:
+        data = await request.body()
+        if not data:
+            raise BadSelfie("Пустое тело запроса: пришлите изображение (JPEG, PNG, WebP)")
+        if len(data) > self.settings.max_download_bytes:
+            raise SelfieTooLarge(f"Изображение больше {self.settings.max_download_bytes} байт")
+        session = await asyncio.to_thread(self.catalog.require_enabled_session, session_id)
+        try:
+            face = selfie_face(await self.pool.embed_image(data))
+        except NoFaceDetected as exc:
+            raise SelfieHasNoFace() from exc
+        except NotAnImage as exc:
+            raise SelfieNotAnImage(f"Не удалось декодировать изображение: {exc.detail}") from exc
+        except PhotoError as exc:  # too many pixels
+            raise SelfieTooLarge(exc.detail) from exc
+        matches = await asyncio.to_thread(
+            find_photos, self.store, self.catalog, session_id, face, limit, threshold
+        )
+        return {
+            "session_id": str(session_id),
+            "session_name": session.name,
+            "selfie_face": {"bbox": face.bbox, "det_score": face.det_score},
+            "threshold": threshold,
+            "matches": [
+                {
+                    "photo_id": str(m.photo_id),
+                    "filename": m.filename,
+                    "preview_path": m.preview_path,
+                    "similarity": round(m.similarity, 4),
+                    "face_index": m.face_index,
+                    "bbox": m.bbox,
+                }
+                for m in matches
+            ],
+        }
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:

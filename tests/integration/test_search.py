@@ -1,0 +1,57 @@
+"""Face search by selfie over what the route indexed."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+
+from facepass.demo import photos
+from facepass.demo.scenario import CatalogWriter, preview_path
+from facepass.demo.storage import PhotoStorage
+from tests.integration.conftest import Service
+
+
+def search(service: Service, session_id: object, body: bytes, **params: str) -> httpx.Response:
+    url = f"{service.base_url}/api/v1/faces/search/{session_id}"
+    return httpx.post(url, content=body, params=params, headers={"Content-Type": "image/jpeg"}, timeout=120)
+
+
+def test_selfie_finds_the_photos_of_that_person_only(
+    service: Service, catalog_writer: CatalogWriter, storage: PhotoStorage
+) -> None:
+    sid = catalog_writer.add_session("Поиск по селфи")
+    names = []
+    for source in ("players.jpg", "t1.jpg", "gdp.jpg"):
+        path = preview_path(sid, source)
+        storage.put(path, photos.jpeg(photos.load(source)))
+        names.append((source, path))
+    refs = {r.filename: r for r in catalog_writer.add_photos(sid, names)}
+    assert service.reindex(sid).json()["successful_photos"] == 3
+
+    # Yao Ming's selfie: he is one of the 22 faces in players.jpg, in neither of the others.
+    found = search(service, sid, photos.jpeg(photos.load("yaoming.jpg")))
+    assert found.status_code == 200, found.text
+    matches = found.json()["matches"]
+    assert [m["filename"] for m in matches] == ["players.jpg"]
+    assert matches[0]["photo_id"] == str(refs["players.jpg"].id) and matches[0]["similarity"] > 0.45
+
+    # With no threshold every photo comes back, the right one first.
+    everything = search(service, sid, photos.jpeg(photos.load("yaoming.jpg")), threshold="-1").json()
+    assert [m["filename"] for m in everything["matches"]][0] == "players.jpg"
+    assert len(everything["matches"]) == 3
+
+    # A photo deleted from the catalog is not offered any more.
+    catalog_writer.soft_delete(refs["players.jpg"].id)
+    assert search(service, sid, photos.jpeg(photos.load("yaoming.jpg"))).json()["matches"] == []
+
+
+def test_bad_selfies_get_clear_4xx(service: Service, catalog_writer: CatalogWriter) -> None:
+    sid = catalog_writer.add_session("Поиск: ошибки")
+    no_face = search(service, sid, photos.jpeg(photos.no_face_photo()))
+    assert no_face.status_code == 422 and no_face.json()["detail"] == "Лицо не обнаружено на селфи"
+    assert search(service, sid, b"definitely not an image").status_code == 415
+    assert search(service, sid, b"").status_code == 400
+    assert search(service, uuid.uuid4(), photos.jpeg(photos.load("yaoming.jpg"))).status_code == 404
+    disabled = catalog_writer.add_session("Поиск: выключен", enabled=False)
+    assert search(service, disabled, photos.jpeg(photos.load("yaoming.jpg"))).status_code == 403
