@@ -20,7 +20,7 @@ bench: install
 
 # CI-sized smoke run of the benchmark (about 1.5 minutes here).
 bench-smoke: install
-	$(RUN) python -m bench.run --n 12 --latency-ms 20,50 --seed-loop-sample 6 --limit-sample 12
+	$(RUN) python -m bench.run --n 12 --latency-ms 20,50 --seed-loop-sample 6 --limit-sample 12 --rerun-n 2000
 
 serve: install
 	$(RUN) serve run serve_app:app

@@ -43,7 +43,14 @@ from bench.data import DATA_VERSION, SyntheticSession, SyntheticStorage
 from bench.memory import driver_maxrss_mb
 from bench.report import peak_by_process, summarize, write_chart, write_json
 from bench.results import RunResult
-from bench.service import BenchService, free_port, run_pipeline, run_rerun
+from bench.service import (
+    BenchService,
+    free_port,
+    run_pipeline,
+    run_rerun,
+    run_rerun_large,
+    seed_indexed_session,
+)
 from facepass.db import resolve_databases
 from facepass.demo.scenario import CatalogWriter
 from facepass.settings import Settings
@@ -82,6 +89,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic session")
     parser.add_argument("--data-dir", type=Path, default=Path(".facepass/bench"), help="embedded databases")
     parser.add_argument("--http-port", type=int, default=0, help="Serve's port (0 = a free one)")
+    parser.add_argument(
+        "--rerun-n",
+        type=int,
+        default=10_000,
+        help="photos of the indexed session re-run at the end (0 = skip)",
+    )
     parser.add_argument("--memory-check", action="store_true", help="only (c), at N and 4N: peak RSS of both")
     parser.add_argument(
         "--no-spool",
@@ -199,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_loops: dict[float, RunResult] = {}
     pipelines: dict[float, RunResult] = {}
     rerun: RunResult | None = None
+    rerun_large: RunResult | None = None
     memory_runs: dict[str, RunResult] = {}
     service: BenchService | None = None
     built_before_runs = 0
@@ -283,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
             rerun = run_rerun(service, low_session, n, low)
             runs.append(rerun)
             _say(f"{rerun.label}: {rerun.seconds:.2f} s (skipped {rerun.extra.get('skipped_photos')})")
+            if args.rerun_n:
+                big = seed_indexed_session(settings, catalog_writer, args.rerun_n)
+                session_ids.append(str(big))
+                rerun_large = run_rerun_large(service, big, args.rerun_n)
+                runs.append(rerun_large)
+                _say(f"{rerun_large.label}: {rerun_large.seconds:.2f} s")
     finally:
         if service is not None:
             service.stop()
@@ -335,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
             n_photos=n,
             n_faces=n_faces if n_faces is not None else (pipelines[low].faces if low in pipelines else None),
         )
+        if rerun_large is not None:
+            summary["rerun_indexed_large_s"] = round(rerun_large.seconds, 3)
+            summary["rerun_indexed_large_photos"] = rerun_large.session_photos
         payload = summary | common | {"runs": [r.to_json() for r in runs]}
         chart = write_chart(
             out / f"bench-{stamp}.png", runs, f"FacePass throughput, N={n}, {machine['cpus']} CPUs"
