@@ -9,7 +9,7 @@ from typing import Any
 import ray
 
 from facepass.models import DetectedFace, PhotoRef, PhotoResult
-from facepass.pipeline import PhotoPipeline
+from facepass.pipeline import DecodedPhoto, PhotoPipeline
 from facepass.settings import Settings
 
 
@@ -26,6 +26,10 @@ class EmbeddingActor:
 
     async def process(self, photo: PhotoRef) -> PhotoResult:
         return await self.pipeline.run(photo)
+
+    async def embed_decoded(self, decoded: DecodedPhoto) -> PhotoResult:
+        """The model half only: the photo was fetched and decoded by a decoder actor."""
+        return await self.pipeline.embed_decoded(decoded)
 
     async def embed_image(self, data: bytes) -> list[DetectedFace]:
         """Faces of an uploaded image (a selfie); raises the typed PhotoError on bad input."""

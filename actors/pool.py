@@ -14,6 +14,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from actors.decoder import ImageDecoderActor
 from actors.embedding import EmbeddingActor
 from actors.metrics import reindex_metrics
 from actors.writer import IndexWriter
@@ -34,6 +35,10 @@ except ImportError:  # pragma: no cover
 
 def embedding_actor_name(i: int) -> str:
     return f"facepass-embedder-{i}"
+
+
+def decoder_actor_name(i: int) -> str:
+    return f"facepass-decoder-{i}"
 
 
 WRITER_NAME = "facepass-index-writer"
@@ -58,6 +63,16 @@ class EmbeddingPool:
             ).remote(settings)
             for i in range(settings.embed_actors)
         ]
+        self.decoders = [
+            ImageDecoderActor.options(  # type: ignore[attr-defined]
+                name=decoder_actor_name(i),
+                max_concurrency=settings.photos_in_flight_per_actor * 2,
+                **settings.decoder_actor_options(),
+                **common,
+            ).remote(settings)
+            for i in range(settings.decode_actors)
+        ]
+        self._next_decoder = 0
         self.writer = IndexWriter.options(  # type: ignore[attr-defined]
             name=WRITER_NAME, num_cpus=0, max_concurrency=1, **common
         ).remote(settings)
@@ -98,7 +113,13 @@ class EmbeddingPool:
             i = self._pick(tried)
             self._in_flight[i] += 1
             try:
-                result_ref = self.actors[i].process.remote(photo)
+                if self.decoders:
+                    # CPU decoder -> GPU actor -> writer: refs chain, nothing passes through here.
+                    decoder = self.decoders[self._next_decoder % len(self.decoders)]
+                    self._next_decoder += 1
+                    result_ref = self.actors[i].embed_decoded.remote(decoder.load.remote(photo))
+                else:
+                    result_ref = self.actors[i].process.remote(photo)
                 # The ref goes to the writer as is: the result never passes through here.
                 outcome: PhotoOutcome = await self.writer.write.remote(result_ref)
                 return outcome
@@ -143,9 +164,26 @@ class EmbeddingPool:
         refs = [a.info.remote() for a in self.actors]
         infos = await asyncio.wait_for(asyncio.gather(*refs), timeout_s)
         writer_ok = await asyncio.wait_for(self.writer.ping.remote(), timeout_s)
-        return {"actors": list(infos), "writer": bool(writer_ok)}
+        decoders = await asyncio.wait_for(
+            asyncio.gather(*[d.ping.remote() for d in self.decoders]), timeout_s
+        )
+        return {"actors": list(infos), "decoders": len(decoders), "writer": bool(writer_ok)}
 
     def shutdown(self) -> None:
         """Kill the detached actors (tests and the demo clean up with this)."""
-        for handle in [*self.actors, self.writer]:
+        for handle in [*self.actors, *self.decoders, self.writer]:
             ray.kill(handle, no_restart=True)
+
+
+def kill_pool_actors(settings: Settings) -> None:
+    """Kill every named, detached actor of a namespace (tests, demo and bench clean up)."""
+    from actors.jobs import JOBS_ACTOR_NAME
+
+    names = [embedding_actor_name(i) for i in range(settings.embed_actors)]
+    names += [decoder_actor_name(i) for i in range(settings.decode_actors)]
+    names += [WRITER_NAME, JOBS_ACTOR_NAME]
+    for name in names:
+        try:
+            ray.kill(ray.get_actor(name, namespace=settings.ray_namespace), no_restart=True)
+        except ValueError:  # not there
+            pass

@@ -16,7 +16,7 @@ import psutil
 import ray
 from ray import serve
 
-from actors.pool import WRITER_NAME, embedding_actor_name
+from actors.pool import embedding_actor_name, kill_pool_actors
 from bench.cpu import OtherLoad
 from bench.memory import RssSampler
 from bench.profiling import SpyRecorder
@@ -126,18 +126,7 @@ class BenchService:
         try:
             serve.shutdown()  # type: ignore[no-untyped-call]
         finally:
-            names = [embedding_actor_name(i) for i in range(self.settings.embed_actors)] + [WRITER_NAME]
-            try:  # the job registry of the 202 mode, where it exists
-                from actors.jobs import JOBS_ACTOR_NAME
-
-                names.append(JOBS_ACTOR_NAME)
-            except ImportError:
-                pass
-            for name in names:
-                try:
-                    ray.kill(ray.get_actor(name, namespace=self.settings.ray_namespace), no_restart=True)
-                except ValueError:
-                    pass
+            kill_pool_actors(self.settings)
             ray.shutdown()
 
 

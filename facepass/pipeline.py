@@ -10,10 +10,11 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from facepass.errors import PhotoError
 from facepass.faces import FaceEmbedder
-from facepass.images import ImageFetcher, decode_image
+from facepass.images import BgrImage, ImageFetcher, decode_image
 from facepass.models import DetectedFace, PhotoOutcome, PhotoRef, PhotoResult
 from facepass.settings import Settings
 from facepass.store import VectorStore
@@ -21,14 +22,62 @@ from facepass.store import VectorStore
 log = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
+class DecodedPhoto:
+    """A photo fetched and decoded (or the error that stopped it), ready for the model."""
+
+    photo: PhotoRef
+    image: BgrImage | None = None
+    error: PhotoError | None = None
+    error_code: str | None = None
+    error_transient: bool | None = None
+    download_ms: float = 0.0
+    decode_ms: float = 0.0
+
+
+class ImageLoader:
+    """Fetch + decode, no model: the CPU half of the pipeline. Runs inside the embedding
+    actor by default, or in separate decoder actors (FACEPASS_DECODE_ACTORS) on GPU clusters."""
+
+    def __init__(self, settings: Settings, decode_threads: int = 1) -> None:
+        self.settings = settings
+        self.fetcher = ImageFetcher(settings)
+        self._decode = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="facepass-decode")
+
+    async def load(self, photo: PhotoRef) -> DecodedPhoto:
+        """Never raises for a bad photo: the error travels with the result."""
+        decoded = DecodedPhoto(photo)
+        t0 = time.perf_counter()
+        try:
+            data = await self.fetcher.fetch(photo.preview_path)
+            t1 = time.perf_counter()
+            decoded.download_ms = (t1 - t0) * 1000
+            loop = asyncio.get_running_loop()
+            decoded.image = await loop.run_in_executor(
+                self._decode, decode_image, data, self.settings.max_image_pixels
+            )
+            decoded.decode_ms = (time.perf_counter() - t1) * 1000
+        except PhotoError as exc:
+            decoded.error = exc
+        except Exception as exc:  # an unexpected library error: report it, retry next run
+            log.exception("loading %s failed", photo.filename)
+            decoded.error = PhotoError(f"{type(exc).__name__}: {exc}")
+            decoded.error_code, decoded.error_transient = "processing_error", True
+        return decoded
+
+    async def aclose(self) -> None:
+        await self.fetcher.aclose()
+        self._decode.shutdown(wait=False)
+
+
 class PhotoPipeline:
-    """Downloads overlap freely; decode + inference run one at a time on a worker thread,
-    so a worker keeps its cores busy while the next photos are still downloading."""
+    """Downloads overlap freely; decode runs on its own thread and inference on another,
+    one photo at a time, so a worker keeps its cores busy while the next photos download."""
 
     def __init__(self, settings: Settings, embedder: FaceEmbedder | None = None) -> None:
         self.settings = settings
         self.embedder = embedder or FaceEmbedder(settings)
-        self.fetcher = ImageFetcher(settings)
+        self.loader = ImageLoader(settings)
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facepass-infer")
 
     @property
@@ -49,24 +98,30 @@ class PhotoPipeline:
 
     async def run(self, photo: PhotoRef) -> PhotoResult:
         """Never raises for a bad photo: the error goes into the result."""
-        result = PhotoResult(photo=photo, model_name=self.model_name)
+        return await self.embed_decoded(await self.loader.load(photo))
+
+    async def embed_decoded(self, decoded: DecodedPhoto) -> PhotoResult:
+        """The model half: faces of a decoded photo (or its loading error, passed on)."""
+        result = PhotoResult(photo=decoded.photo, model_name=self.model_name)
+        result.download_ms = decoded.download_ms
+        if decoded.error is not None or decoded.image is None:
+            error = decoded.error or PhotoError("no image")
+            result.fail(error, code=decoded.error_code, transient=decoded.error_transient)
+            return result
         t0 = time.perf_counter()
         try:
-            data = await self.fetcher.fetch(photo.preview_path)
-            t1 = time.perf_counter()
-            result.download_ms = (t1 - t0) * 1000
             loop = asyncio.get_running_loop()
-            result.faces = await loop.run_in_executor(self._compute, self._decode_and_embed, data)
-            result.inference_ms = (time.perf_counter() - t1) * 1000
+            result.faces = await loop.run_in_executor(self._compute, self.embedder.embed, decoded.image)
         except PhotoError as exc:
             result.fail(exc)
         except Exception as exc:  # an unexpected library error: report it, retry next run
-            log.exception("processing %s failed", photo.filename)
+            log.exception("processing %s failed", decoded.photo.filename)
             result.fail(PhotoError(f"{type(exc).__name__}: {exc}"), code="processing_error", transient=True)
+        result.inference_ms = decoded.decode_ms + (time.perf_counter() - t0) * 1000
         return result
 
     async def aclose(self) -> None:
-        await self.fetcher.aclose()
+        await self.loader.aclose()
         self._compute.shutdown(wait=False)
 
 

@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     photos_in_flight_per_actor: int = Field(default=12, ge=1)
     ort_intra_op_threads: int = Field(default=0, ge=0)  # 0: cores / actors on CPU
     max_attempts: int = Field(default=3, ge=1)  # per photo, across actor deaths
+    # 0: each embedding actor fetches and decodes its own photos. > 0: that many CPU-only
+    # decoder actors fetch + decode and hand images to the (GPU) embedding actors.
+    decode_actors: int = Field(default=0, ge=0)
+    cpus_per_decoder: float = Field(default=1.0, ge=0)
+    # Custom Ray resources a decoder asks for, to keep it on the GPU nodes (images stay in
+    # that node's shared memory), e.g. FACEPASS_DECODER_RESOURCES='{"facepass_gpu_node": 1}'.
+    decoder_resources: dict[str, float] = Field(default_factory=dict)
 
     # Model pack: model_root/model_name (or model_root/models/model_name).
     model_root: Path | None = None
@@ -99,6 +106,13 @@ class Settings(BaseSettings):
         if self.uses_gpu:
             return 1
         return max(1, (os.cpu_count() or 1) // self.embed_actors)
+
+    def decoder_actor_options(self) -> dict[str, Any]:
+        """Decoders never hold a GPU: they belong on the CPU cores around the GPUs."""
+        options: dict[str, Any] = {"num_cpus": self.cpus_per_decoder, "num_gpus": 0}
+        if self.decoder_resources:
+            options["resources"] = dict(self.decoder_resources)
+        return options
 
     def embedding_actor_options(self) -> dict[str, Any]:
         """Ray resources of one embedding actor: the GPU/CPU choice lives here."""

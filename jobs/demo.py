@@ -70,15 +70,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _shutdown(settings: Settings) -> None:
-    from actors.pool import WRITER_NAME, embedding_actor_name
+    from actors.pool import kill_pool_actors
 
     serve.shutdown()  # type: ignore[no-untyped-call]
-    names = [embedding_actor_name(i) for i in range(settings.embed_actors)] + [WRITER_NAME]
-    for name in names:
-        try:
-            ray.kill(ray.get_actor(name, namespace=settings.ray_namespace), no_restart=True)
-        except ValueError:
-            pass
+    kill_pool_actors(settings)
     ray.shutdown()
 
 

@@ -18,8 +18,7 @@ import pytest
 import ray
 from ray import serve
 
-from actors.jobs import JOBS_ACTOR_NAME
-from actors.pool import WRITER_NAME, embedding_actor_name
+from actors.pool import kill_pool_actors
 from facepass.settings import Settings
 from serve_app import build_app
 from tests.conftest import free_port
@@ -46,15 +45,6 @@ class Service:
     def reindex(self, session_id: object, **params: str) -> httpx.Response:
         url = f"{self.base_url}/api/v1/faces/force-reindex-session/{session_id}"
         return httpx.post(url, params=params, timeout=300)
-
-
-def kill_pool(settings: Settings) -> None:
-    names = [embedding_actor_name(i) for i in range(settings.embed_actors)] + [WRITER_NAME, JOBS_ACTOR_NAME]
-    for name in names:
-        try:
-            ray.kill(ray.get_actor(name, namespace=settings.ray_namespace), no_restart=True)
-        except ValueError:
-            pass
 
 
 @pytest.fixture(scope="session")
@@ -118,5 +108,5 @@ def service(settings: Settings, ray_head: RayHead) -> Iterator[Service]:
         yield Service(f"http://{settings.http_host}:{settings.http_port}", settings, ray_head)
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
-        kill_pool(settings)
+        kill_pool_actors(settings)
         ray.shutdown()

@@ -139,3 +139,22 @@ def test_fractional_gpu_still_uses_cuda() -> None:
     settings = Settings(gpus_per_actor=0.25)
     assert settings.onnx_providers()[0] == CUDA_PROVIDER
     assert settings.embedding_actor_options()["num_gpus"] == 0.25
+
+
+def test_decoder_placement_is_cpu_only_and_can_be_pinned_to_gpu_nodes() -> None:
+    plain = Settings(decode_actors=4)
+    assert plain.decoder_actor_options() == {"num_cpus": 1.0, "num_gpus": 0}
+    pinned = Settings(decode_actors=4, cpus_per_decoder=2, decoder_resources={"facepass_gpu_node": 1})
+    assert pinned.decoder_actor_options() == {
+        "num_cpus": 2.0,
+        "num_gpus": 0,
+        "resources": {"facepass_gpu_node": 1.0},
+    }
+
+
+def test_decoder_resources_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACEPASS_DECODE_ACTORS", "8")
+    monkeypatch.setenv("FACEPASS_DECODER_RESOURCES", '{"facepass_gpu_node": 0.5}')
+    settings = Settings()
+    assert settings.decode_actors == 8
+    assert settings.decoder_actor_options()["resources"] == {"facepass_gpu_node": 0.5}
