@@ -12,28 +12,39 @@ class FacePassError(Exception):
     code = "facepass_error"
 
 
+class _ById(FacePassError):
+    """An error about one id; pickles by that id (errors cross actor boundaries)."""
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return (type(self), (self.ref,))
+
+    def __init__(self, ref: str, message: str) -> None:
+        super().__init__(message)
+        self.ref = ref
+
+
 # --- request level -----------------------------------------------------------
-class SessionNotFound(FacePassError):
+class SessionNotFound(_ById):
     code = "session_not_found"
 
     def __init__(self, session_id: str) -> None:
-        super().__init__(f"Сессия {session_id} не найдена")
+        super().__init__(session_id, f"Сессия {session_id} не найдена")
         self.session_id = session_id
 
 
-class FacePassDisabled(FacePassError):
+class FacePassDisabled(_ById):
     code = "facepass_disabled"
 
     def __init__(self, session_id: str) -> None:
-        super().__init__("FacePass не активен")
+        super().__init__(session_id, "FacePass не активен")
         self.session_id = session_id
 
 
-class JobNotFound(FacePassError):
+class JobNotFound(_ById):
     code = "job_not_found"
 
     def __init__(self, job_id: str) -> None:
-        super().__init__(f"Задача {job_id} не найдена")
+        super().__init__(job_id, f"Задача {job_id} не найдена")
 
 
 class BadSelfie(FacePassError):
@@ -45,8 +56,8 @@ class BadSelfie(FacePassError):
 class SelfieHasNoFace(BadSelfie):
     code = "no_face"
 
-    def __init__(self) -> None:
-        super().__init__("Лицо не обнаружено на селфи")
+    def __init__(self, detail: str = "Лицо не обнаружено на селфи") -> None:
+        super().__init__(detail)
 
 
 class SelfieNotAnImage(BadSelfie):
@@ -116,8 +127,8 @@ class NotAnImage(PhotoError):
 class NoFaceDetected(PhotoError):
     code = "no_face"
 
-    def __init__(self) -> None:
-        super().__init__("no face")
+    def __init__(self, detail: str = "no face") -> None:  # a default: pickling re-calls it
+        super().__init__(detail)
 
     def message(self, filename: str) -> str:
         return f"Лицо не обнаружено в фото {filename}"

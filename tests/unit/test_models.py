@@ -86,3 +86,24 @@ def test_request_errors() -> None:
     assert str(errors.SessionNotFound("abc")) == "Сессия abc не найдена"
     assert str(errors.FacePassDisabled("abc")) == "FacePass не активен"
     assert not issubclass(errors.SessionNotFound, errors.PhotoError)
+
+
+def test_every_error_survives_pickling() -> None:
+    """Errors cross actor boundaries (Ray pickles them): each must come back as itself."""
+    import pickle
+
+    from facepass import errors
+
+    samples = [
+        errors.NoFaceDetected(),
+        errors.PhotoNotFound("404 Not Found"),
+        errors.NotAnImage("bad"),
+        errors.SessionNotFound("abc"),
+        errors.FacePassDisabled("abc"),
+        errors.JobNotFound("j"),
+        errors.SelfieHasNoFace(),
+        errors.WorkerLost("x"),
+    ]
+    for error in samples:
+        back = pickle.loads(pickle.dumps(error))
+        assert type(back) is type(error) and str(back) == str(error)
