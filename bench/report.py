@@ -109,7 +109,7 @@ def write_chart(path: Path, runs: list[RunResult], title: str) -> Path | None:
     except ImportError:
         print("note: matplotlib is not installed; the PNG chart is skipped")
         return None
-    shown = [r for r in runs if r.kind != "pipeline_rerun"]
+    shown = [r for r in runs if not r.kind.startswith("pipeline_rerun")]
     labels = []
     for run in shown:
         name = {"limit": "limit (a)", "seed_loop": "seed loop (b)", "pipeline": "ours (c)"}.get(

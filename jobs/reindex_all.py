@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = resolve_databases(Settings())
-    ray.init(address=args.address, namespace=settings.ray_namespace, log_to_driver=False)
+    if not ray.is_initialized():  # a program may call main() from inside its own Ray driver
+        ray.init(address=args.address, namespace=settings.ray_namespace, log_to_driver=False)
 
     processor = PlanOnly(settings) if args.dry_run else EmbeddingPool(settings)
     catalog, store = CloudCatalog(settings.cloud_dsn), VectorStore(settings.local_dsn)

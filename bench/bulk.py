@@ -1,0 +1,132 @@
+"""Bulk job figures: sessions/s and photos/s of ``jobs.reindex_all`` on a synthetic catalog,
+and how the driver's memory behaves as the catalog grows (dry runs over 1x and 10x sessions).
+
+    python -m bench.bulk --sessions 24 --photos-per-session 15 --dry-run-sessions 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import tracemalloc
+import uuid
+from pathlib import Path
+from typing import Any
+
+import ray
+import sqlalchemy as sa
+
+from actors.pool import kill_pool_actors
+from bench.data import SyntheticSession, SyntheticStorage
+from facepass.db import make_engine, resolve_databases
+from facepass.demo.scenario import CatalogWriter
+from facepass.settings import Settings
+
+
+def fresh_catalog(settings: Settings) -> tuple[str, CatalogWriter]:
+    """A catalog database of its own, so that "every session" is exactly ours."""
+    assert settings.cloud_dsn
+    name = f"bulk_{uuid.uuid4().hex[:10]}"
+    admin = make_engine(settings.cloud_dsn.replace("/facepass_cloud?", "/postgres?"))
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    dsn = settings.cloud_dsn.replace("/facepass_cloud?", f"/{name}?")
+    writer = CatalogWriter(dsn)
+    writer.create_schema()
+    return dsn, writer
+
+
+def fill(writer: CatalogWriter, session: SyntheticSession, sessions: int, per_session: int) -> None:
+    names = session.names_paths()
+    for s in range(sessions):
+        sid = writer.add_session(f"bulk {s:05d}")
+        chunk = names[s * per_session : (s + 1) * per_session]
+        if chunk:
+            writer.add_photos(sid, chunk)
+    writer.add_session("bulk inactive", enabled=False)
+
+
+def run_job(dsn: str, settings: Settings, summary: Path, *extra: str) -> dict[str, Any]:
+    from jobs import reindex_all
+
+    os.environ.update(
+        {
+            "FACEPASS_CLOUD_DSN": dsn,
+            "FACEPASS_LOCAL_DSN": settings.local_dsn or "",
+            "FACEPASS_STORAGE_URL": settings.storage_url,
+            "FACEPASS_RAY_NAMESPACE": settings.ray_namespace,
+        }
+    )
+    address = [] if ray.is_initialized() else ["--address", "local"]
+    code = reindex_all.main([*address, "--summary-json", str(summary), *extra])
+    if code != 0:
+        raise RuntimeError(f"reindex_all exited with {code}")
+    data: dict[str, Any] = json.loads(summary.read_text())
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sessions", type=int, default=24)
+    parser.add_argument("--photos-per-session", type=int, default=15)
+    parser.add_argument("--latency-ms", type=float, default=100.0)
+    parser.add_argument("--dry-run-sessions", type=int, default=300, help="catalog size of the memory check")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+    total = args.sessions * args.photos_per_session
+    session = SyntheticSession(max(total, 1), seed=7, prefix="bulk")
+    storage = SyntheticStorage(session, latency_s=args.latency_ms / 1000).start()
+    namespace = f"facepass-bulk-{uuid.uuid4().hex[:6]}"
+    settings = resolve_databases(
+        Settings(data_dir=Path(".facepass/bench"), storage_url=storage.url, ray_namespace=namespace)
+    )
+    figures: dict[str, Any] = {"sessions": args.sessions, "photos_per_session": args.photos_per_session}
+    try:
+        dsn, writer = fresh_catalog(settings)
+        fill(writer, session, args.sessions, args.photos_per_session)
+        t0 = time.perf_counter()
+        summary = run_job(dsn, settings, args.out / "bulk-run.json")
+        wall = time.perf_counter() - t0
+        figures |= {
+            "job_wall_s": round(wall, 2),
+            "job_elapsed_s": summary["elapsed_s"],
+            "sessions_per_s": round(summary["sessions_seen"] / summary["elapsed_s"], 3),
+            "photos_per_s": summary["photos_per_s"],
+            "summary": summary,
+        }
+        # Memory as the catalog grows: the same dry run over 1x and 10x as many sessions.
+        for label, count in (("1x", args.dry_run_sessions), ("10x", 10 * args.dry_run_sessions)):
+            dsn_dry, writer_dry = fresh_catalog(settings)
+            fill(writer_dry, SyntheticSession(count * 3, seed=8, prefix="dry"), count, 3)
+            tracemalloc.start()
+            dry = run_job(dsn_dry, settings, args.out / f"bulk-dry-{label}.json", "--dry-run")
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            figures[f"dry_run_{label}"] = {
+                "sessions": dry["sessions_seen"],
+                "photos_planned": dry["photos_planned"],
+                "elapsed_s": dry["elapsed_s"],
+                "python_heap_peak_mb": round(peak / 2**20, 2),
+            }
+            writer_dry.close()
+        writer.close()
+    finally:
+        if ray.is_initialized():
+            kill_pool_actors(settings)
+            ray.shutdown()
+        storage.stop()
+    path = args.out / "bench-bulk.json"
+    path.write_text(json.dumps(figures, ensure_ascii=False, indent=2))
+    print(json.dumps({k: v for k, v in figures.items() if k != "summary"}, ensure_ascii=False, indent=2))
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
