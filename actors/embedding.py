@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 from typing import Any
@@ -11,6 +12,24 @@ import ray
 from facepass.models import DetectedFace, PhotoRef, PhotoResult
 from facepass.pipeline import DecodedPhoto, PhotoPipeline
 from facepass.settings import Settings
+
+
+class HeapTrimmer:
+    """Gives freed heap back to the OS every ``every`` photos (glibc keeps it otherwise,
+    so RSS would stay at the high-water mark of the largest photo ever seen)."""
+
+    def __init__(self, every: int = 16) -> None:
+        self.every = every
+        self.count = 0
+        try:
+            self._libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
+        except OSError:  # not glibc (macOS, musl): nothing to do
+            self._libc = None
+
+    def tick(self) -> None:
+        self.count += 1
+        if self._libc is not None and self.count % self.every == 0:
+            self._libc.malloc_trim(0)
 
 
 @ray.remote
@@ -23,13 +42,18 @@ class EmbeddingActor:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per download is noise
         self.pipeline = PhotoPipeline(settings)
         self.pipeline.load()
+        self._trim = HeapTrimmer()
 
     async def process(self, photo: PhotoRef) -> PhotoResult:
-        return await self.pipeline.run(photo)
+        result = await self.pipeline.run(photo)
+        self._trim.tick()
+        return result
 
     async def embed_decoded(self, decoded: DecodedPhoto) -> PhotoResult:
         """The model half only: the photo was fetched and decoded by a decoder actor."""
-        return await self.pipeline.embed_decoded(decoded)
+        result = await self.pipeline.embed_decoded(decoded)
+        self._trim.tick()
+        return result
 
     async def embed_image(self, data: bytes) -> list[DetectedFace]:
         """Faces of an uploaded image (a selfie); raises the typed PhotoError on bad input."""
