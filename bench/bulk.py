@@ -16,27 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import sqlalchemy as sa
 
 from actors.pool import kill_pool_actors
 from bench.data import SyntheticSession, SyntheticStorage
-from facepass.db import make_engine, resolve_databases
-from facepass.demo.scenario import CatalogWriter
+from facepass.db import resolve_databases
+from facepass.demo.scenario import CatalogWriter, new_catalog_database
 from facepass.settings import Settings
-
-
-def fresh_catalog(settings: Settings) -> tuple[str, CatalogWriter]:
-    """A catalog database of its own, so that "every session" is exactly ours."""
-    assert settings.cloud_dsn
-    name = f"bulk_{uuid.uuid4().hex[:10]}"
-    admin = make_engine(settings.cloud_dsn.replace("/facepass_cloud?", "/postgres?"))
-    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    dsn = settings.cloud_dsn.replace("/facepass_cloud?", f"/{name}?")
-    writer = CatalogWriter(dsn)
-    writer.create_schema()
-    return dsn, writer
 
 
 def fill(writer: CatalogWriter, session: SyntheticSession, sessions: int, per_session: int) -> None:
@@ -87,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     figures: dict[str, Any] = {"sessions": args.sessions, "photos_per_session": args.photos_per_session}
     try:
-        dsn, writer = fresh_catalog(settings)
+        dsn, writer = new_catalog_database(settings, "bulk")
         fill(writer, session, args.sessions, args.photos_per_session)
         t0 = time.perf_counter()
         summary = run_job(dsn, settings, args.out / "bulk-run.json")
@@ -101,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         # Memory as the catalog grows: the same dry run over 1x and 10x as many sessions.
         for label, count in (("1x", args.dry_run_sessions), ("10x", 10 * args.dry_run_sessions)):
-            dsn_dry, writer_dry = fresh_catalog(settings)
+            dsn_dry, writer_dry = new_catalog_database(settings, "bulk")
             fill(writer_dry, SyntheticSession(count * 3, seed=8, prefix="dry"), count, 3)
             tracemalloc.start()
             dry = run_job(dsn_dry, settings, args.out / f"bulk-dry-{label}.json", "--dry-run")

@@ -75,6 +75,21 @@ class CatalogWriter:
         self.engine.dispose()
 
 
+def new_catalog_database(settings: Settings, prefix: str = "cloud") -> tuple[str, CatalogWriter]:
+    """A fresh catalog database beside the configured one (same server), with the schema:
+    "every session" then means exactly the sessions a test or a benchmark puts there."""
+    assert settings.cloud_dsn
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = make_engine(settings.cloud_dsn.replace("/facepass_cloud?", "/postgres?"))
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    dsn = settings.cloud_dsn.replace("/facepass_cloud?", f"/{name}?")
+    writer = CatalogWriter(dsn)
+    writer.create_schema()
+    return dsn, writer
+
+
 @dataclass
 class SeedScenario:
     session_id: uuid.UUID

@@ -14,31 +14,15 @@ import pytest
 import sqlalchemy as sa
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from facepass.db import make_engine
 from facepass.demo import photos
-from facepass.demo.scenario import CatalogWriter, index_locally, preview_path
+from facepass.demo.scenario import CatalogWriter, index_locally, new_catalog_database, preview_path
 from facepass.demo.storage import PhotoStorage
 from facepass.models import PhotoRef
-from facepass.settings import Settings
 from facepass.store import VectorStore, face_embeddings
 from tests.integration.conftest import RAY_BIN, Service
 
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = {JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED}
-
-
-def new_catalog(settings: Settings) -> tuple[str, CatalogWriter]:
-    """A catalog database of its own, so "every session" means exactly this test's sessions."""
-    name = f"cloud_{uuid.uuid4().hex[:10]}"
-    assert settings.cloud_dsn
-    admin = make_engine(settings.cloud_dsn.replace("/facepass_cloud?", "/postgres?"))
-    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    dsn = settings.cloud_dsn.replace("/facepass_cloud?", f"/{name}?")
-    writer = CatalogWriter(dsn)
-    writer.create_schema()
-    return dsn, writer
 
 
 def add_face_photos(writer: CatalogWriter, storage: PhotoStorage, sid: uuid.UUID, n: int) -> list[PhotoRef]:
@@ -99,7 +83,7 @@ def embeddings_of(store: VectorStore, sid: uuid.UUID) -> list[tuple[uuid.UUID, i
 def test_bulk_job_indexes_every_active_session_and_a_second_run_does_nothing(
     service: Service, storage: PhotoStorage, store: VectorStore, tmp_path: Path
 ) -> None:
-    dsn, writer = new_catalog(service.settings)
+    dsn, writer = new_catalog_database(service.settings)
     a, b = writer.add_session("Сессия A"), writer.add_session("Сессия B")
     inactive, complete = writer.add_session("Сессия C", enabled=False), writer.add_session("Сессия D")
     add_face_photos(writer, storage, a, 5)
@@ -136,7 +120,7 @@ def test_bulk_job_indexes_every_active_session_and_a_second_run_does_nothing(
 def test_stopped_job_resumes_and_indexes_every_photo_exactly_once(
     service: Service, storage: PhotoStorage, store: VectorStore, tmp_path: Path
 ) -> None:
-    dsn, writer = new_catalog(service.settings)
+    dsn, writer = new_catalog_database(service.settings)
     sessions = [writer.add_session(f"Большая сессия {i}") for i in range(2)]
     for sid in sessions:
         add_face_photos(writer, storage, sid, 60)
