@@ -77,8 +77,9 @@ class FacePassIngress:
         self.store = VectorStore(settings.local_dsn)
         self.store.create_schema()
         self.pool = EmbeddingPool(settings)
+        # keep_log=False: the lines go to the log; a 10,000-photo run must not keep them all.
         self.coordinator = ReindexCoordinator(
-            self.catalog, self.store, self.pool, max_errors=settings.report_max_errors
+            self.catalog, self.store, self.pool, max_errors=settings.report_max_errors, keep_log=False
         )
         self.jobs = jobs_actor(settings.ray_namespace)
         self._background: set[asyncio.Task[None]] = set()
