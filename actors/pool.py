@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from actors.decoder import ImageDecoderActor
 from actors.embedding import EmbeddingActor
@@ -25,12 +25,8 @@ from facepass.settings import Settings
 
 log = logging.getLogger(__name__)
 
-try:  # newer Ray: raised while an actor restarts
-    from ray.exceptions import ActorUnavailableError
-
-    _ACTOR_LOST: tuple[type[BaseException], ...] = (RayActorError, ActorUnavailableError)
-except ImportError:  # pragma: no cover
-    _ACTOR_LOST = (RayActorError,)
+# ActorUnavailableError: the actor is restarting after a crash.
+_ACTOR_LOST: tuple[type[BaseException], ...] = (RayActorError, ActorUnavailableError)
 
 
 def embedding_actor_name(i: int) -> str:

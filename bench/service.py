@@ -219,7 +219,6 @@ def seed_indexed_session(settings: Settings, catalog_writer: CatalogWriter, phot
     """A session of ``photos`` catalog rows that the index already holds (one face each),
     written straight into both databases: the rerun path reads exactly these tables."""
     import numpy as np
-    import sqlalchemy as sa
 
     from facepass.db import make_engine
     from facepass.store import face_embeddings, indexed_photos
@@ -267,7 +266,6 @@ def seed_indexed_session(settings: Settings, catalog_writer: CatalogWriter, phot
                 ],
             )
     engine.dispose()
-    _ = sa  # imported for the engine's dialect only
     return sid
 
 

@@ -68,10 +68,6 @@ class SelfieTooLarge(BadSelfie):
     code = "too_large"
 
 
-class ServiceUnavailable(FacePassError):
-    code = "service_unavailable"
-
-
 # --- photo level ---------------------------------------------------------------
 class PhotoError(FacePassError):
     """A failure of one photo; goes into the report, never fails the request."""

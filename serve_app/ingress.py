@@ -31,7 +31,6 @@ from facepass.errors import (
     SelfieHasNoFace,
     SelfieNotAnImage,
     SelfieTooLarge,
-    ServiceUnavailable,
     SessionNotFound,
 )
 from facepass.reindex import ReindexCoordinator, ReindexMode
@@ -57,7 +56,6 @@ _STATUS: dict[type[FacePassError], int] = {
     SelfieTooLarge: 413,
     BadSelfie: 400,
     FacePassDisabled: 403,
-    ServiceUnavailable: 503,
 }
 
 
