@@ -130,6 +130,16 @@ class NoFaceDetected(PhotoError):
         return f"Лицо не обнаружено в фото {filename}"
 
 
+class WriteFailed(PhotoError):
+    """The index refused this photo's rows (the other photos of its batch were written)."""
+
+    code = "write_error"
+    transient = True
+
+    def message(self, filename: str) -> str:
+        return f"Ошибка записи {filename} в индекс: {self.detail}"
+
+
 class WorkerLost(PhotoError):
     """The actor holding the photo died more times than ``max_attempts``."""
 

@@ -116,3 +116,16 @@ class PhotoOutcome:
             inference_ms=result.inference_ms,
             write_ms=write_ms,
         )
+
+    @classmethod
+    def failed_write(cls, result: PhotoResult, error: PhotoError) -> PhotoOutcome:
+        """The photo was processed but its rows were not committed: retried by the next run."""
+        return cls(
+            photo_id=result.photo.id,
+            filename=result.photo.filename,
+            status=PhotoStatus.RETRY,
+            error_code=error.code,
+            error_message=error.message(result.photo.filename),
+            download_ms=result.download_ms,
+            inference_ms=result.inference_ms,
+        )

@@ -2,24 +2,35 @@
 
 ``face_embeddings`` holds one row per face; ``indexed_photos`` is the ledger of
 processed photos (indexed / no face / permanent failure), so that a photo with
-no face is never downloaded again. A photo's faces and its ledger row commit in
-one transaction; unique keys make a second write of the same photo impossible.
+no face is never downloaded again. Writes are group commits: many photos per
+transaction (one ledger upsert, one delete, one binary COPY of all their faces),
+so a photo's faces and its ledger row still appear together or not at all. A
+batch that a bad row breaks is written again photo by photo, so only the bad
+photo fails. The schema is owned by the migrations (``facepass.migrations``).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import psycopg
 import sqlalchemy as sa
-from pgvector.sqlalchemy import Vector
+from pgvector.psycopg import register_vector
+from pgvector.sqlalchemy import HALFVEC, Vector
 from sqlalchemy.dialects import postgresql as pg
 
 from facepass.db import make_engine
-from facepass.models import EMBEDDING_DIM, LedgerStatus, PhotoResult, PhotoStatus
+from facepass.errors import WriteFailed
+from facepass.migrations import migrate
+from facepass.models import EMBEDDING_DIM, LedgerStatus, PhotoOutcome, PhotoResult, PhotoStatus
+
+log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
@@ -36,15 +47,15 @@ face_embeddings = sa.Table(
     sa.Column("bbox_y2", sa.Float, nullable=False),
     sa.Column("det_score", sa.Float, nullable=False),
     sa.Column("embedding", Vector(EMBEDDING_DIM), nullable=False),
+    # A half-precision copy kept in the heap row (the 2 KB vector is TOASTed): the search scan.
+    sa.Column(
+        "embedding_half",
+        HALFVEC(EMBEDDING_DIM),
+        sa.Computed(f"embedding::halfvec({EMBEDDING_DIM})", persisted=True),
+    ),
     sa.Column("model_name", sa.Text, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
     sa.UniqueConstraint("photo_id", "face_index", name="face_embeddings_photo_face_key"),
-)
-sa.Index(
-    "face_embeddings_embedding_hnsw",
-    face_embeddings.c.embedding,
-    postgresql_using="hnsw",
-    postgresql_ops={"embedding": "vector_cosine_ops"},
 )
 
 indexed_photos = sa.Table(
@@ -75,12 +86,8 @@ class VectorStore:
         self.engine = make_engine(dsn, pool_size=pool_size)
 
     def create_schema(self) -> None:
-        """Idempotent; safe to run from several processes at once."""
-        with self.engine.begin() as conn:
-            # Serialize concurrent starters: CREATE EXTENSION IF NOT EXISTS can race.
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(4242001)"))
-            conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS vector"))
-            metadata.create_all(conn, checkfirst=True)
+        """Apply the migrations; idempotent and safe from several processes at once."""
+        migrate(self.engine)
 
     def done_photo_ids(self, session_id: uuid.UUID, *, retry_failed: bool = False) -> set[uuid.UUID]:
         """Photos the next run must skip: the ledger, plus legacy rows with no ledger entry."""
@@ -96,54 +103,109 @@ class VectorStore:
         with self.engine.connect() as conn:
             return set(conn.scalars(sa.union(ledger, legacy)))
 
+    # --- writes ------------------------------------------------------------------
     def write_result(self, result: PhotoResult) -> float:
-        """Commit one photo atomically; returns the time it took in ms.
+        """One photo in its own transaction (the seed's loop); returns its write time in ms."""
+        return self.write_results([result])[0].write_ms
 
-        A transient failure writes nothing, so the next run retries the photo.
+    def write_results(self, results: Sequence[PhotoResult]) -> list[PhotoOutcome]:
+        """Commit a batch of photos in one transaction; one outcome per result, in order.
+
+        Transient failures write nothing (the next run retries them). If the batch
+        fails on its data (a bad vector, a constraint), every photo is written again
+        in its own transaction and only the ones that still fail are reported, as
+        ``write_error`` (not recorded: retried by the next run). A lost connection
+        raises: nothing of the batch was committed, so the caller may write it again.
         """
-        if result.status is PhotoStatus.RETRY:
-            return 0.0
         started = time.perf_counter()
-        photo_id, session_id = result.photo.id, result.photo.session_id
-        ledger_row = {
-            "photo_id": photo_id,
-            "session_id": session_id,
-            "status": LedgerStatus(result.status.value).value,
-            "face_count": len(result.faces),
-            "error_code": result.error_code if result.status is not PhotoStatus.INDEXED else None,
-            "error_message": result.error_message,
-            "model_name": result.model_name,
-        }
-        upsert = pg.insert(indexed_photos).values(ledger_row)
-        upsert = upsert.on_conflict_do_update(
-            index_elements=[indexed_photos.c.photo_id],
-            set_={k: upsert.excluded[k] for k in ledger_row if k != "photo_id"}
-            | {"processed_at": sa.func.now()},
-        )
-        with self.engine.begin() as conn:
-            # The upsert locks the ledger row first: two writers of one photo serialize here.
-            conn.execute(upsert)
-            conn.execute(sa.delete(face_embeddings).where(face_embeddings.c.photo_id == photo_id))
-            if result.faces:
-                conn.execute(
-                    face_embeddings.insert(),
-                    [
-                        {
-                            "session_id": session_id,
-                            "photo_id": photo_id,
-                            "face_index": i,
-                            "bbox_x1": face.bbox[0],
-                            "bbox_y1": face.bbox[1],
-                            "bbox_x2": face.bbox[2],
-                            "bbox_y2": face.bbox[3],
-                            "det_score": face.det_score,
-                            "embedding": face.embedding,
-                            "model_name": result.model_name,
-                        }
-                        for i, face in enumerate(result.faces)
-                    ],
+        # The last result of a photo wins (the same photo twice in one batch cannot upsert twice).
+        latest = {r.photo.id: r for r in results if r.status is not PhotoStatus.RETRY}
+        errors: dict[uuid.UUID, str] = {}
+        if latest:
+            try:
+                self._commit(list(latest.values()))
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                if len(latest) == 1:
+                    errors = {next(iter(latest)): _short(exc)}
+                else:
+                    log.warning("batch of %d photos failed (%s); writing them one by one", len(latest), exc)
+                    errors = self._commit_one_by_one(list(latest.values()))
+        write_ms = (time.perf_counter() - started) * 1000 / max(1, len(latest))
+        outcomes = []
+        for result in results:
+            if result.photo.id in errors:
+                outcomes.append(PhotoOutcome.failed_write(result, WriteFailed(errors[result.photo.id])))
+            elif result.status is PhotoStatus.RETRY or latest.get(result.photo.id) is not result:
+                outcomes.append(PhotoOutcome.from_result(result))
+            else:
+                outcomes.append(PhotoOutcome.from_result(result, write_ms))
+        return outcomes
+
+    def _commit_one_by_one(self, results: list[PhotoResult]) -> dict[uuid.UUID, str]:
+        errors: dict[uuid.UUID, str] = {}
+        for result in results:
+            try:
+                self._commit([result])
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                log.error("write of photo %s failed: %s", result.photo.id, exc)
+                errors[result.photo.id] = _short(exc)
+        return errors
+
+    def _commit(self, results: list[PhotoResult]) -> None:
+        """Ledger upsert + delete of old faces + binary COPY of new faces, one transaction."""
+        raw = self.engine.raw_connection()
+        try:
+            conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
+            if conn.adapters.types.get("vector") is None:  # once per pooled connection
+                register_vector(conn)
+            ids = [r.photo.id for r in results]
+            with conn.cursor() as cur:
+                # The upsert locks the ledger rows first: two writers of one photo serialize here.
+                cur.execute(
+                    _LEDGER_UPSERT,
+                    (
+                        ids,
+                        [r.photo.session_id for r in results],
+                        [LedgerStatus(r.status.value).value for r in results],
+                        [len(r.faces) for r in results],
+                        [r.error_code if r.status is not PhotoStatus.INDEXED else None for r in results],
+                        [r.error_message for r in results],
+                        [r.model_name for r in results],
+                    ),
                 )
-        return (time.perf_counter() - started) * 1000
+                cur.execute("DELETE FROM face_embeddings WHERE photo_id = ANY(%s)", (ids,))
+                with cur.copy(_FACES_COPY) as copy:
+                    copy.set_types(_FACES_COPY_TYPES)
+                    for r in results:
+                        for i, face in enumerate(r.faces):
+                            x1, y1, x2, y2 = face.bbox
+                            copy.write_row(
+                                (
+                                    r.photo.session_id,
+                                    r.photo.id,
+                                    i,
+                                    x1,
+                                    y1,
+                                    x2,
+                                    y2,
+                                    face.det_score,
+                                    face.embedding,
+                                    r.model_name,
+                                )  # fmt: skip
+                            )
+            raw.commit()
+        except BaseException:
+            try:
+                raw.rollback()
+            except psycopg.Error:
+                raw.invalidate()  # the connection is gone: do not hand it out again
+            raise
+        finally:
+            raw.close()
 
     def count_embeddings(self, session_id: uuid.UUID) -> int:
         query = sa.select(sa.func.count()).select_from(face_embeddings)
@@ -158,21 +220,54 @@ class VectorStore:
         with self.engine.connect() as conn:
             return {row[0]: row[1] for row in conn.execute(query)}
 
-    def search(self, session_id: uuid.UUID, embedding: Iterable[float], limit: int = 20) -> list[SearchHit]:
-        """Faces of the session nearest to ``embedding`` by cosine similarity."""
+    def search(
+        self,
+        session_id: uuid.UUID,
+        embedding: Iterable[float],
+        limit: int = 20,
+        model_name: str | None = None,
+    ) -> list[SearchHit]:
+        """Faces of the session nearest to ``embedding`` by cosine similarity, exactly.
+
+        An exact scan of the session's half-precision copies picks a short list
+        (2x the limit, at least 32 more), which is re-ranked on the full vectors:
+        the order of the answer is the exact one, and no approximate index can
+        drop true matches under the session filter. ``model_name`` keeps vectors
+        of other models out (their scores mean nothing against this one).
+        """
         query_vec = np.asarray(list(embedding), dtype=np.float32)
-        distance = face_embeddings.c.embedding.cosine_distance(query_vec)
+        fe = face_embeddings
+        shortlist = max(2 * limit, limit + 32)
+        coarse = fe.c.embedding_half.cosine_distance(sa.bindparam("q_half", query_vec, type_=HALFVEC()))
+        where = [fe.c.session_id == session_id]
+        if model_name is not None:
+            where.append(fe.c.model_name == model_name)
+        candidates = (
+            sa.select(
+                fe.c.photo_id,
+                fe.c.face_index,
+                fe.c.embedding,
+                fe.c.bbox_x1,
+                fe.c.bbox_y1,
+                fe.c.bbox_x2,
+                fe.c.bbox_y2,
+            )  # fmt: skip
+            .where(*where)
+            .order_by(coarse)
+            .limit(shortlist)
+            .subquery()
+        )
+        distance = candidates.c.embedding.cosine_distance(query_vec)
         query = (
             sa.select(
-                face_embeddings.c.photo_id,
-                face_embeddings.c.face_index,
+                candidates.c.photo_id,
+                candidates.c.face_index,
                 (1 - distance).label("similarity"),
-                face_embeddings.c.bbox_x1,
-                face_embeddings.c.bbox_y1,
-                face_embeddings.c.bbox_x2,
-                face_embeddings.c.bbox_y2,
+                candidates.c.bbox_x1,
+                candidates.c.bbox_y1,
+                candidates.c.bbox_x2,
+                candidates.c.bbox_y2,
             )
-            .where(face_embeddings.c.session_id == session_id)
             .order_by(distance)
             .limit(limit)
         )
@@ -185,3 +280,22 @@ class VectorStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+_LEDGER_UPSERT = """
+INSERT INTO indexed_photos (photo_id, session_id, status, face_count, error_code, error_message, model_name)
+SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[])
+ON CONFLICT (photo_id) DO UPDATE SET
+    session_id = EXCLUDED.session_id, status = EXCLUDED.status, face_count = EXCLUDED.face_count,
+    error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message,
+    model_name = EXCLUDED.model_name, processed_at = now()
+"""
+_FACES_COPY = (
+    "COPY face_embeddings (session_id, photo_id, face_index, bbox_x1, bbox_y1, bbox_x2, bbox_y2, "
+    "det_score, embedding, model_name) FROM STDIN (FORMAT BINARY)"
+)
+_FACES_COPY_TYPES = ["uuid", "uuid", "int4", *["float8"] * 5, "vector", "text"]
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__

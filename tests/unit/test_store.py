@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from facepass.migrations import current_revision, head_revision
 from facepass.models import EMBEDDING_DIM, DetectedFace, PhotoRef, PhotoResult, PhotoStatus
 from facepass.store import VectorStore, face_embeddings, indexed_photos
 
@@ -74,7 +75,10 @@ def test_create_schema_is_idempotent(store: VectorStore) -> None:
     inspector = sa.inspect(store.engine)
     assert {"face_embeddings", "indexed_photos"} <= set(inspector.get_table_names())
     index_names = {ix["name"] for ix in inspector.get_indexes("face_embeddings")}
-    assert "face_embeddings_embedding_hnsw" in index_names
+    # Searches are per session (exact scan + re-rank): a global HNSW index only taxed writes.
+    assert "face_embeddings_embedding_hnsw" not in index_names
+    assert "ix_face_embeddings_session_id" in index_names
+    assert current_revision(store.engine) == head_revision()
     store.ping()
 
 
@@ -240,3 +244,92 @@ def test_search_returns_nearest_face_first(store: VectorStore, session_id: uuid.
     assert store.search(session_id, near, limit=1)[0].face_index == 1
     assert len(store.search(session_id, target, limit=2)) == 2
     assert store.search(uuid.uuid4(), target) == []
+
+
+# --- group commit -------------------------------------------------------------------
+def test_batch_commits_every_photo_with_its_ledger_row(store: VectorStore, session_id: uuid.UUID) -> None:
+    refs = [photo(session_id, f"b{i}.jpg") for i in range(6)]
+    results = [indexed(refs[0], 3), indexed(refs[1], 0), failed(refs[2], "no_face", transient=False)]
+    results += [failed(refs[3], "timeout", transient=True), indexed(refs[4], 22, seed=4), indexed(refs[5], 1)]
+    outcomes = store.write_results(results)
+    assert [o.photo_id for o in outcomes] == [r.id for r in refs]
+    assert [o.status for o in outcomes] == [r.status for r in results]
+    assert all(
+        o.write_ms > 0 for o, r in zip(outcomes, results, strict=True) if r.status is not PhotoStatus.RETRY
+    )
+    assert outcomes[3].write_ms == 0.0
+    assert store.ledger(session_id) == {
+        refs[0].id: "indexed",
+        refs[1].id: "indexed",  # an indexed result with no faces is still a ledger row
+        refs[2].id: "no_face",
+        refs[4].id: "indexed",
+        refs[5].id: "indexed",
+    }
+    assert [len(rows_of(store, r.id)) for r in refs] == [3, 0, 0, 0, 22, 1]
+    assert store.count_embeddings(session_id) == 26
+
+
+def test_one_bad_photo_does_not_sink_its_batch(store: VectorStore, session_id: uuid.UUID) -> None:
+    """A NaN vector (a model bug) is refused by pgvector: that photo alone fails, unwritten."""
+    refs = [photo(session_id, f"n{i}.jpg") for i in range(5)]
+    results = [indexed(ref, 2, seed=i) for i, ref in enumerate(refs)]
+    results[2].faces[1].embedding[7] = np.nan
+    outcomes = store.write_results(results)
+    assert [o.status for o in outcomes] == [PhotoStatus.INDEXED] * 2 + [PhotoStatus.RETRY] + [
+        PhotoStatus.INDEXED
+    ] * 2
+    bad = outcomes[2]
+    assert bad.error_code == "write_error"
+    assert bad.error_message is not None and "n2.jpg" in bad.error_message
+    # Nothing half written: the bad photo has neither faces nor a ledger row; the others have both.
+    assert rows_of(store, refs[2].id) == [] and ledger_row(store, refs[2].id) is None
+    for ref in refs[:2] + refs[3:]:
+        assert len(rows_of(store, ref.id)) == 2
+        entry = ledger_row(store, ref.id)
+        assert entry is not None and entry.face_count == 2
+    # The next run writes it once the result is sound.
+    outcomes = store.write_results([indexed(refs[2], 2, seed=2)])
+    assert outcomes[0].status is PhotoStatus.INDEXED and len(rows_of(store, refs[2].id)) == 2
+
+
+def test_same_photo_twice_in_a_batch_keeps_the_last(store: VectorStore, session_id: uuid.UUID) -> None:
+    ref = photo(session_id)
+    outcomes = store.write_results([indexed(ref, 3), indexed(ref, 2, seed=9)])
+    assert [o.status for o in outcomes] == [PhotoStatus.INDEXED, PhotoStatus.INDEXED]
+    rows = rows_of(store, ref.id)
+    assert len(rows) == 2
+    assert np.allclose(np.asarray(rows[0].embedding), faces(2, seed=9)[0].embedding, atol=1e-6)
+
+
+def test_search_equals_an_exact_scan_on_clustered_data(store: VectorStore) -> None:
+    """Several faces per person, several sessions: the answer is the exact top-k of the
+    session (same faces, same order), and never holds another session's face."""
+    rng = np.random.default_rng(3)
+    people = unit_vectors(60, seed=5)
+    sessions = [uuid.uuid4() for _ in range(3)]
+    for k, sid in enumerate(sessions):
+        results = []
+        for p in range(40):
+            person = people[rng.integers(0, 60)]
+            noisy = person + rng.standard_normal((3, EMBEDDING_DIM)).astype(np.float32) * 0.04
+            noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+            ref = photo(sid, f"s{k}p{p}.jpg")
+            faces_ = [DetectedFace((0.0, 0.0, 1.0, 1.0), 0.9, v.astype(np.float32)) for v in noisy]
+            results.append(PhotoResult(photo=ref, model_name=MODEL, faces=faces_))
+        store.write_results(results)
+    for sid in sessions:
+        with store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    face_embeddings.c.photo_id, face_embeddings.c.face_index, face_embeddings.c.embedding
+                ).where(face_embeddings.c.session_id == sid)
+            ).all()
+        matrix = np.stack([np.asarray(r[2], dtype=np.float64) for r in rows])
+        for q in range(8):
+            query = people[q * 7] + rng.standard_normal(EMBEDDING_DIM) * 0.03
+            query /= np.linalg.norm(query)
+            exact = np.argsort(-(matrix @ query), kind="stable")[:20]
+            hits = store.search(sid, query.astype(np.float32), limit=20, model_name=MODEL)
+            assert [(h.photo_id, h.face_index) for h in hits] == [(rows[i][0], rows[i][1]) for i in exact]
+            assert hits[0].similarity == pytest.approx(float(matrix[exact[0]] @ query), abs=1e-5)
+        assert store.search(sid, people[0], model_name="another/model") == []
