@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import ray
@@ -23,6 +24,9 @@ class ImageDecoderActor:
 
     async def load(self, photo: PhotoRef) -> DecodedPhoto:
         return await self.loader.load(photo)
+
+    async def load_batch(self, photos: list[PhotoRef]) -> list[DecodedPhoto]:
+        return list(await asyncio.gather(*(self.loader.load(photo) for photo in photos)))
 
     async def ping(self) -> bool:
         return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import os
@@ -49,11 +50,18 @@ class EmbeddingActor:
         self._trim.tick()
         return result
 
+    async def process_batch(self, photos: list[PhotoRef]) -> list[PhotoResult]:
+        """Several photos in one call (one Ray round trip); their downloads overlap."""
+        return list(await asyncio.gather(*(self.process(photo) for photo in photos)))
+
     async def embed_decoded(self, decoded: DecodedPhoto) -> PhotoResult:
         """The model half only: the photo was fetched and decoded by a decoder actor."""
         result = await self.pipeline.embed_decoded(decoded)
         self._trim.tick()
         return result
+
+    async def embed_decoded_batch(self, decoded: list[DecodedPhoto]) -> list[PhotoResult]:
+        return list(await asyncio.gather(*(self.embed_decoded(d) for d in decoded)))
 
     async def embed_image(self, data: bytes) -> list[DetectedFace]:
         """Faces of an uploaded image (a selfie); raises the typed PhotoError on bad input."""

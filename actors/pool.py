@@ -53,7 +53,7 @@ class EmbeddingPool:
         self.actors = [
             EmbeddingActor.options(  # type: ignore[attr-defined]
                 name=embedding_actor_name(i),
-                max_concurrency=settings.photos_in_flight_per_actor,
+                max_concurrency=settings.photos_in_flight_per_actor,  # >= batches in flight
                 **settings.embedding_actor_options(),
                 **common,
             ).remote(settings)
@@ -70,10 +70,13 @@ class EmbeddingPool:
         ]
         self._next_decoder = 0
         self.writer = IndexWriter.options(  # type: ignore[attr-defined]
-            name=WRITER_NAME, num_cpus=0, max_concurrency=1, **common
+            name=WRITER_NAME, num_cpus=0, max_concurrency=1000, **common
         ).remote(settings)
         self._in_flight = [0] * len(self.actors)
         self._slots: asyncio.Semaphore | None = None
+        self._queue: list[tuple[PhotoRef, asyncio.Future[PhotoOutcome]]] = []
+        self._dispatch_scheduled = False
+        self._batches: set[asyncio.Future[None]] = set()
 
     @property
     def capacity(self) -> int:
@@ -92,44 +95,80 @@ class EmbeddingPool:
         return min(candidates, key=lambda i: self._in_flight[i])
 
     async def process(self, photo: PhotoRef) -> PhotoOutcome:
+        """One photo's outcome. Photos handed in together travel together: they are
+        queued and sent to an actor in batches of ``actor_batch_photos`` (one call to the
+        actor and one to the writer per batch, results passed on by ObjectRef)."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.capacity)
         metrics = reindex_metrics()
         async with self._slots:
-            metrics.in_flight.set(self.in_flight + 1)
-            outcome = await self._process(photo)
-            metrics.in_flight.set(self.in_flight)
+            future: asyncio.Future[PhotoOutcome] = asyncio.get_running_loop().create_future()
+            self._queue.append((photo, future))
+            if len(self._queue) >= self.settings.actor_batch_photos:
+                self._dispatch()
+            elif not self._dispatch_scheduled:
+                # Photos handed in during this turn of the event loop join the batch.
+                self._dispatch_scheduled = True
+                asyncio.get_running_loop().call_soon(self._dispatch)
+            metrics.in_flight.set(self.in_flight + len(self._queue))
+            outcome = await future
         metrics.record(outcome)
         return outcome
 
-    async def _process(self, photo: PhotoRef) -> PhotoOutcome:
+    def _dispatch(self) -> None:
+        self._dispatch_scheduled = False
+        size = self.settings.actor_batch_photos
+        while self._queue:
+            batch, self._queue = self._queue[:size], self._queue[size:]
+            task = asyncio.ensure_future(self._process_batch(batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _process_batch(self, batch: list[tuple[PhotoRef, asyncio.Future[PhotoOutcome]]]) -> None:
+        photos = [photo for photo, _ in batch]
+        try:
+            outcomes = await self._run_batch(photos)
+        except BaseException as exc:  # never leave a caller waiting
+            outcomes = [self._lost(p, f"{type(exc).__name__}: {exc}") for p in photos]
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            reindex_metrics().in_flight.set(self.in_flight + len(self._queue))
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if not future.done():  # its caller may have been cancelled
+                future.set_result(outcome)
+
+    async def _run_batch(self, photos: list[PhotoRef]) -> list[PhotoOutcome]:
         tried: set[int] = set()
         last_error = ""
         for _attempt in range(self.settings.max_attempts):
             i = self._pick(tried)
-            self._in_flight[i] += 1
+            self._in_flight[i] += len(photos)
             try:
                 if self.decoders:
                     # CPU decoder -> GPU actor -> writer: refs chain, nothing passes through here.
                     decoder = self.decoders[self._next_decoder % len(self.decoders)]
                     self._next_decoder += 1
-                    result_ref = self.actors[i].embed_decoded.remote(decoder.load.remote(photo))
+                    results_ref = self.actors[i].embed_decoded_batch.remote(decoder.load_batch.remote(photos))
                 else:
-                    result_ref = self.actors[i].process.remote(photo)
-                # The ref goes to the writer as is: the result never passes through here.
-                outcome: PhotoOutcome = await self.writer.write.remote(result_ref)
-                return outcome
+                    results_ref = self.actors[i].process_batch.remote(photos)
+                # The ref goes to the writer as is: the results never pass through here.
+                outcomes: list[PhotoOutcome] = await self.writer.write_batch.remote(results_ref)
+                return outcomes
             except _ACTOR_LOST as exc:
+                # The embedding actor or the writer died: nothing of this batch was committed
+                # (or, if it was, writing it again replaces the same rows).
                 last_error = f"{type(exc).__name__}"
-                log.warning("actor %d lost while holding %s; retrying on another", i, photo.filename)
+                log.warning("actor %d or the writer lost while holding %d photos; retrying", i, len(photos))
                 tried.add(i)
             except RayTaskError as exc:
                 # A bug, not a bad photo: report it, do not record it, keep serving.
-                log.error("processing %s failed: %s", photo.filename, exc)
-                return self._lost(photo, f"{type(exc.cause).__name__}: {exc.cause}")
+                log.error("processing a batch of %d photos failed: %s", len(photos), exc)
+                return [self._lost(p, f"{type(exc.cause).__name__}: {exc.cause}") for p in photos]
             finally:
-                self._in_flight[i] -= 1
-        return self._lost(photo, f"worker lost {self.settings.max_attempts} times ({last_error})")
+                self._in_flight[i] -= len(photos)
+        detail = f"worker lost {self.settings.max_attempts} times ({last_error})"
+        return [self._lost(p, detail) for p in photos]
 
     @staticmethod
     def _lost(photo: PhotoRef, detail: str) -> PhotoOutcome:

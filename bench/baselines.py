@@ -21,7 +21,7 @@ from facepass.demo.scenario import CatalogWriter
 from facepass.errors import NoFaceDetected, PhotoError, PhotoNotFound, StorageUnavailable
 from facepass.faces import FaceEmbedder
 from facepass.images import UrlPolicy, decode_image
-from facepass.models import PhotoRef, PhotoResult
+from facepass.models import DetectedFace, PhotoRef, PhotoResult
 from facepass.settings import Settings
 from facepass.store import VectorStore
 
@@ -33,11 +33,11 @@ def make_embedder(settings: Settings, threads: int) -> FaceEmbedder:
     return embedder.load()
 
 
-def count_faces(embedder: FaceEmbedder, data: bytes, max_pixels: int) -> int:
+def faces_of(embedder: FaceEmbedder, data: bytes, max_pixels: int) -> list[DetectedFace]:
     try:
-        return len(embedder.embed(decode_image(data, max_pixels)))
+        return embedder.embed(decode_image(data, max_pixels))
     except NoFaceDetected:
-        return 0
+        return []
 
 
 def run_limit(
@@ -45,19 +45,20 @@ def run_limit(
     n: int,
     embedders: dict[str, FaceEmbedder],
     settings: Settings,
-) -> tuple[dict[str, RunResult], list[int]]:
+) -> tuple[dict[str, RunResult], list[list[DetectedFace]]]:
     """decode_image + FaceEmbedder.embed, sequential, on bytes already in memory.
 
     Photos are built (or read from the spool) in chunks outside the timed part,
     so memory stays flat at any N. Each chunk goes through every embedder in
     turn (e.g. all cores, and one actor's thread count), so that load from
     other processes on the machine hits all of them alike. Returns a run per
-    embedder and the face count of each photo (from the first embedder).
+    embedder and the faces of each photo (from the first embedder): the
+    precomputed results that the writer and orchestration benchmarks replay.
     """
     max_pixels = settings.max_image_pixels
     for embedder in embedders.values():
-        count_faces(embedder, files.photo(0), max_pixels)  # ONNX Runtime's first call is slow: not timed
-    faces: list[int] = []
+        faces_of(embedder, files.photo(0), max_pixels)  # ONNX Runtime's first call is slow: not timed
+    faces: list[list[DetectedFace]] = []
     first = next(iter(embedders))
     elapsed = dict.fromkeys(embedders, 0.0)
     found = dict.fromkeys(embedders, 0)
@@ -66,11 +67,11 @@ def run_limit(
             chunk = [files.photo(i) for i in range(start, min(n, start + CHUNK))]
             for key, embedder in embedders.items():
                 t0 = time.perf_counter()
-                counts = [count_faces(embedder, data, max_pixels) for data in chunk]
+                found_faces = [faces_of(embedder, data, max_pixels) for data in chunk]
                 elapsed[key] += time.perf_counter() - t0
-                found[key] += sum(counts)
+                found[key] += sum(len(f) for f in found_faces)
                 if key == first:
-                    faces.extend(counts)
+                    faces.extend(found_faces)
     runs = {
         key: RunResult(
             kind="limit",

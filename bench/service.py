@@ -7,6 +7,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,15 @@ def free_port() -> int:
 class BenchService:
     """ray.init + serve.start + serve.run(build_app(settings)); ``stop()`` tears all of it down."""
 
-    def __init__(self, settings: Settings, *, ray_logs: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        ray_logs: bool = False,
+        before_serve: Callable[[], object] | None = None,
+    ) -> None:
         self.settings = settings
+        self.before_serve = before_serve  # e.g. bench.standin.start_stand_ins
         self.base_url = f"http://{settings.http_host}:{settings.http_port}"
         self.ray_logs = ray_logs
         self.actor_pids: dict[str, int] = {}
@@ -57,6 +65,8 @@ class BenchService:
             log_to_driver=self.ray_logs,  # the replica logs a line per photo: noise at N=10,000
         )
         t1 = time.perf_counter()
+        if self.before_serve is not None:
+            self.before_serve()
         serve.start(http_options={"host": s.http_host, "port": s.http_port})
         t2 = time.perf_counter()
         serve.run(build_app(s), name=APP_NAME, route_prefix="/")

@@ -18,6 +18,7 @@ from facepass.images import BgrImage, ImageFetcher, decode_image
 from facepass.models import DetectedFace, PhotoOutcome, PhotoRef, PhotoResult
 from facepass.settings import Settings
 from facepass.store import VectorStore
+from facepass.writer import GroupCommitter
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +127,12 @@ class PhotoPipeline:
 
 
 class LocalProcessor:
-    """A ``PhotoProcessor`` in this process: pipeline, then the store, no Ray."""
+    """A ``PhotoProcessor`` in this process: pipeline, then the store's group commit, no Ray."""
 
     def __init__(self, pipeline: PhotoPipeline, store: VectorStore, capacity: int = 4) -> None:
         self.pipeline = pipeline
         self.store = store
+        self.committer = GroupCommitter(store)
         self._capacity = capacity
 
     @property
@@ -143,5 +145,5 @@ class LocalProcessor:
 
     async def process(self, photo: PhotoRef) -> PhotoOutcome:
         result = await self.pipeline.run(photo)
-        write_ms = await asyncio.to_thread(self.store.write_result, result)
-        return PhotoOutcome.from_result(result, write_ms)
+        [outcome] = await self.committer.write([result])
+        return outcome

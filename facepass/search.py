@@ -37,10 +37,13 @@ def find_photos(
     face: DetectedFace,
     limit: int = 20,
     threshold: float = DEFAULT_THRESHOLD,
+    model_name: str | None = None,
 ) -> list[PhotoMatch]:
     """Photos of the session that show this face, best first, one entry per photo.
-    Photos deleted from the catalog since they were indexed are left out."""
-    hits = store.search(session_id, face.embedding, limit=limit * 4)  # a photo may hold several faces
+    Photos deleted from the catalog since they were indexed are left out; with
+    ``model_name``, only faces embedded by that model (the selfie's) are compared."""
+    # A photo may hold several faces: ask for more faces than photos.
+    hits = store.search(session_id, face.embedding, limit=limit * 4, model_name=model_name)
     best: dict[uuid.UUID, tuple[float, int, tuple[float, float, float, float]]] = {}
     for hit in hits:
         if hit.similarity >= threshold and hit.similarity > best.get(hit.photo_id, (-2.0, 0, ()))[0]:

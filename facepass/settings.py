@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     photos_in_flight_per_actor: int = Field(default=12, ge=1)
     ort_intra_op_threads: int = Field(default=0, ge=0)  # 0: cores / actors on CPU
     max_attempts: int = Field(default=3, ge=1)  # per photo, across actor deaths
+    # Photos per call to an embedding actor (its results go to the writer as one batch):
+    # fewer Ray calls per photo. Raise it on GPUs with many photos in flight.
+    actor_batch_photos: int = Field(default=4, ge=1)
+    # Upper bound of photos in one group-commit transaction of the writer.
+    writer_max_batch_photos: int = Field(default=256, ge=1)
     # 0: each embedding actor fetches and decodes its own photos. > 0: that many CPU-only
     # decoder actors fetch + decode and hand images to the (GPU) embedding actors.
     decode_actors: int = Field(default=0, ge=0)

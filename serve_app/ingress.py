@@ -168,7 +168,7 @@ class FacePassIngress:
         except PhotoError as exc:  # too many pixels
             raise SelfieTooLarge(exc.detail) from exc
         matches = await asyncio.to_thread(
-            find_photos, self.store, self.catalog, session_id, face, limit, threshold
+            find_photos, self.store, self.catalog, session_id, face, limit, threshold, self.pool.model_name
         )
         return {
             "session_id": str(session_id),

@@ -5,6 +5,7 @@ tests submit jobs to it with the real ``ray job submit`` CLI."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -47,8 +48,21 @@ class Service:
         return httpx.post(url, params=params, timeout=300)
 
 
+def ensure_ray_token() -> None:
+    """`ray start --head` in token mode needs a token and, unlike ray.init(), makes none:
+    on a fresh machine write one where Ray looks (what `ray get-auth-token --generate` does)."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    path = Path.home() / ".ray" / "auth_token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+
+
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
+    ensure_ray_token()
     gcs, dashboard, metrics = free_port(), free_port(), free_port()
     log = (tmp_path_factory.mktemp("ray") / "head.log").open("w")
     command = [

@@ -12,7 +12,7 @@ import pytest
 import ray
 import sqlalchemy as sa
 
-from actors.pool import embedding_actor_name
+from actors.pool import WRITER_NAME, embedding_actor_name
 from facepass.demo import photos
 from facepass.demo.scenario import CatalogWriter, SeedScenario, build_seed_scenario, preview_path
 from facepass.demo.storage import PhotoStorage
@@ -207,6 +207,51 @@ def test_killed_embedding_actor_loses_no_photo_and_duplicates_nothing(
         time.sleep(1)
     assert health["ok"] is True, health
     assert len(health["pool"]["actors"]) == 2
+
+
+def test_writer_killed_mid_batch_loses_nothing_and_duplicates_nothing(
+    service: Service, catalog_writer: CatalogWriter, storage: PhotoStorage, store: VectorStore
+) -> None:
+    """The one writer dies (three times) while batches are in flight: nothing that was
+    reported committed is lost, no photo is half written, and a re-run finishes the rest."""
+    sid = catalog_writer.add_session("Сессия с падением писателя")
+    crops = photos.single_face_crops()
+    names = []
+    for i in range(32):
+        path = preview_path(sid, f"w{i:03d}.jpg")
+        storage.put(path, photos.jpeg(photos.variant(crops[i % len(crops)].image, i + 100)))
+        names.append((f"w{i:03d}.jpg", path))
+    catalog_writer.add_photos(sid, names)
+
+    result: dict[str, httpx.Response] = {}
+    storage.latency_s = 0.2
+    try:
+        caller = threading.Thread(target=lambda: result.update(r=service.reindex(sid)))
+        caller.start()
+        for _ in range(3):
+            time.sleep(1.2)
+            writer = ray.get_actor(WRITER_NAME, namespace=service.settings.ray_namespace)
+            ray.kill(writer, no_restart=False)  # Ray restarts it; its open transaction rolls back
+        caller.join(timeout=240)
+    finally:
+        storage.latency_s = 0.0
+    first = result["r"].json()
+    assert first["processed_photos"] == 32
+    ledger = store.ledger(sid)
+    rows = rows_of(store, sid)
+    assert len(rows) == len(set(rows))  # no (photo, face) twice
+    # Every photo reported indexed is in the ledger with its rows; none has rows without a ledger row.
+    assert first["successful_photos"] == len(ledger)
+    assert {p for p, _ in rows} == set(ledger)
+
+    second = service.reindex(sid).json()
+    assert second["skipped_photos"] == first["successful_photos"]
+    assert second["processed_photos"] == 32 - first["successful_photos"]
+    assert second["successful_photos"] == second["processed_photos"], second["errors"]
+    rows = rows_of(store, sid)
+    assert len(rows) == len(set(rows)) == second["final_embedding_count"]
+    assert len({p for p, _ in rows}) == 32
+    assert set(store.ledger(sid).values()) == {"indexed"}
 
 
 def test_health_reports_the_cpu_choice_and_docs_are_served(service: Service) -> None:

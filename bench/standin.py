@@ -1,0 +1,93 @@
+"""A benchmark-only stand-in for the embedding actors: the orchestration without the model.
+
+``StandInEmbeddingActor`` answers the calls the pool makes of an
+``EmbeddingActor`` (same method names), downloads every photo for real with the
+production ``ImageFetcher`` (loopback storage, its latency and bandwidth cap),
+and then, instead of decoding and running the model, returns the faces that
+the limit run found in that photo. What is left to measure is everything
+around the model: Serve, the coordinator, the Ray calls, the writer,
+PostgreSQL and the downloads.
+
+It cannot be selected by any setting: nothing in ``facepass/``, ``actors/`` or
+``serve_app/`` refers to it. The benchmark creates these actors itself, under
+the pool's actor names, before the Serve app starts; the pool's
+``get_if_exists`` then hands the app these instead of model-holding ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import ray
+
+from actors.pool import embedding_actor_name
+from facepass.errors import NoFaceDetected, PhotoError
+from facepass.images import ImageFetcher
+from facepass.models import DetectedFace, PhotoRef, PhotoResult
+from facepass.settings import Settings
+
+STAND_IN_MODEL_TAG = "stand-in (precomputed faces, no decode, no model)"
+
+
+@ray.remote
+class StandInEmbeddingActor:
+    def __init__(
+        self, settings: Settings, faces_by_path: dict[str, list[DetectedFace]], model_name: str
+    ) -> None:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        self.fetcher = ImageFetcher(settings)
+        self.faces_by_path = faces_by_path
+        self.model_name = model_name
+
+    async def process(self, photo: PhotoRef) -> PhotoResult:
+        result = PhotoResult(photo=photo, model_name=self.model_name)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            await self.fetcher.fetch(photo.preview_path)
+            result.download_ms = (loop.time() - t0) * 1000
+            faces = self.faces_by_path.get(photo.preview_path)
+            if faces is None:
+                raise PhotoError(f"no precomputed faces for {photo.preview_path}")
+            if not faces:
+                raise NoFaceDetected()
+            result.faces = list(faces)
+        except PhotoError as exc:
+            result.fail(exc)
+        return result
+
+    async def process_batch(self, photos: list[PhotoRef]) -> list[PhotoResult]:
+        return list(await asyncio.gather(*(self.process(photo) for photo in photos)))
+
+    async def embed_image(self, data: bytes) -> list[DetectedFace]:
+        raise PhotoError("the stand-in embeds no uploaded image")
+
+    async def info(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "model_name": self.model_name,
+            "providers_requested": [],
+            "providers_active": [STAND_IN_MODEL_TAG],
+            "gpu_ids": [],
+            "intra_op_threads": 0,
+        }
+
+
+def start_stand_ins(
+    settings: Settings, faces_by_path: dict[str, list[DetectedFace]], model_name: str
+) -> list[Any]:
+    """Create the pool's embedding actors as stand-ins (call after ray.init, before serve.run)."""
+    faces_ref = ray.put(faces_by_path)
+    return [
+        StandInEmbeddingActor.options(  # type: ignore[attr-defined]
+            name=embedding_actor_name(i),
+            namespace=settings.ray_namespace,
+            lifetime="detached",
+            max_concurrency=settings.photos_in_flight_per_actor,
+            num_cpus=settings.cpus_per_actor,
+        ).remote(settings, faces_ref, model_name)
+        for i in range(settings.embed_actors)
+    ]

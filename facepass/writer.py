@@ -1,0 +1,93 @@
+"""Group commit in front of the index: many callers, one transaction for all that waits.
+
+Embedding results arrive in small batches from many places at once (every actor
+call of every session). While one transaction is being written, the batches
+that arrive queue up; the next transaction takes all of them (up to
+``max_photos``). So the number of transactions follows the database's speed,
+not the number of callers, and each caller still gets the outcome of each of
+its photos. Plain asyncio, no Ray: the ``IndexWriter`` actor wraps it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+import sqlalchemy.exc
+
+from facepass.models import PhotoOutcome, PhotoResult
+from facepass.store import VectorStore
+
+log = logging.getLogger(__name__)
+
+_CONNECTION_LOST = (sqlalchemy.exc.OperationalError, psycopg.OperationalError)
+
+_Waiting = tuple[list[PhotoResult], "asyncio.Future[list[PhotoOutcome]]"]
+
+
+class GroupCommitter:
+    def __init__(self, store: VectorStore, max_photos: int = 256) -> None:
+        self.store = store
+        self.max_photos = max(1, max_photos)
+        self.transactions = 0
+        self.photos_written = 0
+        self._waiting: list[_Waiting] = []
+        self._flusher: asyncio.Task[None] | None = None
+        # One thread: transactions never overlap, and the event loop stays free to queue.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facepass-write")
+
+    async def write(self, results: list[PhotoResult]) -> list[PhotoOutcome]:
+        """Outcomes of ``results``, in order, once their transaction committed."""
+        if not results:
+            return []
+        future: asyncio.Future[list[PhotoOutcome]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((list(results), future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._waiting:
+            group = self._take()
+            results = [r for batch, _ in group for r in batch]
+            try:
+                outcomes = await loop.run_in_executor(self._thread, self.write_now, results)
+            except Exception as exc:  # every caller of this transaction learns it failed
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            start = 0
+            for batch, future in group:
+                if not future.done():  # a caller that gave up (cancelled) is skipped
+                    future.set_result(outcomes[start : start + len(batch)])
+                start += len(batch)
+
+    def _take(self) -> list[_Waiting]:
+        """The waiting batches, oldest first, up to ``max_photos`` (at least one batch)."""
+        group: list[_Waiting] = []
+        count = 0
+        while self._waiting and (not group or count + len(self._waiting[0][0]) <= self.max_photos):
+            waiting = self._waiting.pop(0)
+            group.append(waiting)
+            count += len(waiting[0])
+        return group
+
+    def write_now(self, results: list[PhotoResult]) -> list[PhotoOutcome]:
+        """One transaction, retried once if the server dropped the connection (it rolled
+        back, so writing again is safe and idempotent)."""
+        try:
+            outcomes = self.store.write_results(results)
+        except _CONNECTION_LOST as exc:
+            log.warning("write of %d photos failed (%s); retrying once", len(results), exc)
+            self.store.engine.dispose()
+            outcomes = self.store.write_results(results)
+        self.transactions += 1
+        self.photos_written += len(results)
+        return outcomes
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)

@@ -1,0 +1,59 @@
+"""facepass.writer.GroupCommitter: many callers, few transactions, one outcome per photo."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import numpy as np
+
+from facepass.models import PhotoStatus
+from facepass.store import VectorStore
+from facepass.writer import GroupCommitter
+from tests.unit.test_store import indexed, photo, rows_of
+
+
+def test_concurrent_callers_share_transactions(store: VectorStore) -> None:
+    session_id = uuid.uuid4()
+    batches = [
+        [indexed(photo(session_id, f"c{k}_{i}.jpg"), 1 + i, seed=k) for i in range(3)] for k in range(20)
+    ]
+
+    async def main() -> list[list[object]]:
+        committer = GroupCommitter(store, max_photos=64)
+        outcomes = await asyncio.gather(*(committer.write(batch) for batch in batches))
+        assert committer.photos_written == 60
+        # The first caller's transaction runs alone; the 19 that queued meanwhile share the next one.
+        assert committer.transactions <= 3
+        committer.close()
+        return [list(o) for o in outcomes]
+
+    outcomes = asyncio.run(main())
+    for batch, got in zip(batches, outcomes, strict=True):
+        assert [o.photo_id for o in got] == [r.photo.id for r in batch]  # type: ignore[attr-defined]
+        assert all(o.status is PhotoStatus.INDEXED for o in got)  # type: ignore[attr-defined]
+    assert store.count_embeddings(session_id) == 20 * (1 + 2 + 3)
+
+
+def test_a_bad_photo_fails_alone_across_callers(store: VectorStore) -> None:
+    session_id = uuid.uuid4()
+    good = [indexed(photo(session_id, f"g{i}.jpg"), 2, seed=i) for i in range(4)]
+    bad = indexed(photo(session_id, "bad.jpg"), 2, seed=9)
+    bad.faces[0].embedding[0] = np.inf
+
+    async def main() -> tuple[list[object], list[object]]:
+        committer = GroupCommitter(store)
+        first = committer.write(good[:2] + [bad])
+        second = committer.write(good[2:])
+        a, b = await asyncio.gather(first, second)
+        committer.close()
+        return list(a), list(b)
+
+    a, b = asyncio.run(main())
+    statuses = [o.status for o in a + b]  # type: ignore[attr-defined]
+    assert (
+        statuses == [PhotoStatus.INDEXED, PhotoStatus.INDEXED, PhotoStatus.RETRY] + [PhotoStatus.INDEXED] * 2
+    )
+    assert a[2].error_code == "write_error"  # type: ignore[attr-defined]
+    assert rows_of(store, bad.photo.id) == []
+    assert all(len(rows_of(store, r.photo.id)) == 2 for r in good)
