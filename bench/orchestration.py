@@ -80,7 +80,4 @@ def orchestration_figures(run: RunResult) -> dict[str, object]:
         "orchestration_latency_ms": run.latency_ms,
         "orchestration_in_flight_per_actor": run.extra.get("photos_in_flight_per_actor"),
         "orchestration_actor_batch_photos": run.extra.get("actor_batch_photos"),
-        "orchestration_session_id": str(uuid.UUID(run.extra["session_id"]))
-        if "session_id" in run.extra
-        else None,
     }
