@@ -73,13 +73,12 @@ def build_index(store: VectorStore, sessions: int, faces_per_session: int, big_f
     """Write the sessions that are not there yet (or not whole); returns seconds spent."""
     t0 = time.perf_counter()
     with store.engine.connect() as conn:
-        counts: dict[uuid.UUID, int] = dict(
-            conn.execute(
-                sa.select(face_embeddings.c.session_id, sa.func.count())
-                .where(face_embeddings.c.model_name == MODEL)
-                .group_by(face_embeddings.c.session_id)
-            ).tuples()
+        rows = conn.execute(
+            sa.select(face_embeddings.c.session_id, sa.func.count())
+            .where(face_embeddings.c.model_name == MODEL)
+            .group_by(face_embeddings.c.session_id)
         )
+        counts: dict[uuid.UUID, int] = {row[0]: int(row[1]) for row in rows}
     for sid, size in session_ids(sessions, big_faces):
         size = size or faces_per_session
         if counts.get(sid) != size:

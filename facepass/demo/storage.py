@@ -9,6 +9,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # many clients connect at once (the default backlog of 5 drops SYNs)
+    daemon_threads = True
+
+
 class PhotoStorage:
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, latency_s: float = 0.0, bytes_per_s: float = 0.0
@@ -17,8 +22,7 @@ class PhotoStorage:
         self.hits: Counter[str] = Counter()
         self.latency_s = latency_s
         self.bytes_per_s = bytes_per_s
-        self._server = ThreadingHTTPServer((host, port), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server((host, port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property

@@ -406,11 +406,11 @@ def test_fetcher_reuses_and_closes_its_client(
     async def go() -> None:
         fetcher = ImageFetcher(settings)
         assert await fetcher.fetch(path) == b"\xff\xd8\xfftwice"
-        client = fetcher._client
+        client = fetcher._session
         assert await fetcher.fetch(path) == b"\xff\xd8\xfftwice"
-        assert fetcher._client is client
+        assert fetcher._session is client
         await fetcher.aclose()
-        assert fetcher._client is None
+        assert fetcher._session is None
         await fetcher.aclose()  # twice is fine
 
     asyncio.run(go())
