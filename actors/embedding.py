@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 from typing import Any
 
 import ray
 
+from facepass.heap import HeapTrimmer
 from facepass.models import DetectedFace, PhotoRef, PhotoResult
 from facepass.pipeline import DecodedPhoto, PhotoPipeline
 from facepass.settings import Settings
-
-
-class HeapTrimmer:
-    """Gives freed heap back to the OS every ``every`` photos (glibc keeps it otherwise,
-    so RSS would stay at the high-water mark of the largest photo ever seen)."""
-
-    def __init__(self, every: int = 16) -> None:
-        self.every = every
-        self.count = 0
-        try:
-            self._libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
-        except OSError:  # not glibc (macOS, musl): nothing to do
-            self._libc = None
-
-    def tick(self) -> None:
-        self.count += 1
-        if self._libc is not None and self.count % self.every == 0:
-            self._libc.malloc_trim(0)
 
 
 @ray.remote

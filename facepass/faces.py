@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from facepass.errors import NoFaceDetected
+from facepass.heap import keep_buffers_in_heap
 from facepass.images import BgrImage
 from facepass.models import EMBEDDING_DIM, DetectedFace
 from facepass.settings import Settings
@@ -88,6 +89,7 @@ class FaceEmbedder:
         from insightface.model_zoo import model_zoo
 
         onnxruntime.set_default_logger_severity(3)  # the batch-shape warning is noise
+        keep_buffers_in_heap()  # per-inference tensors: no mmap/munmap (page faults) per photo
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1

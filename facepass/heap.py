@@ -1,0 +1,57 @@
+"""glibc heap settings for processes that run the model (no-ops elsewhere).
+
+With the ONNX Runtime arena off (it would keep the largest batch's memory for
+ever), every inference allocates and frees its tensors. glibc serves buffers
+over 128 KB with fresh mmap()s and gives them back at free(), so each photo
+paid page faults and page zeroing for megabytes of tensors, and two model
+processes on one machine paid it together (measured: 2 processes x 1 thread,
+120 photos each: 16.9 + 16.6 photos/s with glibc's defaults, 18.6 + 18.3 with
+the heap kept; one process alone 17.9 -> 18.6). ``keep_buffers_in_heap`` serves
+them from the heap instead; ``HeapTrimmer`` still hands freed heap back every
+few photos, so RSS follows the largest photo, not the number of photos.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to tune
+        return None
+
+
+def keep_buffers_in_heap() -> bool:
+    """Serve allocations under 32 MB from the heap and do not trim it at every free()."""
+    libc = _libc()
+    if libc is None:
+        return False
+    ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX))
+    ok = bool(libc.mallopt(_M_TRIM_THRESHOLD, 4 * _MMAP_THRESHOLD_MAX)) and ok
+    if not ok:
+        log.warning("mallopt refused the heap settings; inference pays page faults per photo")
+    return ok
+
+
+class HeapTrimmer:
+    """Gives freed heap back to the OS every ``every`` photos (glibc keeps it otherwise,
+    so RSS would stay at the high-water mark of the largest photo ever seen)."""
+
+    def __init__(self, every: int = 16) -> None:
+        self.every = every
+        self.count = 0
+        self._libc = _libc()
+
+    def tick(self) -> None:
+        self.count += 1
+        if self._libc is not None and self.count % self.every == 0:
+            self._libc.malloc_trim(0)
