@@ -132,6 +132,10 @@ class Settings(BaseSettings):
         """The accepted keys, in clear: hand them only to the code that compares."""
         return tuple(key.get_secret_value() for key in self.api_key)
 
+    def api_headers(self) -> dict[str, str]:
+        """What a client of this service sends: the first key (the newest, during a rotation)."""
+        return {"Authorization": f"Bearer {self.api_keys[0]}"} if self.api_key else {}
+
     @cached_property
     def model_dir(self) -> Path:
         root = self.model_root or packaged_model_root()
