@@ -109,8 +109,9 @@ def test_key_comparison() -> None:
 
 def test_serve_run_refuses_a_public_bind_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
     """`serve run serve_app:app` builds the app from the environment: refused before Ray starts."""
-    import serve_app
     from pydantic import ValidationError
+
+    import serve_app
 
     monkeypatch.delenv("FACEPASS_API_KEY", raising=False)
     monkeypatch.setenv("FACEPASS_HTTP_HOST", "0.0.0.0")
