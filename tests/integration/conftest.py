@@ -26,6 +26,8 @@ from tests.conftest import free_port
 RAY_BIN = Path(sys.executable).parent / "ray"
 # Ray >= 2.59 turns token auth on for local clusters; the CLI clients must be told.
 RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
+# The integration tier runs closed, as a deployment should: every /api call carries a key.
+API_KEYS = ["it-current-key-5d1c7e0b", "it-previous-key-9a4f2b61"]
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,17 @@ class Service:
     settings: Settings
     head: RayHead
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.settings.api_headers()
+
     def reindex(self, session_id: object, **params: str) -> httpx.Response:
         url = f"{self.base_url}/api/v1/faces/force-reindex-session/{session_id}"
-        return httpx.post(url, params=params, timeout=300)
+        return httpx.post(url, params=params, headers=self.headers, timeout=300)
+
+    def get(self, path: str, **kwargs: object) -> httpx.Response:
+        """GET with the key (``path`` starts with /)."""
+        return httpx.get(f"{self.base_url}{path}", headers=self.headers, timeout=60, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
@@ -101,6 +111,7 @@ def _wait_for(url: str, process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="session")
 def service(settings: Settings, ray_head: RayHead) -> Iterator[Service]:
+    settings = Settings.model_validate({**settings.model_dump(), "api_key": API_KEYS})
     ray.init(address=ray_head.gcs_address, namespace=settings.ray_namespace)
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
     serve.run(build_app(settings), name="facepass", route_prefix="/")

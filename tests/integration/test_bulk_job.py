@@ -183,7 +183,7 @@ def test_non_blocking_route_gives_a_job_with_progress_and_the_same_final_json(
         states = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            state = httpx.get(f"{service.base_url}{job['status_url']}", timeout=30).json()
+            state = service.get(job["status_url"]).json()
             states.append(state)
             if state["status"] != "running":
                 break
@@ -201,5 +201,5 @@ def test_non_blocking_route_gives_a_job_with_progress_and_the_same_final_json(
     # A blocking call now answers with the same fields, and nothing left to do.
     blocking = service.reindex(sid).json()
     assert set(blocking) <= set(final) and blocking["skipped_photos"] == n_photos
-    assert httpx.get(f"{service.base_url}/api/v1/faces/reindex-jobs/nope", timeout=30).status_code == 404
+    assert service.get("/api/v1/faces/reindex-jobs/nope").status_code == 404
     assert service.reindex(uuid.uuid4(), wait="false").status_code == 404
