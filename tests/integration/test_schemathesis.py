@@ -21,7 +21,9 @@ SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_schemathesis(service: Service, workdir: Path, config: str = "") -> subprocess.CompletedProcess[str]:
+def run_schemathesis(
+    service: Service, workdir: Path, config: str = "", *options: str
+) -> subprocess.CompletedProcess[str]:
     config_file = workdir / "schemathesis.toml"
     config_file.write_text(config)
     command = [
@@ -31,6 +33,7 @@ def run_schemathesis(service: Service, workdir: Path, config: str = "") -> subpr
         "--max-examples", "25",
         "--request-timeout", "120",
         "--report", "junit", "--report-dir", str(workdir),
+        *options,
     ]  # fmt: skip
     env = {
         **os.environ,
@@ -61,5 +64,7 @@ def test_run_on_real_data_is_clean(
     assert service.reindex(sid).json()["successful_photos"] == n_photos
     job = service.reindex(sid, wait="false").json()["job_id"]
     config = f'[parameters]\n"path.session_id" = "{sid}"\n"path.job_id" = "{job}"\n'
-    run = run_schemathesis(service, tmp_path, config)
+    # The stateful phase (in the blind run) would chain hundreds of real reindexes and searches
+    # here, minutes of model time, until hypothesis gives up on the inferred links.
+    run = run_schemathesis(service, tmp_path, config, "--phases", "examples,coverage,fuzzing")
     assert_clean(run)
