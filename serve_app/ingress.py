@@ -235,11 +235,14 @@ class FacePassIngress:
         self, coordinator: ReindexCoordinator, job_id: str, session_id: uuid.UUID, mode: ReindexMode
     ) -> None:
         try:
-            report = await coordinator.run(session_id, mode, self._progress_hook(job_id))
+            async with self._database_errors():
+                report = await coordinator.run(session_id, mode, self._progress_hook(job_id))
             state = {**report.to_response(), "job_id": job_id, "status": "done"}
         except Exception as exc:  # the job fails; the service does not
             log.exception("reindex job %s failed", job_id)
             state = {"job_id": job_id, "status": "failed", "session_id": str(session_id), "error": str(exc)}
+            if isinstance(exc, FacePassError):
+                state["code"] = exc.code
         await self.jobs.put.remote(job_id, state)
 
     @api.post(
