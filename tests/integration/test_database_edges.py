@@ -11,12 +11,16 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
+from ray import serve
 
+from actors.pool import kill_pool_actors
 from facepass import db
 from facepass.demo import photos
-from facepass.demo.scenario import CatalogWriter
+from facepass.demo.scenario import CatalogWriter, fresh_database
+from facepass.settings import Settings
 from facepass.store import VectorStore
-from tests.integration.conftest import Service
+from serve_app import build_app
+from tests.integration.conftest import API_KEYS, Service
 
 
 @contextmanager
@@ -107,3 +111,42 @@ def test_stopped_database_gives_503_and_the_service_recovers_when_it_is_back(
         time.sleep(1)
     assert answer.json()["session_id"] == str(sid)
     assert health(service).status_code == 200
+
+
+def test_service_started_without_its_index_answers_503_then_starts_when_it_appears(
+    service: Service, catalog_writer: CatalogWriter
+) -> None:
+    """A second app whose index database does not exist yet: it starts anyway, says so, and
+    creates its schema and pool on the first call after the database appears."""
+    assert service.settings.local_dsn
+    later = f"index_later_{uuid.uuid4().hex[:8]}"
+    settings = Settings.model_validate(
+        {
+            **service.settings.model_dump(),
+            "local_dsn": service.settings.local_dsn.replace("/facepass_vector?", f"/{later}?"),
+            "ray_namespace": f"{service.settings.ray_namespace}-later",
+            "embed_actors": 1,
+            "api_key": API_KEYS,
+        }
+    )
+    serve.run(build_app(settings), name="facepass-later", route_prefix="/later")
+    url = f"{service.base_url}/later/api/v1/faces/force-reindex-session"
+    sid = catalog_writer.add_session("Индекс появится позже")
+    try:
+        missing = httpx.post(f"{url}/{sid}", headers=service.headers, timeout=120)
+        body = assert_503(missing, "local index", "database_unavailable", [])
+        assert f"database {later} does not answer" in body["detail"]
+        down = httpx.get(f"{service.base_url}/later/healthz", timeout=60)
+        assert down.status_code == 503 and later in down.json()["local_db"]
+        assert down.json()["pool"].startswith("error:")
+
+        fresh_database(service.settings, later)
+        deadline = time.monotonic() + 120
+        while (answer := httpx.post(f"{url}/{sid}", headers=service.headers, timeout=300)).status_code != 200:
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(1)
+        assert answer.json()["session_name"] == "Индекс появится позже"
+        assert httpx.get(f"{service.base_url}/later/healthz", timeout=60).status_code == 200
+    finally:
+        serve.delete("facepass-later")
+        kill_pool_actors(settings)
