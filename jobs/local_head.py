@@ -41,6 +41,18 @@ def project_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     }
 
 
+def ensure_ray_token(env: dict[str, str]) -> None:
+    """`ray start --head` in token mode needs a token and, unlike ray.init(), makes none: on a
+    fresh machine let Ray write one where it looks (~/.ray/auth_token). Never printed."""
+    if env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    token = Path(env.get("HOME") or Path.home()) / ".ray" / "auth_token"
+    if token.exists():
+        return
+    subprocess.run(["ray", "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
+    token.chmod(0o600)
+
+
 @dataclass
 class LocalRayHead:
     gcs_address: str
@@ -53,6 +65,7 @@ class LocalRayHead:
     def start(cls, log: IO[str], num_cpus: int = 4, env: dict[str, str] | None = None) -> LocalRayHead:
         """``ray start --head --block`` in its own process group; returns once the dashboard answers."""
         env = env or project_env()
+        ensure_ray_token(env)
         gcs, dashboard, metrics = free_port(), free_port(), free_port()
         command = [
             "ray", "start", "--head", "--block", "--disable-usage-stats",
