@@ -4,7 +4,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := PYTHONPATH=$(CURDIR) $(UV) run --frozen
 
-.PHONY: install demo test unit integration lint format bench bench-smoke serve clean
+.PHONY: install demo demo-bulk test unit integration lint format bench bench-smoke serve clean
 
 install:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -12,6 +12,12 @@ install:
 
 demo: install
 	RAY_DEDUP_LOGS=0 $(RUN) python -m jobs.demo
+
+# The bulk job (all sessions) through the real `ray job submit`, on a local Ray head it starts
+# and stops: `make demo-bulk PHOTOS=3` for a smaller catalog.
+PHOTOS ?= 6
+demo-bulk: install
+	$(RUN) python -m jobs.demo_bulk --photos-per-session $(PHOTOS)
 
 # Throughput of (a) the bare model, (b) the seed's loop, (c) the pipeline: `make bench N=10000`.
 N ?= 300

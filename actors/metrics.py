@@ -60,3 +60,21 @@ class ReindexMetrics:
 def reindex_metrics() -> ReindexMetrics:
     """One set per process (Ray metrics must be created once, after ray.init)."""
     return ReindexMetrics()
+
+
+class AccessMetrics:
+    def __init__(self) -> None:
+        self.refused_calls = metrics.Counter(
+            "facepass_api_refused_total",
+            "API calls refused for a missing or wrong API key",
+            tag_keys=("reason",),
+        )
+
+    def refused(self, reason: str) -> None:
+        self.refused_calls.inc(1, tags={"reason": reason})
+
+
+@cache
+def access_metrics() -> AccessMetrics:
+    """Created on the first refused call, in the replica (never at import)."""
+    return AccessMetrics()

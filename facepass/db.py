@@ -24,11 +24,27 @@ class Dsns:
     local: str
 
 
+DRIVER_SCHEME = "postgresql+psycopg"  # psycopg 3, the driver this project installs
+# The usual spellings of a PostgreSQL URL, the design card's psycopg2 one included.
+POSTGRES_SCHEMES = frozenset(
+    {"postgresql", "postgres", "postgresql+psycopg2", "postgres+psycopg2", DRIVER_SCHEME}
+)
+_announced: set[str] = set()
+
+
 def with_driver(url: str) -> str:
-    """Use psycopg 3 for plain ``postgresql://`` URLs."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
+    """Any usual PostgreSQL URL, on the installed psycopg 3 driver.
+
+    ``postgresql://``, ``postgres://`` and ``postgresql+psycopg2://`` (the design card's
+    driver, not installed) become ``postgresql+psycopg://``; said once per spelling, in
+    one log line without the URL (it may hold a password)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in POSTGRES_SCHEMES:
+        return url
+    if scheme.lower() != DRIVER_SCHEME and scheme.lower() not in _announced:
+        _announced.add(scheme.lower())
+        log.info("database URLs %s:// use the installed psycopg 3 driver (%s://)", scheme, DRIVER_SCHEME)
+    return f"{DRIVER_SCHEME}://{rest}"
 
 
 def start_embedded_postgres(data_dir: Path) -> Dsns:

@@ -68,6 +68,49 @@ class SelfieTooLarge(BadSelfie):
     code = "too_large"
 
 
+# --- service level: access and databases ---------------------------------------
+class Unauthorized(FacePassError):
+    """No API key, or one that is not among the configured keys."""
+
+    code = "unauthorized"
+
+    def __init__(
+        self, detail: str = "API key required: Authorization: Bearer <key> or X-API-Key: <key>"
+    ) -> None:
+        super().__init__(detail)
+
+
+CLOUD_CATALOG = "cloud catalog"
+LOCAL_INDEX = "local index"
+
+
+class DatabaseError(FacePassError):
+    """A database the service needs cannot serve it: says which one and what is wrong."""
+
+    code = "database_error"
+
+    def __init__(self, database: str, detail: str, missing: tuple[str, ...] = ()) -> None:
+        super().__init__(f"{database}: {detail}")
+        self.database = database
+        self.detail = detail
+        self.missing = tuple(missing)
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, tuple[str, ...]]]:
+        return (type(self), (self.database, self.detail, self.missing))
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The server does not answer (down, unreachable, refused the login)."""
+
+    code = "database_unavailable"
+
+
+class DatabaseSchemaMissing(DatabaseError):
+    """The server answers, but a table (or column) the service needs is not there."""
+
+    code = "database_schema_missing"
+
+
 # --- photo level ---------------------------------------------------------------
 class PhotoError(FacePassError):
     """A failure of one photo; goes into the report, never fails the request."""

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
+import json
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -26,9 +28,24 @@ def packaged_model_root() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP (127.0.0.0/8, ::1); any other name counts as public."""
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="FACEPASS_", env_nested_delimiter="__", frozen=True, extra="ignore"
+        env_prefix="FACEPASS_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="ignore",
+        hide_input_in_errors=True,  # a refused setting must not print an API key or a DSN password
     )
 
     # Databases: SQLAlchemy URLs. None -> an embedded PostgreSQL in data_dir.
@@ -43,6 +60,9 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # Access to the /api routes: one key or several (rotation), comma-separated or a JSON
+    # list. Unset: the routes are open, which is refused on a non-loopback http_host.
+    api_key: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     ray_namespace: str = "facepass"
 
     # Embedding pool.
@@ -88,6 +108,38 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("FACEPASS_STORAGE_URL must be an http(s) URL")
         return value if value.endswith("/") else value + "/"
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str | SecretStr):
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            text = text.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if isinstance(value, list | tuple):
+            keys = [v.get_secret_value() if isinstance(v, SecretStr) else str(v) for v in value]
+            value = [k.strip() for k in keys if k.strip()]
+            if any("REPLACE_ME" in k for k in value):
+                raise ValueError("FACEPASS_API_KEY still holds a REPLACE_ME placeholder")
+        return value
+
+    @model_validator(mode="after")
+    def _no_public_bind_without_key(self) -> Settings:
+        if not self.api_key and not is_loopback(self.http_host):
+            raise ValueError(
+                f"FACEPASS_HTTP_HOST={self.http_host} is not a loopback address: set FACEPASS_API_KEY "
+                "(one key, or several comma-separated) before serving on it"
+            )
+        return self
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        """The accepted keys, in clear: hand them only to the code that compares."""
+        return tuple(key.get_secret_value() for key in self.api_key)
+
+    def api_headers(self) -> dict[str, str]:
+        """What a client of this service sends: the first key (the newest, during a rotation)."""
+        return {"Authorization": f"Bearer {self.api_keys[0]}"} if self.api_key else {}
 
     @cached_property
     def model_dir(self) -> Path:

@@ -25,10 +25,11 @@ from facepass.settings import Settings
 from serve_app import build_app
 
 
-def call_route(base_url: str, session_id: str) -> dict[str, object]:
+def call_route(base_url: str, session_id: str, headers: dict[str, str]) -> dict[str, object]:
     url = f"{base_url}/api/v1/faces/force-reindex-session/{session_id}"
-    print(f"\n$ curl -X POST {url}")
-    response = httpx.post(url, timeout=600)
+    key = ' -H "Authorization: Bearer $FACEPASS_API_KEY"' if headers else ""
+    print(f"\n$ curl -X POST{key} {url}")
+    response = httpx.post(url, headers=headers, timeout=600)
     body: dict[str, object] = response.json()
     time.sleep(1.5)  # the replica's log lines (streamed by Ray) print before the answer
     print(f"HTTP {response.status_code}")
@@ -58,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.run(build_app(settings), name="facepass", route_prefix="/")
     base_url = f"http://{settings.http_host}:{settings.http_port}"
     try:
-        first = call_route(base_url, str(scenario.session_id))
+        first = call_route(base_url, str(scenario.session_id), settings.api_headers())
         print("\n--- second call: nothing new to index (only the 404 photo is retried: transient) ---")
-        call_route(base_url, str(scenario.session_id))
+        call_route(base_url, str(scenario.session_id), settings.api_headers())
     finally:
         _shutdown(settings)
         storage.stop()

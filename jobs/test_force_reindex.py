@@ -1,6 +1,7 @@
 """The seed's client: ``python -m jobs.test_force_reindex <session_id> [--url URL]``.
 
 Calls the route and prints the outcome the way the seed's "Через тестовый скрипт" did.
+Sends ``FACEPASS_API_KEY`` (the first key) as a Bearer token when it is set.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"🔄 Запуск принудительной переиндексации сессии {args.session_id}")
     print(f"POST {endpoint}")
     try:
-        response = httpx.post(endpoint, params={"mode": args.mode}, timeout=args.timeout)
+        response = httpx.post(
+            endpoint, params={"mode": args.mode}, headers=settings.api_headers(), timeout=args.timeout
+        )
     except httpx.HTTPError as exc:
         print(f"❌ Сервис недоступен: {exc}")
         return 2

@@ -6,14 +6,19 @@ the class-based routes that Serve wraps.
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.jobs import jobs_actor
 from actors.metrics import reindex_metrics
@@ -21,7 +26,10 @@ from actors.pool import EmbeddingPool
 from facepass.catalog import CloudCatalog
 from facepass.db import resolve_databases
 from facepass.errors import (
+    CLOUD_CATALOG,
+    LOCAL_INDEX,
     BadSelfie,
+    DatabaseError,
     FacePassDisabled,
     FacePassError,
     JobNotFound,
@@ -32,23 +40,37 @@ from facepass.errors import (
     SelfieNotAnImage,
     SelfieTooLarge,
     SessionNotFound,
+    Unauthorized,
 )
+from facepass.health import DatabaseProbe, diagnose, is_database_failure
 from facepass.reindex import ReindexCoordinator, ReindexMode
 from facepass.report import ReindexReport
 from facepass.search import DEFAULT_THRESHOLD, find_photos, selfie_face
 from facepass.settings import Settings
-from facepass.store import VectorStore
-from serve_app.schemas import ReindexResponse
+from facepass.store import VectorStore, face_embeddings, indexed_photos
+from serve_app import auth
+from serve_app.auth import API_KEY
+from serve_app.schemas import (
+    HealthResponse,
+    JobAccepted,
+    ReindexResponse,
+    SearchResponse,
+    error_responses,
+)
 
 log = logging.getLogger("facepass.serve")
 
 api = FastAPI(
     title="FacePass reindexer",
-    description="Keeps the pgvector face index in step with the cloud photo catalog.",
+    description=(
+        "Keeps the pgvector face index in step with the cloud photo catalog. When FACEPASS_API_KEY "
+        "is set, every /api route needs `Authorization: Bearer <key>` or `X-API-Key: <key>`."
+    ),
     version="0.1.0",
 )
 
 _STATUS: dict[type[FacePassError], int] = {
+    Unauthorized: 401,
     SessionNotFound: 404,
     JobNotFound: 404,
     SelfieHasNoFace: 422,
@@ -56,13 +78,37 @@ _STATUS: dict[type[FacePassError], int] = {
     SelfieTooLarge: 413,
     BadSelfie: 400,
     FacePassDisabled: 403,
+    DatabaseError: 503,
+}
+
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
+IMAGE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The selfie: the image file's bytes as the body (JPEG, PNG or WebP).",
+        "content": {
+            media: {"schema": {"type": "string", "format": "binary", "minLength": 1}} for media in IMAGE_TYPES
+        },
+    }
 }
 
 
 @api.exception_handler(FacePassError)
 async def _facepass_error(_: Request, exc: FacePassError) -> JSONResponse:
     status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
-    return JSONResponse(status_code=status, content={"detail": str(exc), "code": exc.code})
+    content: dict[str, Any] = {"detail": str(exc), "code": exc.code}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if isinstance(exc, DatabaseError):
+        content |= {"database": exc.database, "missing": list(exc.missing)}
+        log.error("answering 503: %s", exc)
+    return JSONResponse(status_code=status, content=content, headers=headers)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Routing errors (no such path, method not allowed) in the same body as ours."""
+    content = {"detail": str(exc.detail), "code": f"http_{exc.status_code}"}
+    return JSONResponse(status_code=exc.status_code, content=content, headers=exc.headers)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=32)
@@ -70,22 +116,67 @@ async def _facepass_error(_: Request, exc: FacePassError) -> JSONResponse:
 class FacePassIngress:
     def __init__(self, settings: Settings) -> None:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+        auth.configure(settings.api_keys)
         self.settings = settings
         self.catalog = CloudCatalog(settings.cloud_dsn)
         self.store = VectorStore(settings.local_dsn)
-        self.store.create_schema()
-        self.pool = EmbeddingPool(settings)
-        # keep_log=False: the lines go to the log; a 10,000-photo run must not keep them all.
-        self.coordinator = ReindexCoordinator(
-            self.catalog, self.store, self.pool, max_errors=settings.report_max_errors, keep_log=False
+        catalog_tables = (self.catalog.schema.sessions, self.catalog.schema.photos)
+        self.probes = (
+            DatabaseProbe(CLOUD_CATALOG, self.catalog.engine, catalog_tables),
+            DatabaseProbe(LOCAL_INDEX, self.store.engine, (face_embeddings.name, indexed_photos.name)),
         )
         self.jobs = jobs_actor(settings.ray_namespace)
         self._background: set[asyncio.Task[None]] = set()
+        self._starting = threading.Lock()
+        self._coordinator: ReindexCoordinator | None = None
+        self.pool: EmbeddingPool | None = None
+        try:
+            self._start()
+        except sqlalchemy.exc.DBAPIError as exc:  # serve anyway: 503s that say why, until it is back
+            log.warning("local index not ready at start (%s); will retry on the next call", exc.orig)
+
+    def _start(self) -> ReindexCoordinator:
+        """The local schema, then the pool (its writer needs the schema): once, when the index answers."""
+        with self._starting:
+            if self._coordinator is not None:
+                return self._coordinator
+            self.store.create_schema()
+            self.pool = EmbeddingPool(self.settings)
+            # keep_log=False: the lines go to the log; a 10,000-photo run must not keep them all.
+            coordinator = ReindexCoordinator(
+                self.catalog,
+                self.store,
+                self.pool,
+                max_errors=self.settings.report_max_errors,
+                keep_log=False,
+            )
+            self._coordinator = coordinator
+            return coordinator
+
+    async def _ready(self) -> ReindexCoordinator:
+        if self._coordinator is not None:
+            return self._coordinator
+        return await asyncio.to_thread(self._start)
+
+    @asynccontextmanager
+    async def _database_errors(self) -> AsyncIterator[None]:
+        """A database that is down or lacks its tables becomes a typed error naming it (503)."""
+        try:
+            yield
+        except sqlalchemy.exc.DBAPIError as exc:
+            if not is_database_failure(exc):
+                raise
+            raise await asyncio.to_thread(diagnose, exc, self.probes) from exc
 
     @api.post(
         "/api/v1/faces/force-reindex-session/{session_id}",
         response_model=ReindexResponse,
         summary="Index the session's photos that the local index does not hold yet",
+        dependencies=API_KEY,
+        responses={
+            202: {"model": JobAccepted, "description": "`?wait=false`: the job runs in the background"},
+            **error_responses(401, 403, 404, 422, 503),
+        },
     )
     async def force_reindex(
         self,
@@ -95,15 +186,17 @@ class FacePassIngress:
         ] = ReindexMode.MISSING,
         wait: Annotated[bool, Query(description="false: answer 202 with a job id at once")] = True,
     ) -> Any:
-        if wait:
-            report = await self.coordinator.run(session_id, mode, self._progress_hook())
-            return report.to_response()
-        # Validate now, so a bad request still gets its 404/403 and not a job id.
-        await asyncio.to_thread(self.catalog.require_enabled_session, session_id)
+        async with self._database_errors():
+            coordinator = await self._ready()
+            if wait:
+                report = await coordinator.run(session_id, mode, self._progress_hook())
+                return report.to_response()
+            # Validate now, so a bad request still gets its 404/403 and not a job id.
+            await asyncio.to_thread(self.catalog.require_enabled_session, session_id)
         job_id = uuid.uuid4().hex
         state = {"job_id": job_id, "status": "running", "session_id": str(session_id), "mode": mode.value}
         await self.jobs.put.remote(job_id, state)
-        task = asyncio.create_task(self._run_job(job_id, session_id, mode))
+        task = asyncio.create_task(self._run_job(coordinator, job_id, session_id, mode))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return JSONResponse(
@@ -111,7 +204,12 @@ class FacePassIngress:
             content={**state, "status_url": f"/api/v1/faces/reindex-jobs/{job_id}"},
         )
 
-    @api.get("/api/v1/faces/reindex-jobs/{job_id}", summary="State of a non-blocking reindex job")
+    @api.get(
+        "/api/v1/faces/reindex-jobs/{job_id}",
+        summary="State of a non-blocking reindex job",
+        dependencies=API_KEY,
+        responses=error_responses(401, 404, 422),
+    )
     async def reindex_job(self, job_id: str) -> dict[str, Any]:
         state: dict[str, Any] | None = await self.jobs.get.remote(job_id)
         if state is None:
@@ -133,18 +231,27 @@ class FacePassIngress:
 
         return hook
 
-    async def _run_job(self, job_id: str, session_id: uuid.UUID, mode: ReindexMode) -> None:
+    async def _run_job(
+        self, coordinator: ReindexCoordinator, job_id: str, session_id: uuid.UUID, mode: ReindexMode
+    ) -> None:
         try:
-            report = await self.coordinator.run(session_id, mode, self._progress_hook(job_id))
+            async with self._database_errors():
+                report = await coordinator.run(session_id, mode, self._progress_hook(job_id))
             state = {**report.to_response(), "job_id": job_id, "status": "done"}
         except Exception as exc:  # the job fails; the service does not
             log.exception("reindex job %s failed", job_id)
             state = {"job_id": job_id, "status": "failed", "session_id": str(session_id), "error": str(exc)}
+            if isinstance(exc, FacePassError):
+                state["code"] = exc.code
         await self.jobs.put.remote(job_id, state)
 
     @api.post(
         "/api/v1/faces/search/{session_id}",
+        response_model=SearchResponse,
         summary="Photos of the session that show the person in the selfie (image bytes as the body)",
+        dependencies=API_KEY,
+        openapi_extra=IMAGE_BODY,
+        responses=error_responses(400, 401, 403, 404, 413, 415, 422, 503),
     )
     async def search(
         self,
@@ -158,18 +265,28 @@ class FacePassIngress:
             raise BadSelfie("Пустое тело запроса: пришлите изображение (JPEG, PNG, WebP)")
         if len(data) > self.settings.max_download_bytes:
             raise SelfieTooLarge(f"Изображение больше {self.settings.max_download_bytes} байт")
-        session = await asyncio.to_thread(self.catalog.require_enabled_session, session_id)
-        try:
-            face = selfie_face(await self.pool.embed_image(data))
-        except NoFaceDetected as exc:
-            raise SelfieHasNoFace() from exc
-        except NotAnImage as exc:
-            raise SelfieNotAnImage(f"Не удалось декодировать изображение: {exc.detail}") from exc
-        except PhotoError as exc:  # too many pixels
-            raise SelfieTooLarge(exc.detail) from exc
-        matches = await asyncio.to_thread(
-            find_photos, self.store, self.catalog, session_id, face, limit, threshold, self.pool.model_name
-        )
+        async with self._database_errors():
+            await self._ready()
+            session = await asyncio.to_thread(self.catalog.require_enabled_session, session_id)
+            assert self.pool is not None  # _ready() made it
+            try:
+                face = selfie_face(await self.pool.embed_image(data))
+            except NoFaceDetected as exc:
+                raise SelfieHasNoFace() from exc
+            except NotAnImage as exc:
+                raise SelfieNotAnImage(f"Не удалось декодировать изображение: {exc.detail}") from exc
+            except PhotoError as exc:  # too many pixels
+                raise SelfieTooLarge(exc.detail) from exc
+            matches = await asyncio.to_thread(
+                find_photos,
+                self.store,
+                self.catalog,
+                session_id,
+                face,
+                limit,
+                threshold,
+                self.pool.model_name,
+            )
         return {
             "session_id": str(session_id),
             "session_name": session.name,
@@ -188,23 +305,44 @@ class FacePassIngress:
             ],
         }
 
-    @api.get("/healthz")
+    @api.get(
+        "/healthz",
+        response_model=HealthResponse,
+        summary="Both databases (reachable, with their tables), every embedding actor, the writer",
+        responses={
+            503: {"model": HealthResponse, "description": "Something is not ready; the body says what"}
+        },
+    )
     async def healthz(self) -> JSONResponse:
         checks: dict[str, Any] = {}
-        ok = True
-        for name, ping in (("cloud_db", self.catalog.ping), ("local_db", self.store.ping)):
+        problems: list[dict[str, Any]] = []
+        for key, probe in zip(("cloud_db", "local_db"), self.probes, strict=True):
             try:
-                await asyncio.wait_for(asyncio.to_thread(ping), 10)
-                checks[name] = "ok"
-            except Exception as exc:  # report every failing part, not just the first
-                checks[name] = f"error: {exc}"
-                ok = False
+                await asyncio.wait_for(asyncio.to_thread(probe.check), 15)
+                checks[key] = "ok"
+            except DatabaseError as exc:  # report every failing part, not just the first
+                checks[key] = f"error: {exc}"
+                problems.append(
+                    {
+                        "detail": str(exc),
+                        "code": exc.code,
+                        "database": exc.database,
+                        "missing": list(exc.missing),
+                    }
+                )
+            except TimeoutError:
+                checks[key] = f"error: {probe.label}: database {probe.name} did not answer in 15 s"
         try:
+            await self._ready()  # a pool that could not start with the index down starts now
+            assert self.pool is not None
             checks["pool"] = await self.pool.health()
         except Exception as exc:
             checks["pool"] = f"error: {exc}"
-            ok = False
-        return JSONResponse(status_code=200 if ok else 503, content={"ok": ok, **checks})
+        ok = all(value == "ok" for key, value in checks.items() if key != "pool") and isinstance(
+            checks["pool"], dict
+        )
+        body = {"ok": ok, **checks, "problems": problems}
+        return JSONResponse(status_code=200 if ok else 503, content=body)
 
 
 def build_app(settings: Settings | None = None) -> Application:

@@ -1,8 +1,10 @@
-"""Typed HTTP answers (the seed's JSON, field for field, plus extras)."""
+"""Typed HTTP answers (the seed's JSON, field for field, plus extras), and every error body."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import Any
+
+from pydantic import BaseModel, Field
 
 
 class ReindexResponse(BaseModel):
@@ -24,3 +26,87 @@ class ReindexResponse(BaseModel):
     no_face_photos: int
     retry_photos: int
     model_name: str
+
+
+class JobAccepted(BaseModel):
+    """``?wait=false``: the run goes on in the background; poll ``status_url``."""
+
+    job_id: str
+    status: str
+    session_id: str
+    mode: str
+    status_url: str
+
+
+class SelfieFace(BaseModel):
+    bbox: tuple[float, float, float, float]
+    det_score: float
+
+
+class SearchMatch(BaseModel):
+    photo_id: str
+    filename: str
+    preview_path: str
+    similarity: float
+    face_index: int
+    bbox: tuple[float, float, float, float]
+
+
+class SearchResponse(BaseModel):
+    session_id: str
+    session_name: str
+    selfie_face: SelfieFace
+    threshold: float
+    matches: list[SearchMatch]
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx the service itself answers."""
+
+    detail: str = Field(description="what went wrong, for a person")
+    code: str = Field(description="what went wrong, for a program (e.g. session_not_found)")
+
+
+class DatabaseErrorBody(ErrorBody):
+    """503: a database the service needs is down or lacks its tables."""
+
+    database: str = Field(description='"cloud catalog" or "local index"')
+    missing: list[str] = Field(default_factory=list, description="tables (or columns) that are not there")
+
+
+class InvalidRequestBody(BaseModel):
+    """422: a malformed parameter (FastAPI's list of errors) or a selfie with no face (a message)."""
+
+    detail: str | list[dict[str, Any]]
+    code: str | None = None
+
+
+class HealthResponse(BaseModel):
+    ok: bool
+    cloud_db: str = Field(description='"ok" or "error: ..." naming the database and the cause')
+    local_db: str
+    pool: dict[str, Any] | str
+    problems: list[DatabaseErrorBody] = Field(default_factory=list)
+
+
+_MEANING = {
+    400: "Bad request (e.g. an empty body where an image is needed)",
+    401: "No API key, or a wrong one (when FACEPASS_API_KEY is set)",
+    403: "FacePass is not active for this session",
+    404: "Not found (session or job)",
+    413: "Image too large (bytes or pixels)",
+    415: "The body is not a decodable image (JPEG, PNG, WebP)",
+    503: "A database is unreachable or lacks its tables; the body names which and what",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` for the error statuses a route can answer, with their bodies."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        model: type[BaseModel] = DatabaseErrorBody if status == 503 else ErrorBody
+        if status == 422:
+            responses[422] = {"model": InvalidRequestBody, "description": "Invalid parameters"}
+        else:
+            responses[status] = {"model": model, "description": _MEANING[status]}
+    return responses

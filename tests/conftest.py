@@ -9,8 +9,7 @@ import os
 # before ray is imported (its config is read at import time).
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
-import socket  # noqa: E402
-import uuid
+import uuid  # noqa: E402
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,12 +20,7 @@ from facepass.demo.scenario import CatalogWriter
 from facepass.demo.storage import PhotoStorage
 from facepass.settings import Settings
 from facepass.store import VectorStore
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from jobs.local_head import free_port
 
 
 @pytest.fixture(scope="session")

@@ -75,19 +75,42 @@ class CatalogWriter:
         self.engine.dispose()
 
 
-def new_catalog_database(settings: Settings, prefix: str = "cloud") -> tuple[str, CatalogWriter]:
-    """A fresh catalog database beside the configured one (same server), with the schema:
-    "every session" then means exactly the sessions a test or a benchmark puts there."""
+def fresh_database(settings: Settings, name: str) -> str:
+    """An empty database ``name`` on the configured catalog's server (dropped first if it
+    exists); returns its DSN."""
     assert settings.cloud_dsn
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = make_engine(settings.cloud_dsn.replace("/facepass_cloud?", "/postgres?"))
     with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
-    dsn = settings.cloud_dsn.replace("/facepass_cloud?", f"/{name}?")
+    return settings.cloud_dsn.replace("/facepass_cloud?", f"/{name}?")
+
+
+def new_catalog_database(
+    settings: Settings, prefix: str = "cloud", name: str | None = None
+) -> tuple[str, CatalogWriter]:
+    """A fresh catalog database beside the configured one (same server), with the schema:
+    "every session" then means exactly the sessions a test or a benchmark puts there."""
+    dsn = fresh_database(settings, name or f"{prefix}_{uuid.uuid4().hex[:10]}")
     writer = CatalogWriter(dsn)
     writer.create_schema()
     return dsn, writer
+
+
+def add_face_photos(
+    writer: CatalogWriter, storage: PhotoStorage, session_id: uuid.UUID, n: int, prefix: str = "b"
+) -> list[PhotoRef]:
+    """``n`` photos of one real face each (crops of the packaged photos, varied), in storage
+    and in the catalog."""
+    crops = photos.single_face_crops()
+    names = []
+    for i in range(n):
+        filename = f"{prefix}{i:03d}.jpg"
+        path = preview_path(session_id, filename)
+        storage.put(path, photos.jpeg(photos.variant(crops[i % len(crops)].image, i + 7)))
+        names.append((filename, path))
+    return writer.add_photos(session_id, names)
 
 
 @dataclass

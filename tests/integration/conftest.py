@@ -4,15 +4,8 @@ tests submit jobs to it with the real ``ray job submit`` CLI."""
 
 from __future__ import annotations
 
-import os
-import secrets
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,100 +14,46 @@ from ray import serve
 
 from actors.pool import kill_pool_actors
 from facepass.settings import Settings
+from jobs.local_head import LocalRayHead
 from serve_app import build_app
-from tests.conftest import free_port
 
-RAY_BIN = Path(sys.executable).parent / "ray"
-# Ray >= 2.59 turns token auth on for local clusters; the CLI clients must be told.
-RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
-
-
-@dataclass(frozen=True)
-class RayHead:
-    gcs_address: str
-    dashboard_url: str
-    metrics_url: str
-    env: dict[str, str]
+# The integration tier runs closed, as a deployment should: every /api call carries a key.
+API_KEYS = ["it-current-key-5d1c7e0b", "it-previous-key-9a4f2b61"]
 
 
 @dataclass(frozen=True)
 class Service:
     base_url: str
     settings: Settings
-    head: RayHead
+    head: LocalRayHead
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.settings.api_headers()
 
     def reindex(self, session_id: object, **params: str) -> httpx.Response:
         url = f"{self.base_url}/api/v1/faces/force-reindex-session/{session_id}"
-        return httpx.post(url, params=params, timeout=300)
+        return httpx.post(url, params=params, headers=self.headers, timeout=300)
 
-
-def ensure_ray_token() -> None:
-    """`ray start --head` in token mode needs a token and, unlike ray.init(), makes none:
-    on a fresh machine write one where Ray looks (what `ray get-auth-token --generate` does)."""
-    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        return
-    path = Path.home() / ".ray" / "auth_token"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
+    def get(self, path: str, **kwargs: object) -> httpx.Response:
+        """GET with the key (``path`` starts with /)."""
+        return httpx.get(f"{self.base_url}{path}", headers=self.headers, timeout=60, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
-def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
-    ensure_ray_token()
-    gcs, dashboard, metrics = free_port(), free_port(), free_port()
-    log = (tmp_path_factory.mktemp("ray") / "head.log").open("w")
-    command = [
-        str(RAY_BIN), "start", "--head", "--block", "--disable-usage-stats",
-        f"--port={gcs}", f"--dashboard-port={dashboard}", f"--metrics-export-port={metrics}",
-        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-        "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=4",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env=RAY_ENV, start_new_session=True
-    )
-    head = RayHead(
-        f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{metrics}", RAY_ENV
-    )
-    try:
-        _wait_for(head.dashboard_url + "/api/version", process)
-        yield head
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayHead]:
+    """The README's way: `ray start --head` with the project's bin first on PATH and token auth."""
+    with (tmp_path_factory.mktemp("ray") / "head.log").open("w") as log:
+        head = LocalRayHead.start(log, num_cpus=4)
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
-        _forget_address(head.gcs_address)
-
-
-def _forget_address(gcs_address: str) -> None:
-    """`ray start` leaves its address in /tmp/ray/ray_current_cluster; a later plain
-    ray.init() would try to join the dead head. `ray stop` removes it; SIGTERM does not."""
-    from ray._private.utils import get_ray_address_file
-
-    path = Path(get_ray_address_file(None))
-    if path.exists() and path.read_text().strip().endswith(gcs_address.split(":")[-1]):
-        path.unlink()
-
-
-def _wait_for(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"ray start exited with {process.returncode}")
-        try:
-            httpx.get(url, timeout=2)  # any answer (even 401) means the dashboard is up
-            return
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not come up")
+            yield head
+        finally:
+            head.stop()
 
 
 @pytest.fixture(scope="session")
-def service(settings: Settings, ray_head: RayHead) -> Iterator[Service]:
+def service(settings: Settings, ray_head: LocalRayHead) -> Iterator[Service]:
+    settings = Settings.model_validate({**settings.model_dump(), "api_key": API_KEYS})
     ray.init(address=ray_head.gcs_address, namespace=settings.ray_namespace)
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
     serve.run(build_app(settings), name="facepass", route_prefix="/")

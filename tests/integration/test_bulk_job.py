@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -14,25 +13,13 @@ import pytest
 import sqlalchemy as sa
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from facepass.demo import photos
-from facepass.demo.scenario import CatalogWriter, index_locally, new_catalog_database, preview_path
+from facepass.demo.scenario import CatalogWriter, add_face_photos, index_locally, new_catalog_database
 from facepass.demo.storage import PhotoStorage
-from facepass.models import PhotoRef
 from facepass.store import VectorStore, face_embeddings
-from tests.integration.conftest import RAY_BIN, Service
+from tests.integration.conftest import Service
 
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = {JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED}
-
-
-def add_face_photos(writer: CatalogWriter, storage: PhotoStorage, sid: uuid.UUID, n: int) -> list[PhotoRef]:
-    crops = photos.single_face_crops()
-    names = []
-    for i in range(n):
-        path = preview_path(sid, f"b{i:03d}.jpg")
-        storage.put(path, photos.jpeg(photos.variant(crops[i % len(crops)].image, i + 7)))
-        names.append((f"b{i:03d}.jpg", path))
-    return writer.add_photos(sid, names)
 
 
 def job_env(service: Service, cloud_dsn: str) -> dict[str, str]:
@@ -48,28 +35,26 @@ def job_env(service: Service, cloud_dsn: str) -> dict[str, str]:
     }
 
 
-def ray_job(service: Service, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    command = [str(RAY_BIN), "job", *args]
-    return subprocess.run(
-        command, env=service.head.env, capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
-
-
 def submit(
     service: Service, cloud_dsn: str, summary: Path, *job_args: str, wait: bool = True, job_id: str = ""
 ) -> subprocess.CompletedProcess[str]:
-    runtime_env = {
-        "working_dir": str(REPO),
-        "excludes": [".venv", ".git", ".facepass", "bench-results", "*.pyc", "__pycache__"],
-        "env_vars": job_env(service, cloud_dsn),
-    }
-    options = ["--address", service.head.dashboard_url, "--runtime-env-json", json.dumps(runtime_env)]
+    """The README's command, from the repository: `ray` and the job's `python` come from PATH
+    (the head was started with the project's bin first on it), RAY_ADDRESS names the head;
+    this test's databases go in as the runtime env's env_vars, as the README shows."""
+    options = [
+        "--working-dir",
+        ".",
+        "--runtime-env-json",
+        json.dumps({"env_vars": job_env(service, cloud_dsn)}),
+    ]
     if job_id:
         options += ["--submission-id", job_id]
     if not wait:
         options.append("--no-wait")
-    entry = [sys.executable, "-m", "jobs.reindex_all", "--summary-json", str(summary), *job_args]
-    return ray_job(service, "submit", *options, "--", *entry)
+    entry = ["python", "-m", "jobs.reindex_all", "--summary-json", str(summary), *job_args]
+    env = {**service.head.env, "RAY_ADDRESS": service.head.dashboard_url}
+    command = ["ray", "job", "submit", *options, "--", *entry]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
 def embeddings_of(store: VectorStore, sid: uuid.UUID) -> list[tuple[uuid.UUID, int]]:
@@ -183,7 +168,7 @@ def test_non_blocking_route_gives_a_job_with_progress_and_the_same_final_json(
         states = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            state = httpx.get(f"{service.base_url}{job['status_url']}", timeout=30).json()
+            state = service.get(job["status_url"]).json()
             states.append(state)
             if state["status"] != "running":
                 break
@@ -201,5 +186,5 @@ def test_non_blocking_route_gives_a_job_with_progress_and_the_same_final_json(
     # A blocking call now answers with the same fields, and nothing left to do.
     blocking = service.reindex(sid).json()
     assert set(blocking) <= set(final) and blocking["skipped_photos"] == n_photos
-    assert httpx.get(f"{service.base_url}/api/v1/faces/reindex-jobs/nope", timeout=30).status_code == 404
+    assert service.get("/api/v1/faces/reindex-jobs/nope").status_code == 404
     assert service.reindex(uuid.uuid4(), wait="false").status_code == 404

@@ -14,7 +14,8 @@ from tests.integration.conftest import Service
 
 def search(service: Service, session_id: object, body: bytes, **params: str) -> httpx.Response:
     url = f"{service.base_url}/api/v1/faces/search/{session_id}"
-    return httpx.post(url, content=body, params=params, headers={"Content-Type": "image/jpeg"}, timeout=120)
+    headers = {"Content-Type": "image/jpeg", **service.headers}
+    return httpx.post(url, content=body, params=params, headers=headers, timeout=120)
 
 
 def test_selfie_finds_the_photos_of_that_person_only(

@@ -62,7 +62,7 @@ def test_cluster_yaml_has_cpu_head_and_gpu_workers(cluster: dict[str, Any]) -> N
 
 
 def test_cluster_yaml_installs_and_starts_the_app(cluster: dict[str, Any]) -> None:
-    assert cluster["file_mounts"] == {"~/facepass": "."}
+    assert cluster["file_mounts"]["~/facepass"] == "."
     setup = "\n".join(cluster["setup_commands"])
     assert "uv sync --frozen" in setup
     for name in (
@@ -152,3 +152,51 @@ def test_dashboard_is_valid_json_with_a_prometheus_variable() -> None:
 def test_dashboard_shows_every_metric(name: str) -> None:
     pattern = re.compile(rf"\bray_{name}(_bucket|_sum|_count)?\b")
     assert any(pattern.search(expr) for expr in _dashboard_exprs()), f"ray_{name} is in no panel"
+
+
+# --- the API key: from a secret or the environment, never a literal in the repository -------------
+_KEY_LITERAL = re.compile(r"FACEPASS_API_KEY\s*[:=]\s*['\"]?(?![\"']?\$\()[A-Za-z0-9_\-]{6,}")
+
+
+@pytest.mark.parametrize("path", [CLUSTER_YAML, SERVE_CONFIG, RAYSERVICE])
+def test_no_api_key_literal_in_deploy_files(path: Path) -> None:
+    text = path.read_text()
+    assert "FACEPASS_API_KEY" in text, f"{path.name} does not say where the API key comes from"
+    assert not _KEY_LITERAL.search(text), _KEY_LITERAL.search(text)
+
+
+def test_cluster_yaml_reads_the_key_from_a_secret_file_outside_the_repo(cluster: dict[str, Any]) -> None:
+    mounts = cluster["file_mounts"]
+    secret_dirs = [remote for remote, local in mounts.items() if local != "." and "secret" in remote]
+    assert secret_dirs, mounts
+    assert not mounts[secret_dirs[0]].startswith((".", "/work")), "the secret must come from outside the repo"
+    setup = "\n".join(cluster["setup_commands"])
+    assert f'FACEPASS_API_KEY="$(cat {secret_dirs[0]}/api_key)"' in setup
+    # Serve listens on every interface there: the key is what keeps the routes closed.
+    assert "FACEPASS_HTTP_HOST=0.0.0.0" in setup
+
+
+def test_serve_config_sets_no_key_in_its_runtime_env() -> None:
+    config = yaml.safe_load(SERVE_CONFIG.read_text())
+    for app in config["applications"]:
+        assert "FACEPASS_API_KEY" not in (app.get("runtime_env") or {}).get("env_vars", {})
+
+
+def test_rayservice_takes_the_key_from_a_secret_it_does_not_define() -> None:
+    cluster_spec = _rayservice()["spec"]["rayClusterConfig"]
+    containers = [cluster_spec["headGroupSpec"]["template"]["spec"]["containers"][0]]
+    containers += [g["template"]["spec"]["containers"][0] for g in cluster_spec["workerGroupSpecs"]]
+    refs = set()
+    for container in containers:
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert "value" not in env["FACEPASS_API_KEY"], container["name"]
+        ref = env["FACEPASS_API_KEY"]["valueFrom"]["secretKeyRef"]
+        refs.add((ref["name"], ref["key"]))
+    assert len(refs) == 1
+    ((secret_name, _),) = refs
+    documents = [doc for doc in yaml.safe_load_all(RAYSERVICE.read_text()) if doc]
+    defined = [d["metadata"]["name"] for d in documents if d.get("kind") == "Secret"]
+    assert secret_name not in defined, "the key's Secret is created by hand, not kept in the repo"
+    for doc in documents:
+        if doc.get("kind") == "Secret":
+            assert "FACEPASS_API_KEY" not in {**doc.get("stringData", {}), **doc.get("data", {})}

@@ -158,3 +158,48 @@ def test_decoder_resources_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert settings.decode_actors == 8
     assert settings.decoder_actor_options()["resources"] == {"facepass_gpu_node": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("raw", "keys"),
+    [
+        ("only-one-key", ("only-one-key",)),
+        ("new-key, old-key", ("new-key", "old-key")),
+        ('["new-key", "old-key"]', ("new-key", "old-key")),
+        (" , ", ()),
+    ],
+)
+def test_api_keys_from_env(monkeypatch: pytest.MonkeyPatch, raw: str, keys: tuple[str, ...]) -> None:
+    monkeypatch.setenv("FACEPASS_API_KEY", raw)
+    settings = Settings()
+    assert settings.api_keys == keys
+    assert settings.api_headers() == ({"Authorization": f"Bearer {keys[0]}"} if keys else {})
+
+
+def test_api_keys_are_masked_in_repr_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACEPASS_API_KEY", "s3cret-key-1,s3cret-key-2")
+    settings = Settings()
+    assert "s3cret" not in repr(settings) and "s3cret" not in str(settings.model_dump())
+    monkeypatch.setenv("FACEPASS_API_KEY", "[s3cret-not-json")
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    assert "s3cret" not in str(refused.value)
+
+
+def test_placeholder_key_is_refused() -> None:
+    with pytest.raises(ValidationError, match="REPLACE_ME"):
+        Settings(api_key="REPLACE_ME_API_KEY")
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "facepass.example.com"])
+def test_public_bind_without_a_key_is_refused(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    monkeypatch.setenv("FACEPASS_HTTP_HOST", host)
+    with pytest.raises(ValidationError, match="FACEPASS_API_KEY"):
+        Settings()
+    monkeypatch.setenv("FACEPASS_API_KEY", "a-real-key")
+    assert Settings().http_host == host
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.1.1", "localhost", "::1", "[::1]"])
+def test_loopback_bind_needs_no_key(host: str) -> None:
+    assert Settings(http_host=host).api_keys == ()

@@ -1,0 +1,75 @@
+"""API keys on the live service: 401 without the right one, either header with either key,
+open health and docs, refused calls counted in a Ray metric, keys never in any log."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import ray
+
+from facepass.demo.scenario import CatalogWriter
+from tests.integration.conftest import API_KEYS, Service
+
+WRONG_KEY = "it-wrong-key-3e8d0c44"
+
+
+def test_without_the_right_key_every_api_call_is_refused(service: Service) -> None:
+    url = f"{service.base_url}/api/v1/faces/reindex-jobs/nope"
+    for headers in (
+        {},
+        {"X-API-Key": WRONG_KEY},
+        {"Authorization": f"Bearer {WRONG_KEY}"},
+        {"Authorization": f"Basic {API_KEYS[0]}"},
+    ):
+        refused = httpx.get(url, headers=headers, timeout=30)
+        assert refused.status_code == 401, headers
+        assert refused.json()["code"] == "unauthorized" and "X-API-Key" in refused.json()["detail"]
+    reindex = f"{service.base_url}/api/v1/faces/force-reindex-session/8d3c2a9e-5b1f-4c6e-9a7d-0f1e2d3c4b5a"
+    assert httpx.post(reindex, timeout=30).status_code == 401
+    search = f"{service.base_url}/api/v1/faces/search/8d3c2a9e-5b1f-4c6e-9a7d-0f1e2d3c4b5a"
+    assert httpx.post(search, content=b"\xff\xd8", timeout=30).status_code == 401
+
+
+def test_either_header_with_either_key_is_let_in(service: Service, catalog_writer: CatalogWriter) -> None:
+    sid = catalog_writer.add_session("Сессия с ключом")
+    url = f"{service.base_url}/api/v1/faces/force-reindex-session/{sid}"
+    for key in API_KEYS:  # the current key and the one being rotated out
+        for headers in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key}):
+            answer = httpx.post(url, headers=headers, timeout=120)
+            assert answer.status_code == 200, (headers, answer.text)
+            assert answer.json()["session_id"] == str(sid)
+
+
+def test_health_and_docs_need_no_key(service: Service) -> None:
+    for path in ("/healthz", "/docs", "/openapi.json"):
+        assert httpx.get(f"{service.base_url}{path}", timeout=60).status_code == 200, path
+
+
+def test_refused_calls_are_counted_and_no_key_reaches_a_log(service: Service) -> None:
+    httpx.get(f"{service.base_url}/api/v1/faces/reindex-jobs/x", headers={"X-API-Key": WRONG_KEY}, timeout=30)
+    deadline = time.monotonic() + 90
+    counted = False
+    while not counted and time.monotonic() < deadline:
+        text = httpx.get(f"{service.head.metrics_url}/metrics", timeout=10).text
+        counted = any(
+            line.startswith("ray_facepass_api_refused_total") and 'reason="wrong"' in line
+            for line in text.splitlines()
+        )
+        time.sleep(0 if counted else 2)
+    assert counted, "ray_facepass_api_refused_total{reason=wrong} never exported"
+
+    node = ray._private.worker._global_node  # the driver's view of the head: its session folder
+    assert node is not None
+    logs = Path(node.get_session_dir_path()) / "logs"
+    deadline = time.monotonic() + 60
+    while True:  # the replica's log lines reach the files a moment later
+        texts = {p: p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file()}
+        if any("refused GET /api/v1/faces/reindex-jobs/x" in t for t in texts.values()):
+            break
+        assert time.monotonic() < deadline, "the refusal never reached the replica's log"
+        time.sleep(2)
+    for path, text in texts.items():
+        for secret in [*API_KEYS, WRONG_KEY]:
+            assert secret not in text, f"a key is in {path}"

@@ -1,0 +1,152 @@
+"""A catalog or index that is down or lacks its tables: 503 naming the database and what is
+missing, /healthz naming the cause, and the service recovering by itself."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from ray import serve
+
+from actors.pool import kill_pool_actors
+from facepass import db
+from facepass.demo import photos
+from facepass.demo.scenario import CatalogWriter, fresh_database
+from facepass.settings import Settings
+from facepass.store import VectorStore
+from serve_app import build_app
+from tests.integration.conftest import API_KEYS, Service
+
+
+@contextmanager
+def table_moved_away(engine: sa.Engine, table: str) -> Iterator[None]:
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'ALTER TABLE "{table}" RENAME TO "{table}_away"'))
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'ALTER TABLE "{table}_away" RENAME TO "{table}"'))
+
+
+def search(service: Service, session_id: object) -> httpx.Response:
+    url = f"{service.base_url}/api/v1/faces/search/{session_id}"
+    headers = {"Content-Type": "image/jpeg", **service.headers}
+    return httpx.post(url, content=photos.jpeg(photos.load("yaoming.jpg")), headers=headers, timeout=120)
+
+
+def health(service: Service) -> httpx.Response:
+    return httpx.get(f"{service.base_url}/healthz", timeout=60)
+
+
+def assert_503(response: httpx.Response, database: str, code: str, missing: list[str]) -> dict[str, Any]:
+    assert response.status_code == 503, response.text
+    body: dict[str, Any] = response.json()
+    assert (body["database"], body["code"], body["missing"]) == (database, code, missing), body
+    assert body["detail"].startswith(f"{database}: ")
+    return body
+
+
+def test_catalog_without_its_sessions_table(service: Service, catalog_writer: CatalogWriter) -> None:
+    sid = catalog_writer.add_session("Каталог без таблицы")
+    with table_moved_away(catalog_writer.engine, "sessions"):
+        body = assert_503(service.reindex(sid), "cloud catalog", "database_schema_missing", ["sessions"])
+        assert 'has no table "sessions"' in body["detail"]
+        assert_503(search(service, sid), "cloud catalog", "database_schema_missing", ["sessions"])
+        checked = health(service)
+        assert checked.status_code == 503
+        assert (
+            checked.json()["cloud_db"].startswith("error: cloud catalog")
+            and "sessions" in checked.json()["cloud_db"]
+        )
+        assert checked.json()["local_db"] == "ok"
+        assert [p["missing"] for p in checked.json()["problems"]] == [["sessions"]]
+    assert service.reindex(sid).status_code == 200  # back as soon as the table is
+    assert health(service).status_code == 200
+
+
+def test_index_without_its_ledger_table(
+    service: Service, catalog_writer: CatalogWriter, store: VectorStore
+) -> None:
+    sid = catalog_writer.add_session("Индекс без таблицы")
+    with table_moved_away(store.engine, "indexed_photos"):
+        body = assert_503(service.reindex(sid), "local index", "database_schema_missing", ["indexed_photos"])
+        assert "facepass_vector" in body["detail"]
+        checked = health(service).json()
+        assert checked["ok"] is False and checked["cloud_db"] == "ok"
+        assert "indexed_photos" in checked["local_db"]
+    assert service.reindex(sid).status_code == 200
+
+
+def test_stopped_database_gives_503_and_the_service_recovers_when_it_is_back(
+    service: Service, catalog_writer: CatalogWriter
+) -> None:
+    sid = catalog_writer.add_session("Сессия переживёт остановку базы")
+    assert service.reindex(sid).status_code == 200
+    server = next(iter(db._SERVERS.values()))  # the embedded PostgreSQL of this test session
+    server.stop()
+    try:
+        body = assert_503(service.reindex(sid), "cloud catalog", "database_unavailable", [])
+        assert "does not answer" in body["detail"]
+        assert search(service, sid).status_code == 503
+        assert service.reindex(uuid.uuid4(), wait="false").status_code == 503
+        down = health(service)
+        assert down.status_code == 503
+        assert down.json()["cloud_db"].startswith(
+            "error: cloud catalog: database facepass_cloud does not answer"
+        )
+        assert down.json()["local_db"].startswith(
+            "error: local index: database facepass_vector does not answer"
+        )
+    finally:
+        server.ensure_postgres_running()
+    deadline = time.monotonic() + 60
+    while (answer := service.reindex(sid)).status_code != 200:  # no restart of anything: pool_pre_ping
+        assert time.monotonic() < deadline, answer.text
+        time.sleep(1)
+    assert answer.json()["session_id"] == str(sid)
+    assert health(service).status_code == 200
+
+
+def test_service_started_without_its_index_answers_503_then_starts_when_it_appears(
+    service: Service, catalog_writer: CatalogWriter
+) -> None:
+    """A second app whose index database does not exist yet: it starts anyway, says so, and
+    creates its schema and pool on the first call after the database appears."""
+    assert service.settings.local_dsn
+    later = f"index_later_{uuid.uuid4().hex[:8]}"
+    settings = Settings.model_validate(
+        {
+            **service.settings.model_dump(),
+            "local_dsn": service.settings.local_dsn.replace("/facepass_vector?", f"/{later}?"),
+            "ray_namespace": f"{service.settings.ray_namespace}-later",
+            "embed_actors": 1,
+            "api_key": API_KEYS,
+        }
+    )
+    serve.run(build_app(settings), name="facepass-later", route_prefix="/later")
+    url = f"{service.base_url}/later/api/v1/faces/force-reindex-session"
+    sid = catalog_writer.add_session("Индекс появится позже")
+    try:
+        missing = httpx.post(f"{url}/{sid}", headers=service.headers, timeout=120)
+        body = assert_503(missing, "local index", "database_unavailable", [])
+        assert f"database {later} does not answer" in body["detail"]
+        down = httpx.get(f"{service.base_url}/later/healthz", timeout=60)
+        assert down.status_code == 503 and later in down.json()["local_db"]
+        assert down.json()["pool"].startswith("error:")
+
+        fresh_database(service.settings, later)
+        deadline = time.monotonic() + 120
+        while (answer := httpx.post(f"{url}/{sid}", headers=service.headers, timeout=300)).status_code != 200:
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(1)
+        assert answer.json()["session_name"] == "Индекс появится позже"
+        assert httpx.get(f"{service.base_url}/later/healthz", timeout=60).status_code == 200
+    finally:
+        serve.delete("facepass-later")
+        kill_pool_actors(settings)
