@@ -74,6 +74,12 @@ indexed_photos = sa.Table(
 
 
 @dataclass(frozen=True, slots=True)
+class PruneResult:
+    photos: int  # ledger rows removed
+    faces: int  # face rows removed
+
+
+@dataclass(frozen=True, slots=True)
 class SearchHit:
     photo_id: uuid.UUID
     face_index: int
@@ -142,6 +148,29 @@ class VectorStore:
             else:
                 outcomes.append(PhotoOutcome.from_result(result, write_ms))
         return outcomes
+
+    def prune_photos(self, photo_ids: Sequence[uuid.UUID]) -> PruneResult:
+        """Remove photos from the index: their face rows and ledger rows, in one transaction
+        (a photo never loses its faces without its ledger row, or the reverse)."""
+        ids = list(dict.fromkeys(photo_ids))
+        if not ids:
+            return PruneResult(0, 0)
+        with self.engine.begin() as conn:
+            gone_faces = list(
+                conn.scalars(
+                    sa.delete(face_embeddings)
+                    .where(face_embeddings.c.photo_id.in_(ids))
+                    .returning(face_embeddings.c.photo_id)
+                )
+            )
+            gone_ledger = set(
+                conn.scalars(
+                    sa.delete(indexed_photos)
+                    .where(indexed_photos.c.photo_id.in_(ids))
+                    .returning(indexed_photos.c.photo_id)
+                )
+            )
+        return PruneResult(photos=len(gone_ledger | set(gone_faces)), faces=len(gone_faces))
 
     def _commit_one_by_one(self, results: list[PhotoResult]) -> dict[uuid.UUID, str]:
         errors: dict[uuid.UUID, str] = {}

@@ -333,3 +333,13 @@ def test_search_equals_an_exact_scan_on_clustered_data(store: VectorStore) -> No
             assert [(h.photo_id, h.face_index) for h in hits] == [(rows[i][0], rows[i][1]) for i in exact]
             assert hits[0].similarity == pytest.approx(float(matrix[exact[0]] @ query), abs=1e-5)
         assert store.search(sid, people[0], model_name="another/model") == []
+
+
+def test_prune_removes_faces_and_ledger_rows_together(store: VectorStore, session_id: uuid.UUID) -> None:
+    keep, drop, no_face = photo(session_id, "k.jpg"), photo(session_id, "d.jpg"), photo(session_id, "n.jpg")
+    store.write_results([indexed(keep, 2), indexed(drop, 3), failed(no_face, "no_face", transient=False)])
+    result = store.prune_photos([drop.id, no_face.id, drop.id, uuid.uuid4()])
+    assert (result.photos, result.faces) == (2, 3)
+    assert store.ledger(session_id) == {keep.id: "indexed"}
+    assert store.count_embeddings(session_id) == 2
+    assert store.prune_photos([]).photos == 0
