@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from typing import Any
 
 import ray
@@ -22,6 +23,7 @@ from facepass.errors import WorkerLost
 from facepass.faces import ModelPack
 from facepass.models import DetectedFace, PhotoOutcome, PhotoRef, PhotoStatus
 from facepass.settings import Settings
+from facepass.store import PruneResult
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +171,11 @@ class EmbeddingPool:
                 self._in_flight[i] -= len(photos)
         detail = f"worker lost {self.settings.max_attempts} times ({last_error})"
         return [self._lost(p, detail) for p in photos]
+
+    async def prune(self, photo_ids: list[uuid.UUID]) -> PruneResult:
+        """Deleted photos leave the index through the one writer, like every other write."""
+        result: PruneResult = await self.writer.prune.remote(photo_ids)
+        return result
 
     @staticmethod
     def _lost(photo: PhotoRef, detail: str) -> PhotoOutcome:

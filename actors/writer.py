@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 import ray
 
 from facepass.models import PhotoOutcome, PhotoResult
 from facepass.settings import Settings
-from facepass.store import VectorStore
+from facepass.store import PruneResult, VectorStore
 from facepass.writer import GroupCommitter
 
 
@@ -26,6 +27,9 @@ class IndexWriter:
 
     async def write_batch(self, results: list[PhotoResult]) -> list[PhotoOutcome]:
         return await self.committer.write(results)
+
+    async def prune(self, photo_ids: list[uuid.UUID]) -> PruneResult:
+        return await self.committer.prune(photo_ids)
 
     async def stats(self) -> dict[str, int]:
         return {"transactions": self.committer.transactions, "photos": self.committer.photos_written}

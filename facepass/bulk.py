@@ -39,6 +39,10 @@ class BulkSummary:
     photos_successful: int = 0
     photos_failed: int = 0
     faces_indexed: int = 0
+    photos_stale: int = 0  # planned again: another model embedded them
+    photos_to_prune: int = 0  # indexed but deleted from the catalog (a dry run only counts them)
+    photos_pruned: int = 0
+    faces_pruned: int = 0
     elapsed_s: float = 0.0
     dry_run: bool = False
     inactive_session_ids: list[str] = field(default_factory=list)
@@ -48,6 +52,8 @@ class BulkSummary:
         self.photos_total += plan.total_photos
         self.photos_skipped += plan.skipped_photos
         self.photos_planned += len(plan.todo)
+        self.photos_stale += plan.stale_photos
+        self.photos_to_prune += len(plan.prune)
         if not plan.todo:
             self.sessions_complete += 1
 
@@ -57,6 +63,8 @@ class BulkSummary:
         self.photos_successful += report.successful_photos
         self.photos_failed += report.failed_photos
         self.faces_indexed += report.faces_indexed
+        self.photos_pruned += report.pruned_photos
+        self.faces_pruned += report.pruned_faces
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -73,6 +81,8 @@ class BulkSummary:
             f"обработано {self.photos_processed}, успешно {self.photos_successful}, "
             f"с ошибками {self.photos_failed}",
             f"Лиц проиндексировано: {self.faces_indexed}",
+            f"Удалено из индекса: {self.photos_pruned} фото ({self.faces_pruned} лиц); "
+            f"переиндексировано после смены модели: {self.photos_stale} фото",
             f"Время: {self.elapsed_s:.1f}s",
         ]
 
@@ -154,6 +164,8 @@ class BulkReindexer:
             run = self.coordinator.new_run(item.id)
             plan = await asyncio.to_thread(self.coordinator.plan_session, item, mode)
             self.coordinator.begin(run, plan)
+            if not dry_run:
+                await self.coordinator.prune(run, plan)
             summary.add_plan(plan)
             if hooks.planned:
                 hooks.planned(len(plan.todo))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from facepass.faces import FaceEmbedder
 from facepass.images import BgrImage, ImageFetcher, decode_image
 from facepass.models import DetectedFace, PhotoOutcome, PhotoRef, PhotoResult
 from facepass.settings import Settings
-from facepass.store import VectorStore
+from facepass.store import PruneResult, VectorStore
 from facepass.writer import GroupCommitter
 
 log = logging.getLogger(__name__)
@@ -147,3 +148,6 @@ class LocalProcessor:
         result = await self.pipeline.run(photo)
         [outcome] = await self.committer.write([result])
         return outcome
+
+    async def prune(self, photo_ids: list[uuid.UUID]) -> PruneResult:
+        return await self.committer.prune(photo_ids)

@@ -19,17 +19,17 @@ from typing import Protocol
 
 from facepass import report as words
 from facepass.catalog import CloudCatalog
-from facepass.models import PhotoOutcome, PhotoRef, SessionInfo
+from facepass.models import LedgerStatus, PhotoOutcome, PhotoRef, SessionInfo
 from facepass.report import ReindexReport
-from facepass.store import VectorStore
+from facepass.store import PruneResult, VectorStore
 
 log = logging.getLogger("facepass.reindex")
 
 
 class ReindexMode(enum.StrEnum):
-    MISSING = "missing"  # photos with no ledger row (and transient failures)
+    MISSING = "missing"  # photos with no ledger row, transient failures, another model's photos
     RETRY_FAILED = "retry_failed"  # also photos recorded as permanently failed
-    FULL = "full"  # every live photo again (e.g. after a model change)
+    FULL = "full"  # every live photo again
 
 
 class PhotoProcessor(Protocol):
@@ -43,6 +43,10 @@ class PhotoProcessor(Protocol):
 
     async def process(self, photo: PhotoRef) -> PhotoOutcome: ...
 
+    async def prune(self, photo_ids: list[uuid.UUID]) -> PruneResult:
+        """Remove photos from the index (through the one writer)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ReindexPlan:
@@ -50,6 +54,8 @@ class ReindexPlan:
     total_photos: int
     skipped_photos: int
     todo: list[PhotoRef]
+    prune: list[uuid.UUID] = field(default_factory=list)  # indexed, but deleted from the catalog
+    stale_photos: int = 0  # in ``todo`` because another model embedded them
 
 
 ProgressHook = Callable[[ReindexReport], None]
@@ -89,13 +95,34 @@ class ReindexCoordinator:
         return self.plan_session(self.catalog.require_enabled_session(session_id), mode)
 
     def plan_session(self, session: SessionInfo, mode: ReindexMode = ReindexMode.MISSING) -> ReindexPlan:
+        """What the index must do for the session to mirror the catalog.
+
+        Photos the index holds that the catalog no longer lists (soft- or hard-deleted)
+        are to be pruned. A photo is done when its ledger row was written by the current
+        model (a permanent failure is done whatever the model: it never reached one);
+        photos of another model are stale and go into ``todo`` again.
+        """
         photos = self.catalog.list_photos(session.id)
-        if mode is ReindexMode.FULL:
-            done: set[uuid.UUID] = set()
-        else:
-            done = self.store.done_photo_ids(session.id, retry_failed=mode is ReindexMode.RETRY_FAILED)
-        todo = [p for p in photos if p.id not in done]
-        return ReindexPlan(session, len(photos), len(photos) - len(todo), todo)
+        state = self.store.index_state(session.id)
+        live = {p.id for p in photos}
+        prune = [photo_id for photo_id in state if photo_id not in live]
+        model = self.processor.model_name
+
+        def stale(photo_id: uuid.UUID) -> bool:
+            entry = state.get(photo_id)
+            return entry is not None and entry[0] != LedgerStatus.FAILED and entry[1] != model
+
+        def done(photo_id: uuid.UUID) -> bool:
+            entry = state.get(photo_id)
+            if entry is None or mode is ReindexMode.FULL:
+                return False
+            if entry[0] == LedgerStatus.FAILED:
+                return mode is not ReindexMode.RETRY_FAILED
+            return entry[1] == model
+
+        todo = [p for p in photos if not done(p.id)]
+        stale_count = sum(1 for p in todo if stale(p.id))
+        return ReindexPlan(session, len(photos), len(photos) - len(todo), todo, prune, stale_count)
 
     def new_run(self, session_id: uuid.UUID) -> SessionRun:
         report = ReindexReport(
@@ -115,8 +142,20 @@ class ReindexCoordinator:
         report.skipped_photos = plan.skipped_photos
         report.planned_photos = len(plan.todo)
         self.say(report, words.validated_line(plan.session))
+        report.stale_photos = plan.stale_photos
         for line in words.plan_lines(plan.total_photos, plan.skipped_photos, len(plan.todo)):
             self.say(report, line)
+        if plan.stale_photos:
+            self.say(report, words.stale_line(plan.stale_photos, report.model_name))
+
+    async def prune(self, run: SessionRun, plan: ReindexPlan) -> None:
+        """Photos deleted from the catalog leave the index (faces and ledger row together)."""
+        if not plan.prune:
+            return
+        result = await self.processor.prune(plan.prune)
+        run.report.pruned_photos += result.photos
+        run.report.pruned_faces += result.faces
+        self.say(run.report, words.pruned_line(result.photos, result.faces))
 
     def submitted(self, run: SessionRun, index: int, photo: PhotoRef) -> None:
         self.say(run.report, words.photo_start_line(index, run.report.planned_photos, photo.filename))
@@ -127,7 +166,10 @@ class ReindexCoordinator:
 
     async def finish(self, run: SessionRun) -> ReindexReport:
         report = run.report
-        report.final_embedding_count = await asyncio.to_thread(self.store.count_embeddings, report.session_id)
+        # What search sees: the current model's vectors of the session (deleted photos were pruned).
+        report.final_embedding_count = await asyncio.to_thread(
+            self.store.count_embeddings, report.session_id, report.model_name
+        )
         report.processing_time_ms = (time.perf_counter() - run.started) * 1000
         for line in report.closing_lines():
             self.say(report, line)
@@ -143,6 +185,7 @@ class ReindexCoordinator:
         run = self.new_run(session_id)
         plan = await asyncio.to_thread(self.plan, session_id, mode)
         self.begin(run, plan)
+        await self.prune(run, plan)
         if on_progress:
             on_progress(run.report)
         async for outcome in self.process_all(plan.todo, run):

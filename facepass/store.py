@@ -109,6 +109,22 @@ class VectorStore:
         with self.engine.connect() as conn:
             return set(conn.scalars(sa.union(ledger, legacy)))
 
+    def index_state(self, session_id: uuid.UUID) -> dict[uuid.UUID, tuple[str | None, str]]:
+        """Every photo of the session the index knows: (ledger status, model that embedded it).
+        Photos with face rows and no ledger row (written before the ledger) have status None."""
+        fe, ip = face_embeddings, indexed_photos
+        ledger = sa.select(ip.c.photo_id, ip.c.status, ip.c.model_name).where(ip.c.session_id == session_id)
+        legacy = (
+            sa.select(fe.c.photo_id, sa.null().label("status"), fe.c.model_name)
+            .where(
+                fe.c.session_id == session_id,
+                ~sa.exists().where(ip.c.photo_id == fe.c.photo_id),
+            )
+            .distinct()
+        )
+        with self.engine.connect() as conn:
+            return {row[0]: (row[1], row[2]) for row in conn.execute(sa.union_all(ledger, legacy))}
+
     # --- writes ------------------------------------------------------------------
     def write_result(self, result: PhotoResult) -> float:
         """One photo in its own transaction (the seed's loop); returns its write time in ms."""
@@ -236,9 +252,12 @@ class VectorStore:
         finally:
             raw.close()
 
-    def count_embeddings(self, session_id: uuid.UUID) -> int:
+    def count_embeddings(self, session_id: uuid.UUID, model_name: str | None = None) -> int:
+        """Face rows of the session (of one model's vectors, if given: what search compares)."""
         query = sa.select(sa.func.count()).select_from(face_embeddings)
         query = query.where(face_embeddings.c.session_id == session_id)
+        if model_name is not None:
+            query = query.where(face_embeddings.c.model_name == model_name)
         with self.engine.connect() as conn:
             return int(conn.scalar(query) or 0)
 
@@ -248,6 +267,11 @@ class VectorStore:
         )
         with self.engine.connect() as conn:
             return {row[0]: row[1] for row in conn.execute(query)}
+
+    def ledger_rows(self, session_id: uuid.UUID) -> list[sa.Row[Any]]:
+        query = sa.select(indexed_photos).where(indexed_photos.c.session_id == session_id)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query))
 
     def search(
         self,

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import sqlalchemy.exc
 
 from facepass.models import PhotoOutcome, PhotoResult
-from facepass.store import VectorStore
+from facepass.store import PruneResult, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,12 @@ class GroupCommitter:
             group.append(waiting)
             count += len(waiting[0])
         return group
+
+    async def prune(self, photo_ids: list[uuid.UUID]) -> PruneResult:
+        """Remove photos from the index, on the same thread as the writes (never between a
+        photo's write and its commit)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self.store.prune_photos, photo_ids)
 
     def write_now(self, results: list[PhotoResult]) -> list[PhotoOutcome]:
         """One transaction, retried once if the server dropped the connection (it rolled

@@ -31,7 +31,7 @@ from facepass.faces import ModelPack
 from facepass.models import PhotoOutcome, PhotoRef
 from facepass.reindex import ReindexCoordinator, ReindexMode, SessionRun
 from facepass.settings import Settings
-from facepass.store import VectorStore
+from facepass.store import PruneResult, VectorStore
 
 
 class PlanOnly:
@@ -50,6 +50,9 @@ class PlanOnly:
 
     async def process(self, photo: PhotoRef) -> PhotoOutcome:
         raise RuntimeError("a dry run processes nothing")
+
+    async def prune(self, photo_ids: list[uuid.UUID]) -> PruneResult:
+        raise RuntimeError("a dry run removes nothing")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -71,6 +71,10 @@ class CatalogWriter:
         with self.engine.begin() as conn:
             conn.execute(sa.text("UPDATE photos SET deleted_at = now() WHERE id = :id"), {"id": photo_id})
 
+    def hard_delete(self, photo_id: uuid.UUID) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM photos WHERE id = :id"), {"id": photo_id})
+
     def close(self) -> None:
         self.engine.dispose()
 

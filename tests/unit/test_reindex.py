@@ -15,13 +15,13 @@ from facepass.demo import photos
 from facepass.demo.scenario import SEED_SESSION_NAME, CatalogWriter, SeedScenario, build_seed_scenario
 from facepass.demo.storage import PhotoStorage
 from facepass.errors import FacePassDisabled, SessionNotFound
-from facepass.faces import FaceEmbedder
+from facepass.faces import FaceEmbedder, ModelPack
 from facepass.models import PhotoOutcome, PhotoRef, PhotoStatus
 from facepass.pipeline import LocalProcessor, PhotoPipeline
 from facepass.reindex import ReindexCoordinator, ReindexMode, SessionRun
 from facepass.report import ReindexReport
 from facepass.settings import Settings
-from facepass.store import VectorStore, face_embeddings
+from facepass.store import PruneResult, VectorStore, face_embeddings
 
 SEED_ERRORS = sorted(
     [
@@ -269,13 +269,20 @@ def test_plan(catalog: CloudCatalog, store: VectorStore, scenario: SeedScenario)
     assert not {p.id for p in plan.todo} & {p.id for p in scenario.preindexed}
     full = coordinator.plan(scenario.session_id, ReindexMode.FULL)
     assert (full.skipped_photos, len(full.todo)) == (0, 13)
+    assert plan.prune == [] and plan.stale_photos == 0
+    # Another model is running now: the pre-indexed photos are stale, not done.
+    other = ReindexCoordinator(catalog, store, CountingProcessor(capacity=1, model_name="another/pack"))
+    stale = other.plan(scenario.session_id)
+    assert (stale.skipped_photos, len(stale.todo), stale.stale_photos) == (0, 13, 3)
 
 
 class CountingProcessor:
     """A fake PhotoProcessor that records how many photos are in flight at once."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, model_name: str | None = None) -> None:
         self._capacity = capacity
+        # The real pack's name by default: the seed scenario's pre-indexed photos are its.
+        self._model_name = model_name or ModelPack.from_settings(Settings()).name
         self.in_flight = 0
         self.max_in_flight = 0
         self.started: list[str] = []
@@ -286,7 +293,10 @@ class CountingProcessor:
 
     @property
     def model_name(self) -> str:
-        return "fake"
+        return self._model_name
+
+    async def prune(self, photo_ids: list[uuid.UUID]) -> PruneResult:
+        raise AssertionError("this test plans no pruning")
 
     async def process(self, photo: PhotoRef) -> PhotoOutcome:
         self.in_flight += 1
