@@ -71,8 +71,8 @@ def test_bulk_job_indexes_every_active_session_and_a_second_run_does_nothing(
     dsn, writer = new_catalog_database(service.settings)
     a, b = writer.add_session("Сессия A"), writer.add_session("Сессия B")
     inactive, complete = writer.add_session("Сессия C", enabled=False), writer.add_session("Сессия D")
-    add_face_photos(writer, storage, a, 5)
-    add_face_photos(writer, storage, b, 4)
+    photos_a = add_face_photos(writer, storage, a, 5)
+    photos_b = add_face_photos(writer, storage, b, 4)
     add_face_photos(writer, storage, inactive, 3)
     index_locally(service.settings, store, add_face_photos(writer, storage, complete, 2))
 
@@ -99,6 +99,25 @@ def test_bulk_job_indexes_every_active_session_and_a_second_run_does_nothing(
     assert second.returncode == 0, second.stdout + second.stderr
     again = json.loads((tmp_path / "second.json").read_text())
     assert again["photos_processed"] == 0 and again["sessions_complete"] == 3
+
+    # Photos deleted from the catalog (soft and hard) leave the index on the next job run.
+    complete_rows = embeddings_of(store, complete)
+    writer.soft_delete(photos_a[0].id)
+    writer.hard_delete(photos_b[1].id)
+    gone = {photos_a[0].id, photos_b[1].id}
+    gone_faces = sum(1 for p, _ in embeddings_of(store, a) + embeddings_of(store, b) if p in gone)
+    third = submit(service, dsn, tmp_path / "third.json")
+    assert third.returncode == 0, third.stdout + third.stderr
+    pruned = json.loads((tmp_path / "third.json").read_text())
+    assert (pruned["photos_pruned"], pruned["faces_pruned"], pruned["photos_processed"]) == (2, gone_faces, 0)
+    assert "Удалено из индекса: 1 фото" in third.stdout + third.stderr
+    assert not {p for p, _ in embeddings_of(store, a) + embeddings_of(store, b)} & gone
+    assert not set(store.ledger(a)) & gone and not set(store.ledger(b)) & gone
+    assert (
+        len({p for p, _ in embeddings_of(store, a)}) == 4
+        and len({p for p, _ in embeddings_of(store, b)}) == 3
+    )
+    assert embeddings_of(store, complete) == complete_rows  # other sessions untouched
     writer.close()
 
 

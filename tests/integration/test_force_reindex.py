@@ -14,7 +14,13 @@ import sqlalchemy as sa
 
 from actors.pool import WRITER_NAME, embedding_actor_name
 from facepass.demo import photos
-from facepass.demo.scenario import CatalogWriter, SeedScenario, build_seed_scenario, preview_path
+from facepass.demo.scenario import (
+    CatalogWriter,
+    SeedScenario,
+    add_face_photos,
+    build_seed_scenario,
+    preview_path,
+)
 from facepass.demo.storage import PhotoStorage
 from facepass.settings import Settings
 from facepass.store import VectorStore, face_embeddings, indexed_photos
@@ -96,6 +102,38 @@ def test_failed_download_is_processed_once_the_file_is_there(
     assert body["final_embedding_count"] == 12
     assert store.ledger(seed.session_id)[seed.missing.id] == "indexed"
     assert service.reindex(seed.session_id).json()["processed_photos"] == 0
+
+
+def test_deleted_photos_leave_the_index_through_the_route(
+    service: Service, catalog_writer: CatalogWriter, storage: PhotoStorage, store: VectorStore
+) -> None:
+    """Soft- and hard-deleted photos lose their rows on the next call, blocking or not;
+    the answer counts them and gives per-step timings."""
+    sid = catalog_writer.add_session("Сессия с удалениями")
+    refs = add_face_photos(catalog_writer, storage, sid, 6, prefix="del")
+    first = service.reindex(sid).json()
+    assert first["successful_photos"] == 6 and first["pruned_photos"] == 0
+    timings = first["timings_ms"]
+    assert set(timings) == {"download", "decode_and_inference", "write"}
+    assert all(0 < step["p50"] <= step["p95"] for step in timings.values())
+    rows = rows_of(store, sid)
+    catalog_writer.soft_delete(refs[0].id)
+    catalog_writer.hard_delete(refs[1].id)
+    gone_faces = sum(1 for p, _ in rows if p in {refs[0].id, refs[1].id})
+
+    accepted = service.reindex(sid, wait="false")  # the 202 job runs the same steps
+    assert accepted.status_code == 202
+    status_url = f"{service.base_url}{accepted.json()['status_url']}"
+    deadline = time.monotonic() + 120
+    while (job := httpx.get(status_url, headers=service.headers, timeout=30).json())["status"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    assert job["status"] == "done", job
+    assert (job["pruned_photos"], job["pruned_faces"], job["processed_photos"]) == (2, gone_faces, 0)
+    assert job["final_embedding_count"] == len(rows) - gone_faces == len(rows_of(store, sid))
+    assert set(store.ledger(sid)) == {r.id for r in refs[2:]}
+    again = service.reindex(sid).json()
+    assert (again["pruned_photos"], again["processed_photos"], again["timings_ms"]["write"]) == (0, 0, None)
 
 
 def test_http_errors(service: Service, catalog_writer: CatalogWriter) -> None:
