@@ -19,7 +19,7 @@ from facepass.errors import NoFaceDetected
 from facepass.heap import keep_buffers_in_heap
 from facepass.images import BgrImage
 from facepass.models import EMBEDDING_DIM, DetectedFace
-from facepass.settings import Settings
+from facepass.settings import CUDA_PROVIDER, Settings
 
 log = logging.getLogger(__name__)
 # insightface's face_align calls a scikit-image API that is deprecated, not wrong.
@@ -90,6 +90,10 @@ class FaceEmbedder:
 
         onnxruntime.set_default_logger_severity(3)  # the batch-shape warning is noise
         keep_buffers_in_heap()  # per-inference tensors: no mmap/munmap (page faults) per photo
+        if CUDA_PROVIDER in self.requested_providers and hasattr(onnxruntime, "preload_dlls"):
+            # CUDA/cuDNN from the `gpu` extra's nvidia-* wheels (site-packages): a GPU node
+            # then needs only the driver. Without them ORT prints why and falls back to CPU.
+            onnxruntime.preload_dlls(cuda=True, cudnn=True)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1

@@ -69,8 +69,9 @@ class Settings(BaseSettings):
     embed_actors: int = Field(default=2, ge=1)
     gpus_per_actor: float = Field(default=0.0, ge=0)
     cpus_per_actor: float = Field(default=1.0, ge=0)
-    # Enough downloads in flight to hide ~0.5 s of storage latency on CPU; raise it on GPUs.
-    photos_in_flight_per_actor: int = Field(default=12, ge=1)
+    # Enough downloads in flight to hide ~0.5 s of storage latency at ~16 photos/s per actor
+    # on CPU, with batches of actor_batch_photos; raise it on GPUs (rate x latency).
+    photos_in_flight_per_actor: int = Field(default=24, ge=1)
     ort_intra_op_threads: int = Field(default=0, ge=0)  # 0: cores / actors on CPU
     max_attempts: int = Field(default=3, ge=1)  # per photo, across actor deaths
     # Photos per call to an embedding actor (its results go to the writer as one batch):

@@ -177,3 +177,16 @@ def test_gpu_settings_fall_back_to_cpu_when_there_is_no_gpu() -> None:
     gpu.load()
     assert "CPUExecutionProvider" in gpu.active_providers
     assert len(gpu.embed(photos.load("t1.jpg"))) == 6
+
+
+def test_gpu_libraries_come_from_pypi_through_an_extra() -> None:
+    """A GPU node needs only the driver: CUDA/cuDNN wheels come with the `gpu` extra, which
+    the cluster installs; the default install (and CI) stays CPU-only."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["optional-dependencies"]["gpu"] == ["onnxruntime-gpu[cuda,cudnn]==1.31.1"]
+    assert not any("nvidia" in d for d in project["dependencies"])
+    assert "uv sync --frozen --no-dev --extra gpu" in (root / "cluster.yaml").read_text()
