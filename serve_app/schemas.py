@@ -7,6 +7,11 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 
+class StepTiming(BaseModel):
+    p50: float
+    p95: float
+
+
 class ReindexResponse(BaseModel):
     success: bool
     message: str
@@ -26,6 +31,12 @@ class ReindexResponse(BaseModel):
     no_face_photos: int
     retry_photos: int
     model_name: str
+    # the index mirrors the catalog: photos of another model redone, deleted photos removed
+    stale_photos: int = 0
+    pruned_photos: int = 0
+    pruned_faces: int = 0
+    # p50/p95 over this run's photos of each step (null: no photo reached it), ms
+    timings_ms: dict[str, StepTiming | None] = Field(default_factory=dict)
 
 
 class JobAccepted(BaseModel):
