@@ -52,7 +52,7 @@ _COLUMNS: list[Column] = [
     ("no_face", 8, lambda s: s.ledger_no_face),
     ("failed", 7, lambda s: s.ledger_failed),
     ("faces", 8, lambda s: s.face_rows),
-    ("todo", 6, lambda s: s.unindexed_photos),
+    ("unindexed", 10, lambda s: s.unindexed_photos),
     *[_defect_column(kind) for kind in Defect],
 ]
 
@@ -96,7 +96,8 @@ def _defect_lines(s: SessionAudit) -> list[str]:
     for kind, ids in s.defects.items():
         if ids:
             more = f" and {len(ids) - IDS_IN_TEXT} more" if len(ids) > IDS_IN_TEXT else ""
-            lines.append(f"  {kind.value}: {len(ids)} photos: {', '.join(map(str, ids[:IDS_IN_TEXT]))}{more}")
+            photos = f"{len(ids)} photo" + ("s" if len(ids) > 1 else "")
+            lines.append(f"  {kind.value}: {photos}: {', '.join(map(str, ids[:IDS_IN_TEXT]))}{more}")
     return lines
 
 
