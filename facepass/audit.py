@@ -35,6 +35,7 @@ from facepass.catalog import CloudCatalog
 from facepass.store import PruneResult, VectorStore
 
 NORM_TOLERANCE = 1e-3  # float32 vectors normalized by the model sit within ~1e-6 of 1
+PRUNE_CHUNK = 1000  # photos per prune transaction
 
 
 class Defect(enum.StrEnum):
@@ -189,9 +190,16 @@ class IndexAuditor:
         to be embedded again by the next run."""
         deleted = {p for s in report.sessions for p in s.defects[Defect.DELETED]}
         redo = {p for s in report.sessions for p in s.defect_photo_ids()} - deleted
-        removed = self.store.prune_photos(sorted(deleted))
-        replanned = self.store.prune_photos(sorted(redo))
-        return FixResult(removed=removed, replanned=replanned)
+        return FixResult(removed=self._prune(sorted(deleted)), replanned=self._prune(sorted(redo)))
+
+    def _prune(self, photo_ids: list[uuid.UUID]) -> PruneResult:
+        """In chunks: after a model change every photo of the index may be stale, and one
+        statement takes at most 65,535 parameters."""
+        photos = faces = 0
+        for start in range(0, len(photo_ids), PRUNE_CHUNK):
+            pruned = self.store.prune_photos(photo_ids[start : start + PRUNE_CHUNK])
+            photos, faces = photos + pruned.photos, faces + pruned.faces
+        return PruneResult(photos=photos, faces=faces)
 
     def _named_sessions(self, session_ids: list[uuid.UUID]) -> list[tuple[uuid.UUID, str | None]]:
         s, t = self.catalog.schema, self.catalog.schema.tables()[0]

@@ -5,6 +5,8 @@ what a test puts there)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from facepass import audit as audit_core
 from facepass.audit import Defect
 from facepass.models import EMBEDDING_DIM
 from facepass.settings import Settings
@@ -66,7 +69,10 @@ def test_a_session_only_the_index_knows_is_all_deleted(idx: Index) -> None:
     assert idx.auditor().audit().sessions == []  # nothing of it is left anywhere
 
 
-def test_fix_leaves_a_clean_audit_and_other_sessions_untouched(idx: Index) -> None:
+def test_fix_leaves_a_clean_audit_and_other_sessions_untouched(
+    idx: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_core, "PRUNE_CHUNK", 2)  # several prune transactions, same sums
     planted = plant(idx)
     healthy_rows = idx.rows(planted.healthy)
     auditor = idx.auditor()
@@ -164,3 +170,21 @@ def test_a_10000_photo_session_audits_in_well_under_seconds(idx: Index) -> None:
     assert s.ok and (s.catalog_photos, s.ledger_indexed, s.face_rows) == (10_000, 10_000, 20_000)
     print(f"audit of a 10,000-photo session (20,000 faces): {elapsed:.2f} s")
     assert elapsed < 3.0
+
+    # A model change: every photo is stale, and --fix re-plans all of them (in chunks).
+    stale = idx.auditor()
+    stale.model_name = "next_pack/det+rec"
+    (s,) = stale.audit([sid]).sessions
+    assert (len(s.defects[Defect.STALE_MODEL]), s.stale_rows) == (10_000, 20_000)
+    fix = stale.fix(stale.audit([sid]))
+    assert (fix.replanned.photos, fix.replanned.faces, fix.removed.photos) == (10_000, 20_000, 0)
+    (s,) = stale.audit([sid]).sessions
+    assert s.ok and s.unindexed_photos == 10_000
+
+
+def test_the_audit_command_needs_no_ray() -> None:
+    """It runs as a plain process (cron, CI) and as a `ray job submit` entrypoint alike."""
+    code = "import sys, jobs.audit; sys.exit('ray' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2]).returncode == 0
+    )
