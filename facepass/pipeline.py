@@ -73,8 +73,8 @@ class ImageLoader:
 
 
 class PhotoPipeline:
-    """Downloads overlap freely; decode runs on its own thread and inference on another,
-    one photo at a time, so a worker keeps its cores busy while the next photos download."""
+    """Downloads overlap freely; decode + inference run on one thread, one photo at a time,
+    so a worker keeps its core busy while the next photos download."""
 
     def __init__(self, settings: Settings, embedder: FaceEmbedder | None = None) -> None:
         self.settings = settings
@@ -99,8 +99,30 @@ class PhotoPipeline:
         return await loop.run_in_executor(self._compute, self._decode_and_embed, data)
 
     async def run(self, photo: PhotoRef) -> PhotoResult:
-        """Never raises for a bad photo: the error goes into the result."""
-        return await self.embed_decoded(await self.loader.load(photo))
+        """Download (overlapping with the other photos in flight), then decode + detect +
+        embed on the one compute thread, as the bare model does. Never raises for a bad photo.
+
+        On CPU, a decode thread of its own only competes with inference for the same core
+        and holds decoded images (MBs) instead of JPEG bytes (KBs) for every photo waiting.
+        With a GPU (and no decoder actors) decoding ahead on its own thread keeps the GPU fed.
+        """
+        if self.settings.uses_gpu:
+            return await self.embed_decoded(await self.loader.load(photo))
+        result = PhotoResult(photo=photo, model_name=self.model_name)
+        t0 = time.perf_counter()
+        try:
+            data = await self.loader.fetcher.fetch(photo.preview_path)
+            t1 = time.perf_counter()
+            result.download_ms = (t1 - t0) * 1000
+            loop = asyncio.get_running_loop()
+            result.faces = await loop.run_in_executor(self._compute, self._decode_and_embed, data)
+            result.inference_ms = (time.perf_counter() - t1) * 1000
+        except PhotoError as exc:
+            result.fail(exc)
+        except Exception as exc:  # an unexpected library error: report it, retry next run
+            log.exception("processing %s failed", photo.filename)
+            result.fail(PhotoError(f"{type(exc).__name__}: {exc}"), code="processing_error", transient=True)
+        return result
 
     async def embed_decoded(self, decoded: DecodedPhoto) -> PhotoResult:
         """The model half: faces of a decoded photo (or its loading error, passed on)."""
