@@ -37,6 +37,7 @@ def summarize(
     limit: RunResult | None,
     limit_actor: RunResult | None,
     embed_actors: int,
+    limit_actor_after: RunResult | None = None,
     actor_threads: int,
     cpus: int,
     seed_loops: dict[float, RunResult],
@@ -52,14 +53,20 @@ def summarize(
     pipeline_peaks = peak_by_process([r for r in (*pipelines.values(), rerun) if r is not None])
     # What the pool could do if every actor ran the bare model flat out on its own cores.
     parallel = max(1, min(embed_actors, cpus // max(1, actor_threads)))
-    ideal = round(limit_actor.photos_per_s * parallel, 3) if limit_actor is not None else None
+    # One actor's bare-model rate: measured before Ray starts and again after it stopped
+    # (mean of the two), so drift of the machine's speed during the run cancels out.
+    rates = [r.photos_per_s for r in (limit_actor, limit_actor_after) if r is not None]
+    actor_rate = sum(rates) / len(rates) if rates else None
+    ideal = round(actor_rate * parallel, 3) if actor_rate is not None else None
     return {
         "n_photos": n_photos,
         "n_faces": n_faces,
         "latency_ms": latencies_ms,
         "limit_photos_per_s": _rate(limit),
         "limit_faces_per_s": _face_rate(limit),
-        "limit_actor_threads_photos_per_s": _rate(limit_actor),
+        "limit_actor_threads_photos_per_s": round(actor_rate, 3) if actor_rate is not None else None,
+        "limit_actor_threads_photos_per_s_before": _rate(limit_actor),
+        "limit_actor_threads_photos_per_s_after": _rate(limit_actor_after),
         "limit_actor_threads": actor_threads,
         "ideal_pool_photos_per_s": ideal,
         "seed_loop_photos_per_s": _rate(seed_high),

@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     rerun: RunResult | None = None
     rerun_large: RunResult | None = None
     memory_runs: dict[str, RunResult] = {}
+    limit_actor_after: RunResult | None = None
     writer_figures: dict[str, Any] = {}
     search_figures: dict[str, Any] = {}
     orch_figures: dict[str, Any] = {}
@@ -385,6 +386,18 @@ def main(argv: list[str] | None = None) -> int:
                 rerun_large = run_rerun_large(service, big, args.rerun_n)
                 runs.append(rerun_large)
                 _say(f"{rerun_large.label}: {rerun_large.seconds:.2f} s")
+            # The bare model again, now that Ray is gone: the machine's speed drifts (other
+            # tenants of the host), so the ideal pool uses the mean of before and after.
+            service.stop()
+            service = None
+            after_n = min(n, 150)
+            after_embedder = make_embedder(settings, settings.intra_op_threads())
+            after, _ = run_limit(storage.lazy_files, after_n, {"actor_threads": after_embedder}, settings)
+            limit_actor_after = after["actor_threads"]
+            limit_actor_after.kind = "limit_after"
+            runs.append(limit_actor_after)
+            _say(limit_actor_after.line().replace("(a) limit", "(a) limit again, after (c)", 1))
+            del after_embedder
     finally:
         if service is not None:
             service.stop()
@@ -427,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize(
             limit=limit,
             limit_actor=limit_actor,
+            limit_actor_after=limit_actor_after,
             embed_actors=settings.embed_actors,
             actor_threads=settings.intra_op_threads(),
             cpus=os.cpu_count() or 1,
