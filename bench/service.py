@@ -226,12 +226,16 @@ def run_rerun(service: BenchService, session_id: uuid.UUID, photos: int, latency
 
 
 def seed_indexed_session(settings: Settings, catalog_writer: CatalogWriter, photos: int) -> uuid.UUID:
-    """A session of ``photos`` catalog rows that the index already holds (one face each),
-    written straight into both databases: the rerun path reads exactly these tables."""
+    """A session of ``photos`` catalog rows that the index already holds (one face each, by
+    the current model), written straight into both databases: the rerun path reads exactly
+    these tables."""
     import numpy as np
 
     from facepass.db import make_engine
+    from facepass.faces import ModelPack
     from facepass.store import face_embeddings, indexed_photos
+
+    model_name = ModelPack.from_settings(settings).name  # another model's rows would be stale
 
     sid = catalog_writer.add_session(f"bench rerun {photos}")
     refs = catalog_writer.add_photos(
@@ -252,7 +256,7 @@ def seed_indexed_session(settings: Settings, catalog_writer: CatalogWriter, phot
                         "session_id": sid,
                         "status": "indexed",
                         "face_count": 1,
-                        "model_name": "bench",
+                        "model_name": model_name,
                     }
                     for r in chunk
                 ],
@@ -270,7 +274,7 @@ def seed_indexed_session(settings: Settings, catalog_writer: CatalogWriter, phot
                         "bbox_y2": 1.0,
                         "det_score": 0.9,
                         "embedding": vectors[start + k],
-                        "model_name": "bench",
+                        "model_name": model_name,
                     }  # fmt: skip
                     for k, r in enumerate(chunk)
                 ],
