@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             # tenants of the host), so the ideal pool uses the mean of before and after.
             service.stop()
             service = None
-            after_n = min(n, 150)
+            after_n = min(args.limit_sample or n, n)  # the same photos as before (same mix of faces)
             after_embedder = make_embedder(settings, settings.intra_op_threads())
             after, _ = run_limit(storage.lazy_files, after_n, {"actor_threads": after_embedder}, settings)
             limit_actor_after = after["actor_threads"]
