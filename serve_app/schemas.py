@@ -26,6 +26,9 @@ class ReindexResponse(BaseModel):
     no_face_photos: int
     retry_photos: int
     model_name: str
+    # one run per session: the job that ran it, and whether this call shared another call's run
+    job_id: str | None = None
+    joined: bool = False
 
 
 class JobAccepted(BaseModel):
@@ -36,6 +39,7 @@ class JobAccepted(BaseModel):
     session_id: str
     mode: str
     status_url: str
+    joined: bool = Field(default=False, description="true: the session's run already going, shared")
 
 
 class SelfieFace(BaseModel):
@@ -94,6 +98,7 @@ _MEANING = {
     401: "No API key, or a wrong one (when FACEPASS_API_KEY is set)",
     403: "FacePass is not active for this session",
     404: "Not found (session or job)",
+    409: "The session's run already going cannot be shared (another mode); the body gives its job",
     413: "Image too large (bytes or pixels)",
     415: "The body is not a decodable image (JPEG, PNG, WebP)",
     503: "A database is unreachable or lacks its tables; the body names which and what",
