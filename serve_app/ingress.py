@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import sqlalchemy.exc
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application
@@ -83,6 +83,7 @@ _STATUS: dict[type[FacePassError], int] = {
     SessionBusy: 409,
     DatabaseError: 503,
 }
+REPLICA_HEADER = "X-FacePass-Replica"
 # A joined run that failed answers like its owner did: 503 when a database failed it.
 _DATABASE_CODES = ("database_error", "database_unavailable", "database_schema_missing")
 
@@ -204,6 +205,7 @@ class FacePassIngress:
     async def force_reindex(
         self,
         session_id: uuid.UUID,
+        response: Response,
         mode: Annotated[
             ReindexMode, Query(description="missing | retry_failed | full")
         ] = ReindexMode.MISSING,
@@ -213,12 +215,15 @@ class FacePassIngress:
             coordinator = await self._ready()
             # Validate first, so a bad request gets its 404/403, whether it runs or joins.
             await asyncio.to_thread(self.catalog.require_enabled_session, session_id)
+            served_by = {REPLICA_HEADER: self.runs.runner}  # which replica answered (ops, tests)
             if wait:
+                response.headers.update(served_by)
                 return await self.route_runs.blocking(coordinator, session_id, mode)
             job = await self.route_runs.background(coordinator, session_id, mode)
         return JSONResponse(
             status_code=202,
             content={**job, "status_url": f"/api/v1/faces/reindex-jobs/{job['job_id']}"},
+            headers=served_by,
         )
 
     @api.get(
