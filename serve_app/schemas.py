@@ -78,6 +78,13 @@ class DatabaseErrorBody(ErrorBody):
     missing: list[str] = Field(default_factory=list, description="tables (or columns) that are not there")
 
 
+class SessionBusyBody(ErrorBody):
+    """409: the session has a run going that this call cannot share (it asked for another mode)."""
+
+    job_id: str | None = Field(default=None, description="the running job (poll it, then call again)")
+    mode: str | None = Field(default=None, description="the running job's mode")
+
+
 class InvalidRequestBody(BaseModel):
     """422: a malformed parameter (FastAPI's list of errors) or a selfie with no face (a message)."""
 
@@ -109,7 +116,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` for the error statuses a route can answer, with their bodies."""
     responses: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
-        model: type[BaseModel] = DatabaseErrorBody if status == 503 else ErrorBody
+        model: type[BaseModel] = {503: DatabaseErrorBody, 409: SessionBusyBody}.get(status, ErrorBody)
         if status == 422:
             responses[422] = {"model": InvalidRequestBody, "description": "Invalid parameters"}
         else:
