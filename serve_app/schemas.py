@@ -116,7 +116,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` for the error statuses a route can answer, with their bodies."""
     responses: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
-        model: type[BaseModel] = {503: DatabaseErrorBody, 409: SessionBusyBody}.get(status, ErrorBody)
+        bodies: dict[int, type[BaseModel]] = {503: DatabaseErrorBody, 409: SessionBusyBody}
+        model = bodies.get(status, ErrorBody)
         if status == 422:
             responses[422] = {"model": InvalidRequestBody, "description": "Invalid parameters"}
         else:
