@@ -43,13 +43,6 @@ class FakeProcessor:
         return PhotoOutcome(photo.id, photo.filename, PhotoStatus.INDEXED, face_count=1, best_score=0.9)
 
 
-@pytest.fixture
-def locks(settings: Settings) -> Iterator[SessionLocks]:
-    session_locks = SessionLocks(settings.local_dsn)
-    yield session_locks
-    session_locks.close()
-
-
 @pytest.fixture(scope="module")
 def catalog(settings: Settings) -> Iterator[CloudCatalog]:
     cloud = CloudCatalog(settings.cloud_dsn)

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
-import pytest
 import sqlalchemy as sa
 
 from facepass.session_lock import SessionLocks, _key_halves, session_lock_key
 from facepass.settings import Settings
-
-
-@pytest.fixture
-def locks(settings: Settings) -> Iterator[SessionLocks]:
-    session_locks = SessionLocks(settings.local_dsn)
-    yield session_locks
-    session_locks.close()
 
 
 def test_key_is_stable_signed_64_bit_and_per_session() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -13,16 +13,8 @@ from facepass.job_book import DONE, FAILED, RUNNER_LOST, RUNNING, JobBook, JobSt
 from facepass.reindex import ReindexMode
 from facepass.session_lock import SessionLocks
 from facepass.session_runs import JoinedRun, LocalJobRegistry, OwnedRun, SessionRuns, covers
-from facepass.settings import Settings
 
 MISSING, FULL = ReindexMode.MISSING, ReindexMode.FULL
-
-
-@pytest.fixture
-def locks(settings: Settings) -> Iterator[SessionLocks]:
-    session_locks = SessionLocks(settings.local_dsn)
-    yield session_locks
-    session_locks.close()
 
 
 @pytest.fixture
@@ -32,6 +24,23 @@ def registry() -> LocalJobRegistry:
 
 def runs_of(locks: SessionLocks, registry: LocalJobRegistry, runner: str = "r1") -> SessionRuns:
     return SessionRuns(locks, registry, runner=runner, poll_s=0.02, claim_timeout_s=0.5)
+
+
+async def own(runs: SessionRuns, sid: uuid.UUID, mode: ReindexMode = MISSING) -> OwnedRun:
+    owned = await runs.claim(sid, mode)
+    assert isinstance(owned, OwnedRun)
+    return owned
+
+
+def instant_run(runs: SessionRuns, ran: list[OwnedRun]) -> Callable[[OwnedRun], Awaitable[JobState]]:
+    """A run that is done at once (and says it ran)."""
+
+    async def start(new: OwnedRun) -> JobState:
+        ran.append(new)
+        await runs.finish(new, {"status": DONE})
+        return {**new.identity, "status": DONE}
+
+    return start
 
 
 # --- the book -------------------------------------------------------------------------
@@ -71,8 +80,7 @@ def test_second_claim_joins_the_running_job(locks: SessionLocks, registry: Local
 
     async def go() -> None:
         replica_a, replica_b = runs_of(locks, registry, "a"), runs_of(locks, registry, "b")
-        owned = await replica_a.claim(sid, MISSING)
-        assert isinstance(owned, OwnedRun)
+        owned = await own(replica_a, sid)
         joined = await replica_b.claim(sid, MISSING)
         assert isinstance(joined, JoinedRun) and joined.job_id == owned.job_id
         assert joined.job["runner"] == "a" and joined.job["runner_pid"] == owned.lock.backend_pid
@@ -118,23 +126,16 @@ def test_a_dead_runner_reads_failed_and_the_next_call_runs(
 
     async def go() -> None:
         runs = runs_of(locks, registry)
-        owned = await runs.claim(sid, MISSING)
-        assert isinstance(owned, OwnedRun)
+        owned = await own(runs, sid)
         assert (await runs.status(owned.job_id))["status"] == RUNNING
         owned.lock.release()  # the runner dies: its connection (and lock) go, the book is not told
         state = await runs.status(owned.job_id)
         assert state["status"] == FAILED and state["code"] == RUNNER_LOST
         assert "runner died" in state["error"] and state["runner"] == "r1"
         assert registry.book.running_job(str(sid)) is None
-        calls: list[str] = []
-
-        async def start(new: OwnedRun) -> JobState:
-            calls.append(new.job_id)
-            await runs.finish(new, {"status": DONE})
-            return {**new.identity, "status": DONE}
-
-        final, joined = await runs.run_or_join(sid, MISSING, start)
-        assert not joined and final["job_id"] == calls[0] != owned.job_id
+        ran: list[OwnedRun] = []
+        final, joined = await runs.run_or_join(sid, MISSING, instant_run(runs, ran))
+        assert not joined and final["job_id"] == ran[0].job_id != owned.job_id
 
     asyncio.run(go())
 
@@ -146,14 +147,8 @@ def test_a_joiner_whose_runner_dies_runs_the_session_itself(
 
     async def go() -> None:
         runs = runs_of(locks, registry)
-        owned = await runs.claim(sid, MISSING)
-        assert isinstance(owned, OwnedRun)
-
-        async def start(new: OwnedRun) -> JobState:
-            await runs.finish(new, {"status": DONE})
-            return {**new.identity, "status": DONE}
-
-        joiner = asyncio.create_task(runs.run_or_join(sid, MISSING, start))
+        owned = await own(runs, sid)
+        joiner = asyncio.create_task(runs.run_or_join(sid, MISSING, instant_run(runs, [])))
         await asyncio.sleep(0.1)
         assert not joiner.done()
         owned.lock.release()  # the runner dies
@@ -169,8 +164,7 @@ def test_a_joined_run_that_fails_fails_the_joiner(locks: SessionLocks, registry:
 
     async def go() -> None:
         runs = runs_of(locks, registry)
-        owned = await runs.claim(sid, MISSING)
-        assert isinstance(owned, OwnedRun)
+        owned = await own(runs, sid)
 
         async def never(_: OwnedRun) -> JobState:
             raise AssertionError("the joiner must not run")
@@ -192,23 +186,16 @@ def test_a_stronger_mode_waits_for_the_running_one_then_runs(
 
     async def go() -> None:
         runs = runs_of(locks, registry)
-        weak = await runs.claim(sid, MISSING)
-        assert isinstance(weak, OwnedRun)
+        weak = await own(runs, sid)
         claim = await runs.claim(sid, FULL)  # wait=false callers see it is not theirs
         assert isinstance(claim, JoinedRun) and not covers(claim.job["mode"], FULL)
-        ran: list[str] = []
-
-        async def start(new: OwnedRun) -> JobState:
-            ran.append(new.state["mode"])
-            await runs.finish(new, {"status": DONE})
-            return {**new.identity, "status": DONE}
-
-        caller = asyncio.create_task(runs.run_or_join(sid, FULL, start))
+        ran: list[OwnedRun] = []
+        caller = asyncio.create_task(runs.run_or_join(sid, FULL, instant_run(runs, ran)))
         await asyncio.sleep(0.1)
         assert not ran
         await runs.finish(weak, {"status": DONE})
         final, joined = await asyncio.wait_for(caller, 5)
-        assert ran == ["full"] and not joined and final["mode"] == "full"
+        assert [r.state["mode"] for r in ran] == ["full"] and not joined and final["mode"] == "full"
 
     asyncio.run(go())
 
