@@ -164,7 +164,8 @@ class SessionRuns:
             return job
         reason = f"runner died: {job.get('runner', 'its runner')} no longer holds the session's lock"
         log.warning("job %s of session %s: %s", job["job_id"], job["session_id"], reason)
-        return await self.registry.fail_if_running(job["job_id"], reason, RUNNER_LOST) or job
+        failed = await self.registry.fail_if_running(job["job_id"], reason, RUNNER_LOST)
+        return failed or {**job, "status": FAILED, "error": reason, "code": RUNNER_LOST}
 
     async def status(self, job_id: str) -> JobState:
         """The job's state, checked: never ``running`` for a job whose runner is gone."""
