@@ -12,7 +12,7 @@ import pytest
 from facepass.bulk import BulkReindexer
 from facepass.catalog import CloudCatalog
 from facepass.demo.scenario import CatalogWriter
-from facepass.job_book import DONE, FAILED
+from facepass.job_book import DONE, FAILED, JobState
 from facepass.models import PhotoOutcome, PhotoRef, PhotoStatus
 from facepass.reindex import ReindexCoordinator, ReindexMode
 from facepass.session_lock import SessionLocks
@@ -127,3 +127,36 @@ def test_a_dry_run_takes_no_lock(
         held.release()
     assert summary.photos_planned == 2 and summary.sessions_busy == 0
     assert not registry.book._jobs
+
+
+def test_a_route_call_joins_the_bulk_jobs_run_of_its_session(
+    catalog: CloudCatalog, store: VectorStore, catalog_writer: CatalogWriter, locks: SessionLocks
+) -> None:
+    sid = new_session(catalog_writer, "shared", 3)
+    registry = LocalJobRegistry()
+    processor = FakeProcessor()
+    processor.hold.clear()
+
+    async def go() -> None:
+        bulk = BulkReindexer(
+            ReindexCoordinator(catalog, store, processor, keep_log=False),
+            runs=SessionRuns(locks, registry, runner="bulk"),
+        )
+        task = asyncio.create_task(bulk.run([sid]))
+        while len(processor.photos) < 3:
+            await asyncio.sleep(0.01)
+        route = SessionRuns(locks, registry, runner="replica", poll_s=0.02)
+        joiner = asyncio.create_task(route.run_or_join(sid, ReindexMode.MISSING, never_runs))
+        await asyncio.sleep(0.1)
+        assert not joiner.done()
+        processor.hold.set()
+        summary = await task
+        final, joined = await asyncio.wait_for(joiner, 5)
+        assert joined and final["runner"] == "bulk" and final["processed_photos"] == 3
+        assert summary.sessions_done == 1 and len(processor.photos) == 3  # nothing twice
+
+    asyncio.run(go())
+
+
+async def never_runs(_: OwnedRun) -> JobState:
+    raise AssertionError("the route call must join, not run")
