@@ -1,41 +1,75 @@
-"""ReindexJobs: where non-blocking reindex jobs keep their state.
+"""ReindexJobs: the job book of every reindex run (Serve replicas and the bulk job).
 
-A named actor, so that any Serve replica can answer ``GET /reindex-jobs/{id}``
-for a job that another replica runs.
+A named, detached actor, so that any Serve replica can answer ``GET
+/reindex-jobs/{id}`` for a job that another replica (or the bulk job) runs, and
+a call for a session finds the run that session has going. The logic is the
+plain ``JobBook``; the actor runs one call at a time, so each call is atomic.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import ray
 
+from facepass.job_book import JobBook, JobState
+
 JOBS_ACTOR_NAME = "facepass-reindex-jobs"
-_KEEP_FINISHED_S = 24 * 3600
 
 
 @ray.remote(num_cpus=0)
 class ReindexJobs:
     def __init__(self) -> None:
-        self._jobs: dict[str, dict[str, Any]] = {}
+        self._book = JobBook()
 
-    def put(self, job_id: str, state: dict[str, Any]) -> None:
-        self._jobs[job_id] = {**state, "updated_at": time.time()}
-        self._forget_old()
+    def start(self, job_id: str, state: JobState) -> None:
+        self._book.start(job_id, state)
 
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        return self._jobs.get(job_id)
+    def progress(self, job_id: str, state: JobState) -> None:
+        self._book.progress(job_id, state)
 
-    def _forget_old(self) -> None:
-        cutoff = time.time() - _KEEP_FINISHED_S
-        for job_id in [
-            j for j, s in self._jobs.items() if s["status"] != "running" and s["updated_at"] < cutoff
-        ]:
-            del self._jobs[job_id]
+    def finish(self, job_id: str, state: JobState) -> None:
+        self._book.finish(job_id, state)
+
+    def fail_if_running(self, job_id: str, error: str, code: str) -> JobState | None:
+        return self._book.fail_if_running(job_id, error, code)
+
+    def get(self, job_id: str) -> JobState | None:
+        return self._book.get(job_id)
+
+    def running_job(self, session_id: str) -> JobState | None:
+        return self._book.running_job(session_id)
 
 
 def jobs_actor(namespace: str) -> Any:
     return ReindexJobs.options(  # type: ignore[attr-defined]
         name=JOBS_ACTOR_NAME, namespace=namespace, lifetime="detached", get_if_exists=True
     ).remote()
+
+
+class RayJobRegistry:
+    """``facepass.session_runs.JobRegistry`` over the named actor."""
+
+    def __init__(self, namespace: str) -> None:
+        self.actor = jobs_actor(namespace)
+
+    async def start(self, job_id: str, state: JobState) -> None:
+        await self.actor.start.remote(job_id, state)
+
+    def progress(self, job_id: str, state: JobState) -> None:
+        self.actor.progress.remote(job_id, state)  # calls from one caller run in order
+
+    async def finish(self, job_id: str, state: JobState) -> None:
+        await self.actor.finish.remote(job_id, state)
+
+    async def fail_if_running(self, job_id: str, error: str, code: str) -> JobState | None:
+        result: JobState | None = await self.actor.fail_if_running.remote(job_id, error, code)
+        return result
+
+    async def get(self, job_id: str) -> JobState | None:
+        result: JobState | None = await self.actor.get.remote(job_id)
+        return result
+
+    async def running_job(self, session_id: str) -> JobState | None:
+        result: JobState | None = await self.actor.running_job.remote(session_id)
+        return result

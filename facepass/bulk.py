@@ -5,6 +5,13 @@ their photos are needed, while the previous session's photos are still in
 flight; the in-flight window is shared by all sessions. Resuming is the
 ledger's job: a stopped run leaves every committed photo committed, and the
 next run plans only what is missing.
+
+One run per session: with ``runs`` given, the job takes each session's run lock
+(``facepass.session_runs``) before planning it and registers the run in the job
+book, so route calls for that session join it; a session whose lock another run
+holds (a route call, another bulk job) is skipped and reported as running
+elsewhere (``sessions_busy``): that run indexes it, and waiting would stall the
+stream of the other sessions.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from facepass.errors import FacePassError
+from facepass.job_book import DONE
 from facepass.models import PhotoOutcome, SessionInfo
 from facepass.reindex import ReindexCoordinator, ReindexMode, ReindexPlan, SessionRun
 from facepass.report import ReindexReport
+from facepass.session_runs import OwnedRun, SessionRuns
 
 log = logging.getLogger("facepass.bulk")
 
@@ -32,6 +41,7 @@ class BulkSummary:
     sessions_complete: int = 0  # nothing was missing
     sessions_inactive: int = 0
     sessions_invalid: int = 0
+    sessions_busy: int = 0  # another run (a route call, another job) had the session
     photos_total: int = 0
     photos_skipped: int = 0
     photos_planned: int = 0
@@ -46,6 +56,7 @@ class BulkSummary:
     elapsed_s: float = 0.0
     dry_run: bool = False
     inactive_session_ids: list[str] = field(default_factory=list)
+    busy_session_ids: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def add_plan(self, plan: ReindexPlan) -> None:
@@ -76,7 +87,7 @@ class BulkSummary:
             "=== МАССОВАЯ ПЕРЕИНДЕКСАЦИЯ ЗАВЕРШЕНА ===",
             f"Сессий: {self.sessions_seen} (завершено {self.sessions_done}, "
             f"уже полных {self.sessions_complete}, FacePass не активен {self.sessions_inactive}, "
-            f"ошибок {self.sessions_invalid})",
+            f"ошибок {self.sessions_invalid}, заняты другим запуском {self.sessions_busy})",
             f"Фото: всего {self.photos_total}, пропущено {self.photos_skipped}, "
             f"обработано {self.photos_processed}, успешно {self.photos_successful}, "
             f"с ошибками {self.photos_failed}",
@@ -96,9 +107,13 @@ class BulkHooks:
 
 
 class BulkReindexer:
-    def __init__(self, coordinator: ReindexCoordinator, page_size: int = 1000) -> None:
+    def __init__(
+        self, coordinator: ReindexCoordinator, page_size: int = 1000, runs: SessionRuns | None = None
+    ) -> None:
         self.coordinator = coordinator
         self.page_size = page_size
+        self.runs = runs
+        self._owned: dict[int, OwnedRun] = {}  # id(SessionRun) -> its lock and job
 
     def sessions(self, session_ids: list[uuid.UUID] | None) -> Iterator[SessionInfo | FacePassError]:
         if session_ids:
@@ -126,11 +141,13 @@ class BulkReindexer:
         source = self.sessions(session_ids)
         try:
             await self._stream(source, summary, pending, window, mode, dry_run, hooks)
-        finally:
+        except BaseException as exc:
             # Stopped (job stop, Ctrl-C): drop what is in flight; the ledger keeps what committed.
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            await self._abandon_all(exc)
+            raise
         summary.elapsed_s = time.perf_counter() - started
         for line in summary.lines():
             log.info(line)
@@ -161,7 +178,19 @@ class BulkReindexer:
                 summary.inactive_session_ids.append(str(item.id))
                 log.info("Сессия %s (%s) пропущена: FacePass не активен", item.id, item.name)
                 continue
+            owned = None
+            if self.runs is not None and not dry_run:
+                owned = await self.runs.try_own(item.id, mode)
+                if owned is None:
+                    summary.sessions_busy += 1
+                    summary.busy_session_ids.append(str(item.id))
+                    log.info(
+                        "Сессия %s (%s) пропущена: её уже переиндексирует другой запуск", item.id, item.name
+                    )
+                    continue
             run = self.coordinator.new_run(item.id)
+            if owned is not None:
+                self._owned[id(run)] = owned
             plan = await asyncio.to_thread(self.coordinator.plan_session, item, mode)
             self.coordinator.begin(run, plan)
             if not dry_run:
@@ -172,7 +201,7 @@ class BulkReindexer:
             if dry_run:
                 continue
             if not plan.todo:
-                summary.add_report(await self.coordinator.finish(run))
+                await self._finish(run, summary)
                 continue
             for index, photo in enumerate(plan.todo, start=1):
                 while len(pending) >= window:
@@ -195,5 +224,24 @@ class BulkReindexer:
             self.coordinator.record(run, outcome)
             if hooks.outcome:
                 hooks.outcome(run, outcome)
+            owned = self._owned.get(id(run))
+            if owned is not None and self.runs is not None:
+                self.runs.progress(owned, run.report.progress(time.perf_counter() - run.started))
             if run.remaining == 0:
-                summary.add_report(await self.coordinator.finish(run))
+                await self._finish(run, summary)
+
+    async def _finish(self, run: SessionRun, summary: BulkSummary) -> None:
+        """The session's report; then its job done in the book and its lock released."""
+        report = await self.coordinator.finish(run)
+        summary.add_report(report)
+        owned = self._owned.pop(id(run), None)
+        if owned is not None and self.runs is not None:
+            await self.runs.finish(owned, {**report.to_response(), "status": DONE})
+
+    async def _abandon_all(self, exc: BaseException) -> None:
+        """Sessions under way when the job stopped: their jobs fail, their locks are freed."""
+        owned_runs, self._owned = list(self._owned.values()), {}
+        if self.runs is None:
+            return
+        for owned in owned_runs:
+            await self.runs.fail(owned, exc)

@@ -188,3 +188,38 @@ class WorkerLost(PhotoError):
 
     code = "worker_lost"
     transient = True
+
+
+# --- one run per session ---------------------------------------------------------
+class SessionBusy(_ById):
+    """The session has a run going that this call cannot share (another mode, or a
+    runner that does not say its job id)."""
+
+    code = "session_busy"
+
+    def __init__(self, session_id: str, job_id: str | None = None, mode: str | None = None) -> None:
+        running = f" (задача {job_id}, режим {mode})" if job_id else ""
+        super().__init__(session_id, f"Сессия {session_id} уже переиндексируется{running}")
+        self.session_id = session_id
+        self.job_id = job_id
+        self.mode = mode
+
+    def __reduce__(self) -> tuple[type, tuple[str, str | None, str | None]]:  # type: ignore[override]
+        return (type(self), (self.session_id, self.job_id, self.mode))
+
+
+class JoinedRunFailed(_ById):
+    """The run this call waited for ended in failure (not because its runner died)."""
+
+    code = "joined_run_failed"
+
+    def __init__(self, job_id: str, detail: str, cause_code: str | None = None) -> None:
+        super().__init__(
+            job_id, f"Переиндексация {job_id}, к которой присоединился запрос, не удалась: {detail}"
+        )
+        self.job_id = job_id
+        self.detail = detail
+        self.cause_code = cause_code
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str | None]]:  # type: ignore[override]
+        return (type(self), (self.job_id, self.detail, self.cause_code))

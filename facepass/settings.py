@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     # list. Unset: the routes are open, which is refused on a non-loopback http_host.
     api_key: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     ray_namespace: str = "facepass"
+    # Replicas of the HTTP ingress; calls for one session share one run whichever replica they hit.
+    serve_replicas: int = Field(default=1, ge=1)
 
     # Embedding pool.
     embed_actors: int = Field(default=2, ge=1)

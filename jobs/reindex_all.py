@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import uuid
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import ray
 from ray.experimental.tqdm_ray import tqdm
 
+from actors.jobs import RayJobRegistry
 from actors.metrics import reindex_metrics
 from actors.pool import EmbeddingPool
 from facepass.bulk import BulkHooks, BulkReindexer, BulkSummary
@@ -30,6 +32,8 @@ from facepass.db import resolve_databases
 from facepass.faces import ModelPack
 from facepass.models import PhotoOutcome, PhotoRef
 from facepass.reindex import ReindexCoordinator, ReindexMode, SessionRun
+from facepass.session_lock import SessionLocks
+from facepass.session_runs import SessionRuns
 from facepass.settings import Settings
 from facepass.store import PruneResult, VectorStore
 
@@ -92,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         report = run.report
         metrics.progress(str(report.session_id), report.processed_photos, report.planned_photos)
 
-    bulk = BulkReindexer(coordinator, page_size=settings.catalog_page_size)
+    # One run per session: this driver holds each session's lock while it runs it (a session
+    # another run holds is skipped and reported); route calls for its sessions join its runs.
+    locks = SessionLocks(settings.local_dsn)
+    registry = RayJobRegistry(settings.ray_namespace)
+    runs = SessionRuns(locks, registry, runner=f"bulk-job:{socket.gethostname()}:{os.getpid()}")
+    bulk = BulkReindexer(coordinator, page_size=settings.catalog_page_size, runs=runs)
     hooks = BulkHooks(planned=planned, outcome=outcome)
 
     async def run_until_stopped() -> BulkSummary:
@@ -118,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"summary written to {args.summary_json.resolve()}")
     catalog.close()
     store.close()
+    locks.close()
     return 0 if summary.sessions_invalid == 0 else 1
 
 

@@ -7,21 +7,19 @@ the class-based routes that Serve wraps.
 import asyncio
 import logging
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import sqlalchemy.exc
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from actors.jobs import jobs_actor
-from actors.metrics import reindex_metrics
+from actors.jobs import RayJobRegistry
 from actors.pool import EmbeddingPool
 from facepass.catalog import CloudCatalog
 from facepass.db import resolve_databases
@@ -33,23 +31,27 @@ from facepass.errors import (
     FacePassDisabled,
     FacePassError,
     JobNotFound,
+    JoinedRunFailed,
     NoFaceDetected,
     NotAnImage,
     PhotoError,
     SelfieHasNoFace,
     SelfieNotAnImage,
     SelfieTooLarge,
+    SessionBusy,
     SessionNotFound,
     Unauthorized,
 )
 from facepass.health import DatabaseProbe, diagnose, is_database_failure
 from facepass.reindex import ReindexCoordinator, ReindexMode
-from facepass.report import ReindexReport
 from facepass.search import DEFAULT_THRESHOLD, find_photos, selfie_face
+from facepass.session_lock import SessionLocks
+from facepass.session_runs import SessionRuns
 from facepass.settings import Settings
 from facepass.store import VectorStore, face_embeddings, indexed_photos
 from serve_app import auth
 from serve_app.auth import API_KEY
+from serve_app.runs import RouteRuns
 from serve_app.schemas import (
     HealthResponse,
     JobAccepted,
@@ -78,8 +80,12 @@ _STATUS: dict[type[FacePassError], int] = {
     SelfieTooLarge: 413,
     BadSelfie: 400,
     FacePassDisabled: 403,
+    SessionBusy: 409,
     DatabaseError: 503,
 }
+REPLICA_HEADER = "X-FacePass-Replica"
+# A joined run that failed answers like its owner did: 503 when a database failed it.
+_DATABASE_CODES = ("database_error", "database_unavailable", "database_schema_missing")
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
 IMAGE_BODY: dict[str, Any] = {
@@ -97,6 +103,11 @@ IMAGE_BODY: dict[str, Any] = {
 async def _facepass_error(_: Request, exc: FacePassError) -> JSONResponse:
     status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
     content: dict[str, Any] = {"detail": str(exc), "code": exc.code}
+    if isinstance(exc, SessionBusy):
+        content |= {"job_id": exc.job_id, "mode": exc.mode}
+    if isinstance(exc, JoinedRunFailed):
+        content |= {"job_id": exc.job_id, "cause_code": exc.cause_code}
+        status = 503 if exc.cause_code in _DATABASE_CODES else 500
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if isinstance(exc, DatabaseError):
         content |= {"database": exc.database, "missing": list(exc.missing)}
@@ -109,6 +120,14 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     """Routing errors (no such path, method not allowed) in the same body as ours."""
     content = {"detail": str(exc.detail), "code": f"http_{exc.status_code}"}
     return JSONResponse(status_code=exc.status_code, content=content, headers=exc.headers)
+
+
+def _replica_name() -> str:
+    """This replica's actor name (namespace ``serve``): who runs a job, for people and tests."""
+    try:
+        return serve.get_replica_context().replica_id.to_full_id_str()
+    except Exception:  # not inside a Serve replica
+        return f"serve-replica:{uuid.uuid4().hex[:8]}"
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=32)
@@ -125,8 +144,9 @@ class FacePassIngress:
             DatabaseProbe(CLOUD_CATALOG, self.catalog.engine, catalog_tables),
             DatabaseProbe(LOCAL_INDEX, self.store.engine, (face_embeddings.name, indexed_photos.name)),
         )
-        self.jobs = jobs_actor(settings.ray_namespace)
-        self._background: set[asyncio.Task[None]] = set()
+        self.locks = SessionLocks(settings.local_dsn)
+        self.runs = SessionRuns(self.locks, RayJobRegistry(settings.ray_namespace), runner=_replica_name())
+        self.route_runs = RouteRuns(self.runs, self._database_errors)
         self._starting = threading.Lock()
         self._coordinator: ReindexCoordinator | None = None
         self.pool: EmbeddingPool | None = None
@@ -174,13 +194,18 @@ class FacePassIngress:
         summary="Index the session's photos that the local index does not hold yet",
         dependencies=API_KEY,
         responses={
-            202: {"model": JobAccepted, "description": "`?wait=false`: the job runs in the background"},
-            **error_responses(401, 403, 404, 422, 503),
+            202: {
+                "model": JobAccepted,
+                "description": "`?wait=false`: the job runs in the background (or the session's "
+                "running job, `joined: true`)",
+            },
+            **error_responses(401, 403, 404, 409, 422, 503),
         },
     )
     async def force_reindex(
         self,
         session_id: uuid.UUID,
+        response: Response,
         mode: Annotated[
             ReindexMode, Query(description="missing | retry_failed | full")
         ] = ReindexMode.MISSING,
@@ -188,62 +213,28 @@ class FacePassIngress:
     ) -> Any:
         async with self._database_errors():
             coordinator = await self._ready()
-            if wait:
-                report = await coordinator.run(session_id, mode, self._progress_hook())
-                return report.to_response()
-            # Validate now, so a bad request still gets its 404/403 and not a job id.
+            # Validate first, so a bad request gets its 404/403, whether it runs or joins.
             await asyncio.to_thread(self.catalog.require_enabled_session, session_id)
-        job_id = uuid.uuid4().hex
-        state = {"job_id": job_id, "status": "running", "session_id": str(session_id), "mode": mode.value}
-        await self.jobs.put.remote(job_id, state)
-        task = asyncio.create_task(self._run_job(coordinator, job_id, session_id, mode))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+            served_by = {REPLICA_HEADER: self.runs.runner}  # which replica answered (ops, tests)
+            if wait:
+                response.headers.update(served_by)
+                return await self.route_runs.blocking(coordinator, session_id, mode)
+            job = await self.route_runs.background(coordinator, session_id, mode)
         return JSONResponse(
             status_code=202,
-            content={**state, "status_url": f"/api/v1/faces/reindex-jobs/{job_id}"},
+            content={**job, "status_url": f"/api/v1/faces/reindex-jobs/{job['job_id']}"},
+            headers=served_by,
         )
 
     @api.get(
         "/api/v1/faces/reindex-jobs/{job_id}",
-        summary="State of a non-blocking reindex job",
+        summary="State of a reindex job (a job whose runner died reads failed)",
         dependencies=API_KEY,
-        responses=error_responses(401, 404, 422),
+        responses=error_responses(401, 404, 422, 503),
     )
     async def reindex_job(self, job_id: str) -> dict[str, Any]:
-        state: dict[str, Any] | None = await self.jobs.get.remote(job_id)
-        if state is None:
-            raise JobNotFound(job_id)
-        return state
-
-    def _progress_hook(self, job_id: str | None = None) -> Any:
-        metrics = reindex_metrics()
-        started = time.perf_counter()
-        last_put = [0.0]
-
-        def hook(report: ReindexReport) -> None:
-            metrics.progress(str(report.session_id), report.processed_photos, report.planned_photos)
-            now = time.perf_counter()
-            if job_id is not None and now - last_put[0] >= 0.5:  # do not flood the registry
-                last_put[0] = now
-                state = {"job_id": job_id, "status": "running", **report.progress(now - started)}
-                self.jobs.put.remote(job_id, state)
-
-        return hook
-
-    async def _run_job(
-        self, coordinator: ReindexCoordinator, job_id: str, session_id: uuid.UUID, mode: ReindexMode
-    ) -> None:
-        try:
-            async with self._database_errors():
-                report = await coordinator.run(session_id, mode, self._progress_hook(job_id))
-            state = {**report.to_response(), "job_id": job_id, "status": "done"}
-        except Exception as exc:  # the job fails; the service does not
-            log.exception("reindex job %s failed", job_id)
-            state = {"job_id": job_id, "status": "failed", "session_id": str(session_id), "error": str(exc)}
-            if isinstance(exc, FacePassError):
-                state["code"] = exc.code
-        await self.jobs.put.remote(job_id, state)
+        async with self._database_errors():
+            return await self.runs.status(job_id)
 
     @api.post(
         "/api/v1/faces/search/{session_id}",
@@ -348,5 +339,6 @@ class FacePassIngress:
 def build_app(settings: Settings | None = None) -> Application:
     """The bound application; databases resolved here (embedded PostgreSQL if no DSN)."""
     resolved = resolve_databases(settings or Settings())
-    app: Application = FacePassIngress.bind(resolved)  # type: ignore[attr-defined]
+    deployment = FacePassIngress.options(num_replicas=resolved.serve_replicas)  # type: ignore[attr-defined]
+    app: Application = deployment.bind(resolved)
     return app

@@ -37,6 +37,9 @@ class ReindexResponse(BaseModel):
     pruned_faces: int = 0
     # p50/p95 over this run's photos of each step (null: no photo reached it), ms
     timings_ms: dict[str, StepTiming | None] = Field(default_factory=dict)
+    # one run per session: the job that ran it, and whether this call shared another call's run
+    job_id: str | None = None
+    joined: bool = False
 
 
 class JobAccepted(BaseModel):
@@ -47,6 +50,7 @@ class JobAccepted(BaseModel):
     session_id: str
     mode: str
     status_url: str
+    joined: bool = Field(default=False, description="true: the session's run already going, shared")
 
 
 class SelfieFace(BaseModel):
@@ -85,6 +89,13 @@ class DatabaseErrorBody(ErrorBody):
     missing: list[str] = Field(default_factory=list, description="tables (or columns) that are not there")
 
 
+class SessionBusyBody(ErrorBody):
+    """409: the session has a run going that this call cannot share (it asked for another mode)."""
+
+    job_id: str | None = Field(default=None, description="the running job (poll it, then call again)")
+    mode: str | None = Field(default=None, description="the running job's mode")
+
+
 class InvalidRequestBody(BaseModel):
     """422: a malformed parameter (FastAPI's list of errors) or a selfie with no face (a message)."""
 
@@ -105,6 +116,7 @@ _MEANING = {
     401: "No API key, or a wrong one (when FACEPASS_API_KEY is set)",
     403: "FacePass is not active for this session",
     404: "Not found (session or job)",
+    409: "The session's run already going cannot be shared (another mode); the body gives its job",
     413: "Image too large (bytes or pixels)",
     415: "The body is not a decodable image (JPEG, PNG, WebP)",
     503: "A database is unreachable or lacks its tables; the body names which and what",
@@ -115,7 +127,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` for the error statuses a route can answer, with their bodies."""
     responses: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
-        model: type[BaseModel] = DatabaseErrorBody if status == 503 else ErrorBody
+        bodies: dict[int, type[BaseModel]] = {503: DatabaseErrorBody, 409: SessionBusyBody}
+        model = bodies.get(status, ErrorBody)
         if status == 422:
             responses[422] = {"model": InvalidRequestBody, "description": "Invalid parameters"}
         else:

@@ -204,6 +204,8 @@ def test_non_blocking_route_gives_a_job_with_progress_and_the_same_final_json(
     assert all("eta_s" in s and s["planned_photos"] == n_photos for s in running)
     # A blocking call now answers with the same fields, and nothing left to do.
     blocking = service.reindex(sid).json()
-    assert set(blocking) <= set(final) and blocking["skipped_photos"] == n_photos
+    # (`joined` is said to each call: whether it shared another call's run.)
+    assert set(blocking) - {"joined"} <= set(final) and blocking["skipped_photos"] == n_photos
+    assert blocking["joined"] is False
     assert service.get("/api/v1/faces/reindex-jobs/nope").status_code == 404
     assert service.reindex(uuid.uuid4(), wait="false").status_code == 404

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from facepass.faces import FaceEmbedder
+from facepass.session_lock import SessionLocks
 from facepass.settings import Settings
 
 
@@ -25,3 +26,11 @@ def _no_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def embedder() -> FaceEmbedder:
     """One loaded default model pack (CPU) for every unit test that needs faces."""
     return FaceEmbedder(Settings(gpus_per_actor=0)).load()
+
+
+@pytest.fixture
+def locks(settings: Settings) -> Iterator[SessionLocks]:
+    """Per-session run locks in the embedded index database."""
+    session_locks = SessionLocks(settings.local_dsn)
+    yield session_locks
+    session_locks.close()

@@ -21,8 +21,8 @@ def spec() -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("path", "method", "statuses"),
     [
-        (REINDEX, "post", {"200", "202", "401", "403", "404", "422", "503"}),
-        (JOB, "get", {"200", "401", "404", "422"}),
+        (REINDEX, "post", {"200", "202", "401", "403", "404", "409", "422", "503"}),
+        (JOB, "get", {"200", "401", "404", "422", "503"}),
         (SEARCH, "post", {"200", "400", "401", "403", "404", "413", "415", "422", "503"}),
         ("/healthz", "get", {"200", "503"}),
     ],
@@ -39,6 +39,9 @@ def test_every_status_is_documented_with_a_body(
     if "503" in responses and path != "/healthz":
         schema = responses["503"]["content"]["application/json"]["schema"]
         assert schema["$ref"].endswith("/DatabaseErrorBody")
+    if "409" in responses:
+        schema = responses["409"]["content"]["application/json"]["schema"]
+        assert schema["$ref"].endswith("/SessionBusyBody")
 
 
 def test_search_body_is_a_required_image(spec: dict[str, Any]) -> None:

@@ -1,0 +1,211 @@
+"""facepass.session_runs + job_book: one run per session, on real PostgreSQL locks, no Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from facepass.errors import JoinedRunFailed, SessionBusy
+from facepass.job_book import DONE, FAILED, RUNNER_LOST, RUNNING, JobBook, JobState
+from facepass.reindex import ReindexMode
+from facepass.session_lock import SessionLocks
+from facepass.session_runs import JoinedRun, LocalJobRegistry, OwnedRun, SessionRuns, covers
+
+MISSING, FULL = ReindexMode.MISSING, ReindexMode.FULL
+
+
+@pytest.fixture
+def registry() -> LocalJobRegistry:
+    return LocalJobRegistry()
+
+
+def runs_of(locks: SessionLocks, registry: LocalJobRegistry, runner: str = "r1") -> SessionRuns:
+    return SessionRuns(locks, registry, runner=runner, poll_s=0.02, claim_timeout_s=0.5)
+
+
+async def own(runs: SessionRuns, sid: uuid.UUID, mode: ReindexMode = MISSING) -> OwnedRun:
+    owned = await runs.claim(sid, mode)
+    assert isinstance(owned, OwnedRun)
+    return owned
+
+
+def instant_run(runs: SessionRuns, ran: list[OwnedRun]) -> Callable[[OwnedRun], Awaitable[JobState]]:
+    """A run that is done at once (and says it ran)."""
+
+    async def start(new: OwnedRun) -> JobState:
+        ran.append(new)
+        await runs.finish(new, {"status": DONE})
+        return {**new.identity, "status": DONE}
+
+    return start
+
+
+# --- the book -------------------------------------------------------------------------
+def test_book_keeps_the_end_and_the_running_index() -> None:
+    book = JobBook()
+    book.start("a", {"session_id": "s", "mode": "missing", "runner": "r", "runner_pid": 7})
+    assert book.running_job("s")["job_id"] == "a"  # type: ignore[index]
+    book.progress("a", {"processed_photos": 3})
+    assert book.get("a")["processed_photos"] == 3  # type: ignore[index]
+    book.finish("a", {"status": DONE, "processed_photos": 5})
+    assert book.running_job("s") is None
+    book.progress("a", {"processed_photos": 4})  # a late message does not revive it
+    state = book.get("a")
+    assert state is not None and state["status"] == DONE and state["processed_photos"] == 5
+    assert state["runner"] == "r" and state["mode"] == "missing"  # identity kept
+    assert book.fail_if_running("a", "gone", RUNNER_LOST)["status"] == DONE  # type: ignore[index]
+    assert book.fail_if_running("nope", "gone", RUNNER_LOST) is None
+
+
+def test_book_a_new_run_of_the_session_ends_the_lost_one() -> None:
+    book = JobBook()
+    book.start("old", {"session_id": "s", "mode": "missing"})
+    book.start("new", {"session_id": "s", "mode": "missing"})
+    old = book.get("old")
+    assert old is not None and old["status"] == FAILED and old["code"] == RUNNER_LOST
+    assert book.running_job("s")["job_id"] == "new"  # type: ignore[index]
+
+
+def test_modes_cover_weaker_ones() -> None:
+    assert covers("full", MISSING) and covers("retry_failed", MISSING) and covers("missing", MISSING)
+    assert not covers("missing", FULL) and not covers("missing", ReindexMode.RETRY_FAILED)
+
+
+# --- claims ----------------------------------------------------------------------------
+def test_second_claim_joins_the_running_job(locks: SessionLocks, registry: LocalJobRegistry) -> None:
+    sid = uuid.uuid4()
+
+    async def go() -> None:
+        replica_a, replica_b = runs_of(locks, registry, "a"), runs_of(locks, registry, "b")
+        owned = await own(replica_a, sid)
+        joined = await replica_b.claim(sid, MISSING)
+        assert isinstance(joined, JoinedRun) and joined.job_id == owned.job_id
+        assert joined.job["runner"] == "a" and joined.job["runner_pid"] == owned.lock.backend_pid
+        await replica_a.finish(owned, {"status": DONE, "processed_photos": 1})
+        assert not owned.lock.held
+        again = await replica_b.claim(sid, MISSING)  # the session is free again
+        assert isinstance(again, OwnedRun) and again.job_id != owned.job_id
+        await replica_b.finish(again, {"status": DONE})
+
+    asyncio.run(go())
+
+
+def test_ten_blocking_calls_share_one_run(locks: SessionLocks, registry: LocalJobRegistry) -> None:
+    sid = uuid.uuid4()
+    started: list[str] = []
+
+    async def go() -> list[tuple[JobState, bool]]:
+        async def one(i: int) -> tuple[JobState, bool]:
+            runs = runs_of(locks, registry, f"replica-{i % 2}")
+
+            async def start(owned: OwnedRun) -> JobState:
+                started.append(owned.job_id)
+                await asyncio.sleep(0.3)  # the run
+                state = {"status": DONE, "processed_photos": 40, "successful_photos": 40}
+                await runs.finish(owned, state)
+                return {**owned.identity, **state}
+
+            return await runs.run_or_join(sid, MISSING, start)
+
+        return await asyncio.gather(*(one(i) for i in range(10)))
+
+    answers = asyncio.run(go())
+    assert len(started) == 1
+    assert sorted(joined for _, joined in answers) == [False] + [True] * 9
+    assert {state["job_id"] for state, _ in answers} == set(started)
+    assert {(state["processed_photos"], state["successful_photos"]) for state, _ in answers} == {(40, 40)}
+
+
+def test_a_dead_runner_reads_failed_and_the_next_call_runs(
+    locks: SessionLocks, registry: LocalJobRegistry
+) -> None:
+    sid = uuid.uuid4()
+
+    async def go() -> None:
+        runs = runs_of(locks, registry)
+        owned = await own(runs, sid)
+        assert (await runs.status(owned.job_id))["status"] == RUNNING
+        owned.lock.release()  # the runner dies: its connection (and lock) go, the book is not told
+        state = await runs.status(owned.job_id)
+        assert state["status"] == FAILED and state["code"] == RUNNER_LOST
+        assert "runner died" in state["error"] and state["runner"] == "r1"
+        assert registry.book.running_job(str(sid)) is None
+        ran: list[OwnedRun] = []
+        final, joined = await runs.run_or_join(sid, MISSING, instant_run(runs, ran))
+        assert not joined and final["job_id"] == ran[0].job_id != owned.job_id
+
+    asyncio.run(go())
+
+
+def test_a_joiner_whose_runner_dies_runs_the_session_itself(
+    locks: SessionLocks, registry: LocalJobRegistry
+) -> None:
+    sid = uuid.uuid4()
+
+    async def go() -> None:
+        runs = runs_of(locks, registry)
+        owned = await own(runs, sid)
+        joiner = asyncio.create_task(runs.run_or_join(sid, MISSING, instant_run(runs, [])))
+        await asyncio.sleep(0.1)
+        assert not joiner.done()
+        owned.lock.release()  # the runner dies
+        final, joined = await asyncio.wait_for(joiner, 5)
+        assert not joined and final["job_id"] != owned.job_id
+        assert registry.book.get(owned.job_id)["code"] == RUNNER_LOST  # type: ignore[index]
+
+    asyncio.run(go())
+
+
+def test_a_joined_run_that_fails_fails_the_joiner(locks: SessionLocks, registry: LocalJobRegistry) -> None:
+    sid = uuid.uuid4()
+
+    async def go() -> None:
+        runs = runs_of(locks, registry)
+        owned = await own(runs, sid)
+
+        async def never(_: OwnedRun) -> JobState:
+            raise AssertionError("the joiner must not run")
+
+        joiner = asyncio.create_task(runs.run_or_join(sid, MISSING, never))
+        await asyncio.sleep(0.1)
+        await runs.fail(owned, RuntimeError("boom"))
+        with pytest.raises(JoinedRunFailed) as info:
+            await joiner
+        assert info.value.job_id == owned.job_id and info.value.cause_code == "error"
+
+    asyncio.run(go())
+
+
+def test_a_stronger_mode_waits_for_the_running_one_then_runs(
+    locks: SessionLocks, registry: LocalJobRegistry
+) -> None:
+    sid = uuid.uuid4()
+
+    async def go() -> None:
+        runs = runs_of(locks, registry)
+        weak = await own(runs, sid)
+        claim = await runs.claim(sid, FULL)  # wait=false callers see it is not theirs
+        assert isinstance(claim, JoinedRun) and not covers(claim.job["mode"], FULL)
+        ran: list[OwnedRun] = []
+        caller = asyncio.create_task(runs.run_or_join(sid, FULL, instant_run(runs, ran)))
+        await asyncio.sleep(0.1)
+        assert not ran
+        await runs.finish(weak, {"status": DONE})
+        final, joined = await asyncio.wait_for(caller, 5)
+        assert [r.state["mode"] for r in ran] == ["full"] and not joined and final["mode"] == "full"
+
+    asyncio.run(go())
+
+
+def test_a_lock_held_without_a_job_is_busy(locks: SessionLocks, registry: LocalJobRegistry) -> None:
+    sid = uuid.uuid4()
+    foreign = locks.try_acquire(sid)  # e.g. a runner whose book was lost
+    assert foreign is not None
+    try:
+        with pytest.raises(SessionBusy):
+            asyncio.run(runs_of(locks, registry).claim(sid, MISSING))
+    finally:
+        foreign.release()
