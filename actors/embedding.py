@@ -28,9 +28,11 @@ class EmbeddingActor:
         self._trim = HeapTrimmer()
 
     async def process(self, photo: PhotoRef) -> PhotoResult:
-        result = await self.pipeline.run(photo)
-        self._trim.tick()
-        return result
+        self._trim.start()
+        try:
+            return await self.pipeline.run(photo)
+        finally:
+            self._trim.done()
 
     async def process_batch(self, photos: list[PhotoRef]) -> list[PhotoResult]:
         """Several photos in one call (one Ray round trip); their downloads overlap."""
@@ -38,9 +40,11 @@ class EmbeddingActor:
 
     async def embed_decoded(self, decoded: DecodedPhoto) -> PhotoResult:
         """The model half only: the photo was fetched and decoded by a decoder actor."""
-        result = await self.pipeline.embed_decoded(decoded)
-        self._trim.tick()
-        return result
+        self._trim.start()
+        try:
+            return await self.pipeline.embed_decoded(decoded)
+        finally:
+            self._trim.done()
 
     async def embed_decoded_batch(self, decoded: list[DecodedPhoto]) -> list[PhotoResult]:
         return list(await asyncio.gather(*(self.embed_decoded(d) for d in decoded)))

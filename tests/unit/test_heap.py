@@ -16,8 +16,20 @@ def test_heap_settings_apply_on_glibc() -> None:
     assert keep_buffers_in_heap() is True
 
 
-def test_trimmer_trims_every_n_photos() -> None:
-    trimmer = HeapTrimmer(every=3)
-    for _ in range(7):
-        trimmer.tick()
-    assert trimmer.count == 7
+def test_trimmer_waits_for_idle_or_every_n_photos() -> None:
+    trimmer = HeapTrimmer(every=5)
+    for _ in range(8):  # eight photos in flight at once
+        trimmer.start()
+    for _ in range(4):
+        trimmer.done()
+    assert trimmer.trims == 0  # busy, fewer than `every` photos since the last trim
+    trimmer.done()
+    assert trimmer.trims == 1  # the fifth photo while busy
+    for _ in range(2):
+        trimmer.done()
+    assert trimmer.trims == 1
+    trimmer.done()
+    assert (trimmer.active, trimmer.trims) == (0, 2)  # idle: trimmed at once
+    trimmer.start()
+    trimmer.done()
+    assert trimmer.trims == 3
