@@ -32,12 +32,26 @@ def peak_by_process(runs: list[RunResult]) -> dict[str, float]:
     return peaks
 
 
+def _pair_ratio(paired: tuple[RunResult, RunResult, RunResult], parallel: int) -> float:
+    before, pipeline, after = paired
+    return pipeline.photos_per_s / (parallel * (before.photos_per_s + after.photos_per_s) / 2)
+
+
+def median_round(
+    paired: list[tuple[RunResult, RunResult, RunResult]], parallel: int
+) -> tuple[RunResult, RunResult, RunResult]:
+    """The round (bare before, pipeline, bare after) whose ratio to the ideal pool is the median."""
+    ordered = sorted(paired, key=lambda p: _pair_ratio(p, parallel))
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def summarize(
     *,
     limit: RunResult | None,
     limit_actor: RunResult | None,
     embed_actors: int,
     limit_actor_after: RunResult | None = None,
+    paired: list[tuple[RunResult, RunResult, RunResult]] | None = None,
     actor_threads: int,
     cpus: int,
     seed_loops: dict[float, RunResult],
@@ -54,10 +68,16 @@ def summarize(
     # What the pool could do if every actor ran the bare model flat out on its own cores.
     parallel = max(1, min(embed_actors, cpus // max(1, actor_threads)))
     # One actor's bare-model rate: measured before Ray starts and again after it stopped
-    # (mean of the two), so drift of the machine's speed during the run cancels out.
+    # (mean of the two). The machine's speed drifts within minutes, so the ratio itself
+    # pairs each run of (c) with bare runs right before and after it (median round).
     rates = [r.photos_per_s for r in (limit_actor, limit_actor_after) if r is not None]
     actor_rate = sum(rates) / len(rates) if rates else None
-    ideal = round(actor_rate * parallel, 3) if actor_rate is not None else None
+    ideal_unpaired = round(actor_rate * parallel, 3) if actor_rate is not None else None
+    ideal, rounds, pairs = ideal_unpaired, [], paired or []
+    if pairs:
+        before, _, after = median_round(pairs, parallel)
+        ideal = round(parallel * (before.photos_per_s + after.photos_per_s) / 2, 3)
+        rounds = [round(_pair_ratio(p, parallel), 3) for p in pairs]
     return {
         "n_photos": n_photos,
         "n_faces": n_faces,
@@ -80,6 +100,11 @@ def summarize(
         "pipeline_faces_per_s_high_latency": _face_rate(pipe_high),
         "pipeline_vs_limit": _ratio(_rate(pipe_low), _rate(limit)),
         "pipeline_vs_ideal_pool": _ratio(_rate(pipe_low), ideal),
+        "pipeline_vs_ideal_pool_rounds": rounds,
+        "paired_bare_photos_per_s": [_rate(p[0]) for p in pairs] + [_rate(p[2]) for p in pairs[-1:]],
+        "paired_pipeline_photos_per_s": [_rate(p[1]) for p in pairs],
+        "ideal_pool_photos_per_s_unpaired": ideal_unpaired,
+        "pipeline_vs_ideal_pool_unpaired": _ratio(_rate(pipe_low), ideal_unpaired),
         "pipeline_vs_seed_loop": _ratio(_rate(pipe_high), _rate(seed_high)),
         "latency_hidden": _ratio(_rate(pipe_high), _rate(pipe_low)),
         "rerun_indexed_s": round(rerun.seconds, 3) if rerun else None,
@@ -96,7 +121,8 @@ def summarize(
             r.key: r.load.get("other_cores")
             for r in (limit, limit_actor, *seed_loops.values(), *pipelines.values())
             if r is not None
-        },
+        }
+        | {f"paired_bare_{i}": p[0].load.get("other_cores") for i, p in enumerate(pairs)},
     }
 
 

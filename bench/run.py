@@ -15,6 +15,15 @@ and the same machine it measures
     pool into a fresh session, at each latency; then a second call on the
     indexed session (``rerun_indexed_s``).
 
+``pipeline_vs_ideal_pool`` pairs each run of (c) at the lowest latency with the
+bare model (one actor's threads, the same photos) run just before and just
+after it in this process, ``--paired-rounds`` times, and takes the median
+round: the machine's speed drifts by 10-20 % within minutes here, so a bare
+model measured minutes away from (c) says more about the drift than about the
+pipeline. Ray is up and idle during those bare runs (its processes show as
+"other processes busy"); the unpaired figure (bare model before Ray started
+and after it stopped) is reported beside it.
+
 It prints photos/s and faces/s per run, the ratios, the rerun time and peak RSS
 (driver and each embedding actor), writes JSON and a PNG chart into ``--out``,
 and prints the JSON file's path as its last line. ``--memory-check`` runs only
@@ -42,7 +51,7 @@ from bench.cpu import watch_postgres
 from bench.data import DATA_VERSION, SyntheticSession, SyntheticStorage
 from bench.memory import driver_maxrss_mb
 from bench.orchestration import orchestration_figures, run_orchestration
-from bench.report import peak_by_process, summarize, write_chart, write_json
+from bench.report import median_round, peak_by_process, summarize, write_chart, write_json
 from bench.results import RunResult
 from bench.search import run_search
 from bench.service import (
@@ -56,6 +65,7 @@ from bench.service import (
 from bench.writer import run_writer
 from facepass.db import resolve_databases
 from facepass.demo.scenario import CatalogWriter
+from facepass.faces import FaceEmbedder
 from facepass.settings import Settings
 from facepass.store import VectorStore
 
@@ -89,6 +99,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="photos the seed loop runs (0 = all); rate extrapolated",
     )
     parser.add_argument("--limit-sample", type=int, default=0, help="photos the limit run uses (0 = all N)")
+    parser.add_argument(
+        "--paired-rounds",
+        type=int,
+        default=3,
+        help="runs of (c) at the lowest latency, each between two bare-model runs (median taken)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic session")
     parser.add_argument("--data-dir", type=Path, default=Path(".facepass/bench"), help="embedded databases")
     parser.add_argument("--http-port", type=int, default=0, help="Serve's port (0 = a free one)")
@@ -132,6 +148,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error("--n must be >= 1")
+    if args.paired_rounds < 1:
+        parser.error("--paired-rounds must be >= 1")
     return args
 
 
@@ -238,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     rerun_large: RunResult | None = None
     memory_runs: dict[str, RunResult] = {}
     limit_actor_after: RunResult | None = None
+    pair_embedder: FaceEmbedder | None = None
+    paired: list[tuple[RunResult, RunResult, RunResult]] = []
     writer_figures: dict[str, Any] = {}
     search_figures: dict[str, Any] = {}
     orch_figures: dict[str, Any] = {}
@@ -276,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(seed)
                 _say(seed.line())
             model_name = embedder.model_name
+            # One actor's model stays loaded here for the bare runs paired with (c).
+            pair_embedder = embedders.get("actor_threads", embedder)
             del embedder, embedders
             gc.collect()
             if args.writer_photos:
@@ -363,18 +385,39 @@ def main(argv: list[str] | None = None) -> int:
                 _say_profile(run)
         else:
             low_session: uuid.UUID | None = None
-            for latency in latencies:
-                storage.latency_s = latency / 1000
-                run, sid = run_pipeline(
-                    service, catalog_writer, session.names_paths(n), latency, profile_dir=profile_dir
-                )
-                session_ids.append(str(sid))
-                low_session = low_session or sid
-                pipelines[latency] = run
+            limit_n = min(args.limit_sample or n, n)
+
+            def bare() -> RunResult:
+                assert pair_embedder is not None
+                bare_runs, _ = run_limit(storage.lazy_files, limit_n, {"paired": pair_embedder}, settings)
+                run = bare_runs["paired"]
+                run.kind, run.extrapolated, run.session_photos = "limit_paired", limit_n < n, n
+                run.label = run.label.replace("(a) limit", "(a) limit, paired with (c)", 1)
                 runs.append(run)
                 _say(run.line())
-                _say_profile(run)
-                _check_pipeline(run, n, faces_per_photo if len(faces_per_photo) == n else None)
+                return run
+
+            for latency in latencies:
+                storage.latency_s = latency / 1000
+                rounds = args.paired_rounds if latency == low else 1
+                before = bare() if latency == low else None
+                for _ in range(rounds):
+                    run, sid = run_pipeline(
+                        service, catalog_writer, session.names_paths(n), latency, profile_dir=profile_dir
+                    )
+                    session_ids.append(str(sid))
+                    low_session = low_session or sid
+                    runs.append(run)
+                    _say(run.line())
+                    _say_profile(run)
+                    _check_pipeline(run, n, faces_per_photo if len(faces_per_photo) == n else None)
+                    pipelines[latency] = run
+                    if before is not None:
+                        after_run = bare()
+                        paired.append((before, run, after_run))
+                        before = after_run
+                if paired and latency == low:
+                    pipelines[low] = median_round(paired, settings.embed_actors)[1]
             assert low_session is not None
             storage.latency_s = low / 1000
             rerun = run_rerun(service, low_session, n, low)
@@ -390,14 +433,13 @@ def main(argv: list[str] | None = None) -> int:
             # tenants of the host), so the ideal pool uses the mean of before and after.
             service.stop()
             service = None
-            after_n = min(args.limit_sample or n, n)  # the same photos as before (same mix of faces)
-            after_embedder = make_embedder(settings, settings.intra_op_threads())
-            after, _ = run_limit(storage.lazy_files, after_n, {"actor_threads": after_embedder}, settings)
+            assert pair_embedder is not None  # the same photos as before (same mix of faces)
+            after, _ = run_limit(storage.lazy_files, limit_n, {"actor_threads": pair_embedder}, settings)
             limit_actor_after = after["actor_threads"]
             limit_actor_after.kind = "limit_after"
             runs.append(limit_actor_after)
             _say(limit_actor_after.line().replace("(a) limit", "(a) limit again, after (c)", 1))
-            del after_embedder
+            pair_embedder = None
     finally:
         if service is not None:
             service.stop()
@@ -441,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             limit=limit,
             limit_actor=limit_actor,
             limit_actor_after=limit_actor_after,
+            paired=paired,
             embed_actors=settings.embed_actors,
             actor_threads=settings.intra_op_threads(),
             cpus=os.cpu_count() or 1,
@@ -544,7 +587,11 @@ def _print_summary(p: dict[str, Any], low: float, high: float) -> None:
         f"{_fmt(p['pipeline_faces_per_s_high_latency'])} faces/s"
     )
     _say(f"pipeline_vs_limit     (c@{low:g} / a):      {_fmt(p['pipeline_vs_limit'])}")
-    _say(f"pipeline_vs_ideal_pool (c@{low:g} / ideal pool): {_fmt(p['pipeline_vs_ideal_pool'])}")
+    _say(
+        f"pipeline_vs_ideal_pool (c@{low:g} / ideal pool): {_fmt(p['pipeline_vs_ideal_pool'])} "
+        f"(median of paired rounds {p['pipeline_vs_ideal_pool_rounds']}; "
+        f"unpaired: {_fmt(p['pipeline_vs_ideal_pool_unpaired'])})"
+    )
     _say(f"pipeline_vs_seed_loop (c@{high:g} / b@{high:g}): {_fmt(p['pipeline_vs_seed_loop'])}")
     _say(f"latency_hidden        (c@{high:g} / c@{low:g}): {_fmt(p['latency_hidden'])}")
     _say(f"rerun_indexed_s: {_fmt(p['rerun_indexed_s'], ' s')}")
