@@ -52,6 +52,7 @@ def summarize(
     embed_actors: int,
     limit_actor_after: RunResult | None = None,
     paired: list[tuple[RunResult, RunResult, RunResult]] | None = None,
+    paired_high: list[tuple[RunResult, RunResult, RunResult]] | None = None,
     actor_threads: int,
     cpus: int,
     seed_loops: dict[float, RunResult],
@@ -74,10 +75,17 @@ def summarize(
     actor_rate = sum(rates) / len(rates) if rates else None
     ideal_unpaired = round(actor_rate * parallel, 3) if actor_rate is not None else None
     ideal, rounds, pairs = ideal_unpaired, [], paired or []
+    latency_hidden_unpaired = _ratio(_rate(pipe_high), _rate(pipe_low))
+    latency_hidden, ratio_high = latency_hidden_unpaired, None
     if pairs:
         before, _, after = median_round(pairs, parallel)
         ideal = round(parallel * (before.photos_per_s + after.photos_per_s) / 2, 3)
         rounds = [round(_pair_ratio(p, parallel), 3) for p in pairs]
+        if paired_high:
+            # The machine's speed drifts between the two runs: each is held against its own
+            # paired ideal pool, and the ratio of the two ratios is what latency took away.
+            ratio_high = _pair_ratio(median_round(paired_high, parallel), parallel)
+            latency_hidden = round(ratio_high / _pair_ratio(median_round(pairs, parallel), parallel), 3)
     return {
         "n_photos": n_photos,
         "n_faces": n_faces,
@@ -106,7 +114,9 @@ def summarize(
         "ideal_pool_photos_per_s_unpaired": ideal_unpaired,
         "pipeline_vs_ideal_pool_unpaired": _ratio(_rate(pipe_low), ideal_unpaired),
         "pipeline_vs_seed_loop": _ratio(_rate(pipe_high), _rate(seed_high)),
-        "latency_hidden": _ratio(_rate(pipe_high), _rate(pipe_low)),
+        "latency_hidden": latency_hidden,
+        "latency_hidden_unpaired": latency_hidden_unpaired,
+        "pipeline_vs_ideal_pool_high_latency": round(ratio_high, 3) if ratio_high is not None else None,
         "rerun_indexed_s": round(rerun.seconds, 3) if rerun else None,
         "embedding_actor_peak_rss_mb": {k: v for k, v in pipeline_peaks.items() if k.startswith("embedder")},
         "other_actor_peak_rss_mb": {

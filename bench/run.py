@@ -18,7 +18,8 @@ and the same machine it measures
 ``pipeline_vs_ideal_pool`` pairs each run of (c) at the lowest latency with the
 bare model (one actor's threads, the same photos) run just before and just
 after it in this process, ``--paired-rounds`` times, and takes the median
-round: the machine's speed drifts by 10-20 % within minutes here, so a bare
+round (the highest latency runs once, paired the same way; ``latency_hidden``
+compares the two paired ratios): the machine's speed drifts by 10-20 % within minutes here, so a bare
 model measured minutes away from (c) says more about the drift than about the
 pipeline. Ray is up and idle during those bare runs (its processes show as
 "other processes busy"); the unpaired figure (bare model before Ray started
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     memory_runs: dict[str, RunResult] = {}
     limit_actor_after: RunResult | None = None
     pair_embedder: FaceEmbedder | None = None
-    paired: list[tuple[RunResult, RunResult, RunResult]] = []
+    paired: dict[float, list[tuple[RunResult, RunResult, RunResult]]] = {}
     writer_figures: dict[str, Any] = {}
     search_figures: dict[str, Any] = {}
     orch_figures: dict[str, Any] = {}
@@ -397,10 +398,11 @@ def main(argv: list[str] | None = None) -> int:
                 _say(run.line())
                 return run
 
+            before: RunResult | None = None
             for latency in latencies:
                 storage.latency_s = latency / 1000
                 rounds = args.paired_rounds if latency == low else 1
-                before = bare() if latency == low else None
+                before = before or bare()
                 for _ in range(rounds):
                     run, sid = run_pipeline(
                         service, catalog_writer, session.names_paths(n), latency, profile_dir=profile_dir
@@ -411,13 +413,10 @@ def main(argv: list[str] | None = None) -> int:
                     _say(run.line())
                     _say_profile(run)
                     _check_pipeline(run, n, faces_per_photo if len(faces_per_photo) == n else None)
-                    pipelines[latency] = run
-                    if before is not None:
-                        after_run = bare()
-                        paired.append((before, run, after_run))
-                        before = after_run
-                if paired and latency == low:
-                    pipelines[low] = median_round(paired, settings.embed_actors)[1]
+                    after_run = bare()
+                    paired.setdefault(latency, []).append((before, run, after_run))
+                    before = after_run
+                pipelines[latency] = median_round(paired[latency], settings.embed_actors)[1]
             assert low_session is not None
             storage.latency_s = low / 1000
             rerun = run_rerun(service, low_session, n, low)
@@ -483,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
             limit=limit,
             limit_actor=limit_actor,
             limit_actor_after=limit_actor_after,
-            paired=paired,
+            paired=paired.get(low),
+            paired_high=paired.get(high) if high != low else None,
             embed_actors=settings.embed_actors,
             actor_threads=settings.intra_op_threads(),
             cpus=os.cpu_count() or 1,
@@ -593,7 +593,10 @@ def _print_summary(p: dict[str, Any], low: float, high: float) -> None:
         f"unpaired: {_fmt(p['pipeline_vs_ideal_pool_unpaired'])})"
     )
     _say(f"pipeline_vs_seed_loop (c@{high:g} / b@{high:g}): {_fmt(p['pipeline_vs_seed_loop'])}")
-    _say(f"latency_hidden        (c@{high:g} / c@{low:g}): {_fmt(p['latency_hidden'])}")
+    _say(
+        f"latency_hidden        (c@{high:g} / c@{low:g}, each / its paired ideal pool): "
+        f"{_fmt(p['latency_hidden'])} (unpaired: {_fmt(p['latency_hidden_unpaired'])})"
+    )
     _say(f"rerun_indexed_s: {_fmt(p['rerun_indexed_s'], ' s')}")
     actors = ", ".join(f"{k} {v:.0f}" for k, v in p["embedding_actor_peak_rss_mb"].items())
     others = ", ".join(f"{k} {v:.0f}" for k, v in p["other_actor_peak_rss_mb"].items())
