@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +34,28 @@ def peak_by_process(runs: list[RunResult]) -> dict[str, float]:
     return peaks
 
 
-def _pair_ratio(paired: tuple[RunResult, RunResult, RunResult], parallel: int) -> float:
-    before, pipeline, after = paired
-    return pipeline.photos_per_s / (parallel * (before.photos_per_s + after.photos_per_s) / 2)
+@dataclass
+class Round:
+    """One round of (c): the bare model just before, one run at each latency, the bare model
+    just after. The machine's speed drifts within minutes, so ratios are taken inside a round."""
+
+    before: RunResult
+    pipelines: dict[float, RunResult]
+    after: RunResult
+
+    def ideal(self, parallel: int) -> float:
+        return parallel * (self.before.photos_per_s + self.after.photos_per_s) / 2
+
+    def vs_ideal(self, latency: float, parallel: int) -> float:
+        return self.pipelines[latency].photos_per_s / self.ideal(parallel)
+
+    def hidden(self, low: float, high: float) -> float:
+        """The run at the highest latency against the run at the lowest, one after the other."""
+        return self.pipelines[high].photos_per_s / self.pipelines[low].photos_per_s
 
 
-def median_round(
-    paired: list[tuple[RunResult, RunResult, RunResult]], parallel: int
-) -> tuple[RunResult, RunResult, RunResult]:
-    """The round (bare before, pipeline, bare after) whose ratio to the ideal pool is the median."""
-    ordered = sorted(paired, key=lambda p: _pair_ratio(p, parallel))
+def median_round(rounds: list[Round], key: Callable[[Round], float]) -> Round:
+    ordered = sorted(rounds, key=key)
     return ordered[(len(ordered) - 1) // 2]
 
 
@@ -51,8 +65,7 @@ def summarize(
     limit_actor: RunResult | None,
     embed_actors: int,
     limit_actor_after: RunResult | None = None,
-    paired: list[tuple[RunResult, RunResult, RunResult]] | None = None,
-    paired_high: list[tuple[RunResult, RunResult, RunResult]] | None = None,
+    rounds: list[Round] | None = None,
     actor_threads: int,
     cpus: int,
     seed_loops: dict[float, RunResult],
@@ -64,28 +77,30 @@ def summarize(
 ) -> dict[str, Any]:
     low, high = min(latencies_ms), max(latencies_ms)
     seed_high = seed_loops.get(high)
-    pipe_low, pipe_high = pipelines.get(low), pipelines.get(high)
-    pipeline_peaks = peak_by_process([r for r in (*pipelines.values(), rerun) if r is not None])
     # What the pool could do if every actor ran the bare model flat out on its own cores.
     parallel = max(1, min(embed_actors, cpus // max(1, actor_threads)))
+    rounds = rounds or []
+    if rounds:  # the figures of (c) are the median round's
+        pipelines = dict(pipelines)
+        pipelines[low] = median_round(rounds, lambda r: r.vs_ideal(low, parallel)).pipelines[low]
+        pipelines[high] = median_round(rounds, lambda r: r.hidden(low, high)).pipelines[high]
+    pipe_low, pipe_high = pipelines.get(low), pipelines.get(high)
+    pipeline_peaks = peak_by_process([r for r in (*pipelines.values(), rerun) if r is not None])
     # One actor's bare-model rate: measured before Ray starts and again after it stopped
-    # (mean of the two). The machine's speed drifts within minutes, so the ratio itself
-    # pairs each run of (c) with bare runs right before and after it (median round).
+    # (mean of the two), minutes away from (c): the "unpaired" figures. The keys themselves
+    # are taken inside rounds (bare model, (c) at each latency, bare model), median round.
     rates = [r.photos_per_s for r in (limit_actor, limit_actor_after) if r is not None]
     actor_rate = sum(rates) / len(rates) if rates else None
     ideal_unpaired = round(actor_rate * parallel, 3) if actor_rate is not None else None
-    ideal, rounds, pairs = ideal_unpaired, [], paired or []
-    latency_hidden_unpaired = _ratio(_rate(pipe_high), _rate(pipe_low))
-    latency_hidden, ratio_high = latency_hidden_unpaired, None
-    if pairs:
-        before, _, after = median_round(pairs, parallel)
-        ideal = round(parallel * (before.photos_per_s + after.photos_per_s) / 2, 3)
-        rounds = [round(_pair_ratio(p, parallel), 3) for p in pairs]
-        if paired_high:
-            # The machine's speed drifts between the two runs: each is held against its own
-            # paired ideal pool, and the ratio of the two ratios is what latency took away.
-            ratio_high = _pair_ratio(median_round(paired_high, parallel), parallel)
-            latency_hidden = round(ratio_high / _pair_ratio(median_round(pairs, parallel), parallel), 3)
+    ideal = ideal_unpaired
+    latency_hidden = _ratio(_rate(pipe_high), _rate(pipe_low))
+    ratios: list[float] = []
+    hidden: list[float] = []
+    if rounds:
+        ideal = round(median_round(rounds, lambda r: r.vs_ideal(low, parallel)).ideal(parallel), 3)
+        ratios = [round(r.vs_ideal(low, parallel), 3) for r in rounds]
+        hidden = [round(r.hidden(low, high), 3) for r in rounds]
+        latency_hidden = round(median_round(rounds, lambda r: r.hidden(low, high)).hidden(low, high), 3)
     return {
         "n_photos": n_photos,
         "n_faces": n_faces,
@@ -108,15 +123,16 @@ def summarize(
         "pipeline_faces_per_s_high_latency": _face_rate(pipe_high),
         "pipeline_vs_limit": _ratio(_rate(pipe_low), _rate(limit)),
         "pipeline_vs_ideal_pool": _ratio(_rate(pipe_low), ideal),
-        "pipeline_vs_ideal_pool_rounds": rounds,
-        "paired_bare_photos_per_s": [_rate(p[0]) for p in pairs] + [_rate(p[2]) for p in pairs[-1:]],
-        "paired_pipeline_photos_per_s": [_rate(p[1]) for p in pairs],
+        "pipeline_vs_ideal_pool_rounds": ratios,
+        "paired_bare_photos_per_s": [_rate(r.before) for r in rounds] + [_rate(r.after) for r in rounds[-1:]],
+        "paired_pipeline_photos_per_s": {
+            f"{lat:g}ms": [_rate(r.pipelines.get(lat)) for r in rounds] for lat in latencies_ms
+        },
         "ideal_pool_photos_per_s_unpaired": ideal_unpaired,
         "pipeline_vs_ideal_pool_unpaired": _ratio(_rate(pipe_low), ideal_unpaired),
         "pipeline_vs_seed_loop": _ratio(_rate(pipe_high), _rate(seed_high)),
         "latency_hidden": latency_hidden,
-        "latency_hidden_unpaired": latency_hidden_unpaired,
-        "pipeline_vs_ideal_pool_high_latency": round(ratio_high, 3) if ratio_high is not None else None,
+        "latency_hidden_rounds": hidden,
         "rerun_indexed_s": round(rerun.seconds, 3) if rerun else None,
         "embedding_actor_peak_rss_mb": {k: v for k, v in pipeline_peaks.items() if k.startswith("embedder")},
         "other_actor_peak_rss_mb": {
@@ -132,7 +148,7 @@ def summarize(
             for r in (limit, limit_actor, *seed_loops.values(), *pipelines.values())
             if r is not None
         }
-        | {f"paired_bare_{i}": p[0].load.get("other_cores") for i, p in enumerate(pairs)},
+        | {f"paired_bare_{i}": r.before.load.get("other_cores") for i, r in enumerate(rounds)},
     }
 
 

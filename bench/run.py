@@ -15,13 +15,14 @@ and the same machine it measures
     pool into a fresh session, at each latency; then a second call on the
     indexed session (``rerun_indexed_s``).
 
-``pipeline_vs_ideal_pool`` pairs each run of (c) at the lowest latency with the
-bare model (one actor's threads, the same photos) run just before and just
-after it in this process, ``--paired-rounds`` times, and takes the median
-round (the highest latency runs once, paired the same way; ``latency_hidden``
-compares the two paired ratios): the machine's speed drifts by 10-20 % within minutes here, so a bare
-model measured minutes away from (c) says more about the drift than about the
-pipeline. Ray is up and idle during those bare runs (its processes show as
+(c) runs in ``--paired-rounds`` rounds (default 3): the bare model (one actor's
+threads, the same photos, in this process), (c) at each latency, the bare model
+again. ``pipeline_vs_ideal_pool`` = (c) at the lowest latency / the mean of its
+round's two bare runs x actors, and ``latency_hidden`` = (c) at the highest
+latency / (c) at the lowest of the same round, run after run; each is the
+median round's. The machine's speed drifts by 10-20 % within minutes here, so
+a bare model measured minutes away from (c) says more about the drift than
+about the pipeline. Ray is up and idle during those bare runs (its processes show as
 "other processes busy"); the unpaired figure (bare model before Ray started
 and after it stopped) is reported beside it.
 
@@ -52,7 +53,7 @@ from bench.cpu import watch_postgres
 from bench.data import DATA_VERSION, SyntheticSession, SyntheticStorage
 from bench.memory import driver_maxrss_mb
 from bench.orchestration import orchestration_figures, run_orchestration
-from bench.report import median_round, peak_by_process, summarize, write_chart, write_json
+from bench.report import Round, peak_by_process, summarize, write_chart, write_json
 from bench.results import RunResult
 from bench.search import run_search
 from bench.service import (
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     memory_runs: dict[str, RunResult] = {}
     limit_actor_after: RunResult | None = None
     pair_embedder: FaceEmbedder | None = None
-    paired: dict[float, list[tuple[RunResult, RunResult, RunResult]]] = {}
+    rounds: list[Round] = []
     writer_figures: dict[str, Any] = {}
     search_figures: dict[str, Any] = {}
     orch_figures: dict[str, Any] = {}
@@ -398,12 +399,11 @@ def main(argv: list[str] | None = None) -> int:
                 _say(run.line())
                 return run
 
-            before: RunResult | None = None
-            for latency in latencies:
-                storage.latency_s = latency / 1000
-                rounds = args.paired_rounds if latency == low else 1
-                before = before or bare()
-                for _ in range(rounds):
+            before = bare()
+            for _ in range(args.paired_rounds):
+                round_runs: dict[float, RunResult] = {}
+                for latency in latencies:
+                    storage.latency_s = latency / 1000
                     run, sid = run_pipeline(
                         service, catalog_writer, session.names_paths(n), latency, profile_dir=profile_dir
                     )
@@ -413,10 +413,10 @@ def main(argv: list[str] | None = None) -> int:
                     _say(run.line())
                     _say_profile(run)
                     _check_pipeline(run, n, faces_per_photo if len(faces_per_photo) == n else None)
-                    after_run = bare()
-                    paired.setdefault(latency, []).append((before, run, after_run))
-                    before = after_run
-                pipelines[latency] = median_round(paired[latency], settings.embed_actors)[1]
+                    round_runs[latency] = pipelines[latency] = run
+                after = bare()
+                rounds.append(Round(before, round_runs, after))
+                before = after
             assert low_session is not None
             storage.latency_s = low / 1000
             rerun = run_rerun(service, low_session, n, low)
@@ -428,13 +428,13 @@ def main(argv: list[str] | None = None) -> int:
                 rerun_large = run_rerun_large(service, big, args.rerun_n)
                 runs.append(rerun_large)
                 _say(f"{rerun_large.label}: {rerun_large.seconds:.2f} s")
-            # The bare model again, now that Ray is gone: the machine's speed drifts (other
-            # tenants of the host), so the ideal pool uses the mean of before and after.
+            # The bare model again, now that Ray is gone (the "unpaired" ideal pool: the mean of
+            # the bare model before Ray started and after it stopped).
             service.stop()
             service = None
             assert pair_embedder is not None  # the same photos as before (same mix of faces)
-            after, _ = run_limit(storage.lazy_files, limit_n, {"actor_threads": pair_embedder}, settings)
-            limit_actor_after = after["actor_threads"]
+            last, _ = run_limit(storage.lazy_files, limit_n, {"actor_threads": pair_embedder}, settings)
+            limit_actor_after = last["actor_threads"]
             limit_actor_after.kind = "limit_after"
             runs.append(limit_actor_after)
             _say(limit_actor_after.line().replace("(a) limit", "(a) limit again, after (c)", 1))
@@ -482,8 +482,7 @@ def main(argv: list[str] | None = None) -> int:
             limit=limit,
             limit_actor=limit_actor,
             limit_actor_after=limit_actor_after,
-            paired=paired.get(low),
-            paired_high=paired.get(high) if high != low else None,
+            rounds=rounds,
             embed_actors=settings.embed_actors,
             actor_threads=settings.intra_op_threads(),
             cpus=os.cpu_count() or 1,
@@ -589,13 +588,13 @@ def _print_summary(p: dict[str, Any], low: float, high: float) -> None:
     _say(f"pipeline_vs_limit     (c@{low:g} / a):      {_fmt(p['pipeline_vs_limit'])}")
     _say(
         f"pipeline_vs_ideal_pool (c@{low:g} / ideal pool): {_fmt(p['pipeline_vs_ideal_pool'])} "
-        f"(median of paired rounds {p['pipeline_vs_ideal_pool_rounds']}; "
+        f"(median of rounds {p['pipeline_vs_ideal_pool_rounds']}; "
         f"unpaired: {_fmt(p['pipeline_vs_ideal_pool_unpaired'])})"
     )
     _say(f"pipeline_vs_seed_loop (c@{high:g} / b@{high:g}): {_fmt(p['pipeline_vs_seed_loop'])}")
     _say(
-        f"latency_hidden        (c@{high:g} / c@{low:g}, each / its paired ideal pool): "
-        f"{_fmt(p['latency_hidden'])} (unpaired: {_fmt(p['latency_hidden_unpaired'])})"
+        f"latency_hidden        (c@{high:g} / c@{low:g}, run after run): "
+        f"{_fmt(p['latency_hidden'])} (median of rounds {p['latency_hidden_rounds']})"
     )
     _say(f"rerun_indexed_s: {_fmt(p['rerun_indexed_s'], ' s')}")
     actors = ", ".join(f"{k} {v:.0f}" for k, v in p["embedding_actor_peak_rss_mb"].items())

@@ -1,8 +1,8 @@
-"""bench.report: the paired ratio of the pipeline to the ideal pool."""
+"""bench.report: the pipeline against the ideal pool and latency hiding, taken inside rounds."""
 
 from __future__ import annotations
 
-from bench.report import median_round, summarize
+from bench.report import Round, summarize
 from bench.results import RunResult
 
 
@@ -12,56 +12,45 @@ def _run(kind: str, photos_per_s: float, latency_ms: float | None = None) -> Run
     )
 
 
-def test_each_pipeline_run_is_held_against_the_bare_runs_beside_it() -> None:
-    bare = [_run("limit_paired", r) for r in (10.0, 12.0, 8.0, 10.0)]
-    pipes = [_run("pipeline", r, 100.0) for r in (18.0, 17.0, 17.1)]
-    paired = [(bare[i], pipes[i], bare[i + 1]) for i in range(3)]
-    high = _run("pipeline", 16.0, 500.0)
-    paired_high = [(bare[3], high, _run("limit_paired", 8.0))]
-    # Ratios: 18/(2*11) = 0.818, 17/(2*10) = 0.85, 17.1/(2*9) = 0.95 -> the median is round 2.
-    assert median_round(paired, 2)[1] is pipes[1]
-    summary = summarize(
+def _summary(rounds: list[Round] | None, pipelines: dict[float, RunResult]) -> dict[str, object]:
+    return summarize(
         limit=_run("limit", 12.0),
         limit_actor=_run("limit", 12.0),
         limit_actor_after=_run("limit_after", 10.0),
-        paired=paired,
-        paired_high=paired_high,
+        rounds=rounds,
         embed_actors=2,
         actor_threads=1,
         cpus=2,
         seed_loops={},
-        pipelines={100.0: pipes[1], 500.0: high},
+        pipelines=pipelines,
         rerun=None,
-        latencies_ms=[100.0, 500.0],
+        latencies_ms=sorted(pipelines),
         n_photos=300,
         n_faces=None,
     )
+
+
+def test_each_round_holds_its_runs_against_the_bare_runs_beside_them() -> None:
+    bare = [_run("limit_paired", r) for r in (10.0, 12.0, 8.0, 10.0)]
+    low = [_run("pipeline", r, 100.0) for r in (18.0, 17.0, 17.1)]
+    high = [_run("pipeline", r, 500.0) for r in (17.5, 17.0, 15.0)]
+    rounds = [Round(bare[i], {100.0: low[i], 500.0: high[i]}, bare[i + 1]) for i in range(3)]
+    summary = _summary(rounds, {100.0: low[2], 500.0: high[2]})
+    # vs ideal: 18/(2*11) = 0.818, 17/(2*10) = 0.85, 17.1/(2*9) = 0.95 -> the median is round 2.
     assert summary["pipeline_vs_ideal_pool_rounds"] == [0.818, 0.85, 0.95]
     assert summary["pipeline_vs_ideal_pool"] == 0.85
     assert summary["ideal_pool_photos_per_s"] == 20.0
-    assert summary["pipeline_vs_ideal_pool_unpaired"] == round(17.0 / 22.0, 3)  # bare 12 and 10, unpaired
+    assert summary["pipeline_photos_per_s"] == 17.0  # the median round's run, not the last one
+    # Hidden: 17.5/18 = 0.972, 17/17 = 1.0, 15/17.1 = 0.877 -> the median is round 1's.
+    assert summary["latency_hidden_rounds"] == [0.972, 1.0, 0.877]
+    assert summary["latency_hidden"] == 0.972
+    assert summary["pipeline_photos_per_s_high_latency"] == 17.5
+    assert summary["pipeline_vs_ideal_pool_unpaired"] == round(17.0 / 22.0, 3)  # bare 12 and 10
     assert summary["paired_bare_photos_per_s"] == [10.0, 12.0, 8.0, 10.0]
-    # At 500 ms: 16 / (2 * 9) = 0.889 of its own ideal pool; the machine had slowed down, the
-    # pipeline had not lost anything to latency: 0.889 / 0.85 = 1.046 (unpaired 16 / 17 = 0.941).
-    assert summary["pipeline_vs_ideal_pool_high_latency"] == 0.889
-    assert summary["latency_hidden"] == 1.046
-    assert summary["latency_hidden_unpaired"] == 0.941
 
 
-def test_without_pairs_the_ratio_is_the_unpaired_one() -> None:
-    summary = summarize(
-        limit=_run("limit", 12.0),
-        limit_actor=_run("limit", 12.0),
-        limit_actor_after=_run("limit_after", 10.0),
-        embed_actors=2,
-        actor_threads=1,
-        cpus=2,
-        seed_loops={},
-        pipelines={100.0: _run("pipeline", 19.8, 100.0)},
-        rerun=None,
-        latencies_ms=[100.0],
-        n_photos=300,
-        n_faces=None,
-    )
+def test_without_rounds_the_ratios_are_the_unpaired_ones() -> None:
+    summary = _summary(None, {100.0: _run("pipeline", 19.8, 100.0), 500.0: _run("pipeline", 19.8, 500.0)})
     assert summary["pipeline_vs_ideal_pool"] == summary["pipeline_vs_ideal_pool_unpaired"] == 0.9
     assert summary["pipeline_vs_ideal_pool_rounds"] == []
+    assert summary["latency_hidden"] == 1.0
