@@ -15,7 +15,7 @@ and the same machine it measures
     pool into a fresh session, at each latency; then a second call on the
     indexed session (``rerun_indexed_s``).
 
-(c) runs in ``--paired-rounds`` rounds (default 3): the bare model (one actor's
+(c) runs in ``--paired-rounds`` rounds (default 5): the bare model (one actor's
 threads, the same photos, in this process), (c) at each latency, the bare model
 again. ``pipeline_vs_ideal_pool`` = (c) at the lowest latency / the mean of its
 round's two bare runs x actors, and ``latency_hidden`` = (c) at the highest
@@ -104,7 +104,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--paired-rounds",
         type=int,
-        default=3,
+        default=5,
         help="runs of (c) at the lowest latency, each between two bare-model runs (median taken)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic session")
