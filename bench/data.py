@@ -267,6 +267,13 @@ class LazyPhotoFiles(MutableMapping[str, bytes]):
             tmp.replace(spooled)
         return data
 
+    def spooled(self, count: int) -> list[Path] | None:
+        """Files of the first ``count`` photos, if they are all spooled."""
+        paths = [self._spool_path(i) for i in range(min(count, self.session.n))]
+        if any(p is None or not p.is_file() for p in paths):
+            return None
+        return [p for p in paths if p is not None]
+
     def photo(self, i: int) -> bytes:
         with self._lock:
             data = self._cache.get(i)

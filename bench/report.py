@@ -42,6 +42,7 @@ class Round:
     before: RunResult
     pipelines: dict[float, RunResult]
     after: RunResult
+    side_by_side: list[float] | None = None  # photos/s of one bare process per actor, all at once
 
     def ideal(self, parallel: int) -> float:
         return parallel * (self.before.photos_per_s + self.after.photos_per_s) / 2
@@ -49,9 +50,19 @@ class Round:
     def vs_ideal(self, latency: float, parallel: int) -> float:
         return self.pipelines[latency].photos_per_s / self.ideal(parallel)
 
+    def vs_side_by_side(self, latency: float) -> float | None:
+        if not self.side_by_side:
+            return None
+        return self.pipelines[latency].photos_per_s / sum(self.side_by_side)
+
     def hidden(self, low: float, high: float) -> float:
         """The run at the highest latency against the run at the lowest, one after the other."""
         return self.pipelines[high].photos_per_s / self.pipelines[low].photos_per_s
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = sorted(v for v in values if v is not None)
+    return round(known[(len(known) - 1) // 2], 3) if known else None
 
 
 def median_round(rounds: list[Round], key: Callable[[Round], float]) -> Round:
@@ -124,6 +135,14 @@ def summarize(
         "pipeline_vs_limit": _ratio(_rate(pipe_low), _rate(limit)),
         "pipeline_vs_ideal_pool": _ratio(_rate(pipe_low), ideal),
         "pipeline_vs_ideal_pool_rounds": ratios,
+        # Diagnostic: (c) against one bare process per actor run side by side just before it.
+        "pipeline_vs_side_by_side": _median([r.vs_side_by_side(low) for r in rounds]),
+        "pipeline_vs_side_by_side_rounds": [
+            round(v, 3) if (v := r.vs_side_by_side(low)) is not None else None for r in rounds
+        ],
+        "side_by_side_photos_per_s": [
+            [round(x, 3) for x in r.side_by_side] if r.side_by_side else None for r in rounds
+        ],
         "paired_bare_photos_per_s": [_rate(r.before) for r in rounds] + [_rate(r.after) for r in rounds[-1:]],
         "paired_pipeline_photos_per_s": {
             f"{lat:g}ms": [_rate(r.pipelines.get(lat)) for r in rounds] for lat in latencies_ms

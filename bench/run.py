@@ -64,6 +64,7 @@ from bench.service import (
     run_rerun_large,
     seed_indexed_session,
 )
+from bench.side_by_side import run_side_by_side
 from bench.writer import run_writer
 from facepass.db import resolve_databases
 from facepass.demo.scenario import CatalogWriter
@@ -399,9 +400,22 @@ def main(argv: list[str] | None = None) -> int:
                 _say(run.line())
                 return run
 
+            spooled = storage.lazy_files.spooled(limit_n)
+
+            def side_by_side() -> list[float] | None:
+                if spooled is None:
+                    return None
+                rates = run_side_by_side(spooled, settings.embed_actors, settings.intra_op_threads())
+                _say(
+                    f"(a) side by side: {len(rates)} bare-model processes at once, "
+                    f"{' + '.join(f'{r:.2f}' for r in rates)} = {sum(rates):.2f} photos/s"
+                )
+                return rates
+
             before = bare()
             for _ in range(args.paired_rounds):
                 round_runs: dict[float, RunResult] = {}
+                together = side_by_side()
                 for latency in latencies:
                     storage.latency_s = latency / 1000
                     run, sid = run_pipeline(
@@ -415,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                     _check_pipeline(run, n, faces_per_photo if len(faces_per_photo) == n else None)
                     round_runs[latency] = pipelines[latency] = run
                 after = bare()
-                rounds.append(Round(before, round_runs, after))
+                rounds.append(Round(before, round_runs, after, together))
                 before = after
             assert low_session is not None
             storage.latency_s = low / 1000
@@ -591,6 +605,11 @@ def _print_summary(p: dict[str, Any], low: float, high: float) -> None:
         f"(median of rounds {p['pipeline_vs_ideal_pool_rounds']}; "
         f"unpaired: {_fmt(p['pipeline_vs_ideal_pool_unpaired'])})"
     )
+    if p.get("pipeline_vs_side_by_side") is not None:
+        _say(
+            f"  diagnostic: c@{low:g} / {p['settings']['embed_actors']} bare-model processes side by side: "
+            f"{_fmt(p['pipeline_vs_side_by_side'])} (rounds {p['pipeline_vs_side_by_side_rounds']})"
+        )
     _say(f"pipeline_vs_seed_loop (c@{high:g} / b@{high:g}): {_fmt(p['pipeline_vs_seed_loop'])}")
     _say(
         f"latency_hidden        (c@{high:g} / c@{low:g}, run after run): "

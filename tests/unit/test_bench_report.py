@@ -34,7 +34,8 @@ def test_each_round_holds_its_runs_against_the_bare_runs_beside_them() -> None:
     bare = [_run("limit_paired", r) for r in (10.0, 12.0, 8.0, 10.0)]
     low = [_run("pipeline", r, 100.0) for r in (18.0, 17.0, 17.1)]
     high = [_run("pipeline", r, 500.0) for r in (17.5, 17.0, 15.0)]
-    rounds = [Round(bare[i], {100.0: low[i], 500.0: high[i]}, bare[i + 1]) for i in range(3)]
+    side = [[9.0, 9.0], [10.0, 7.0], None]  # two bare processes at once; none in the last round
+    rounds = [Round(bare[i], {100.0: low[i], 500.0: high[i]}, bare[i + 1], side[i]) for i in range(3)]
     summary = _summary(rounds, {100.0: low[2], 500.0: high[2]})
     # vs ideal: 18/(2*11) = 0.818, 17/(2*10) = 0.85, 17.1/(2*9) = 0.95 -> the median is round 2.
     assert summary["pipeline_vs_ideal_pool_rounds"] == [0.818, 0.85, 0.95]
@@ -47,6 +48,8 @@ def test_each_round_holds_its_runs_against_the_bare_runs_beside_them() -> None:
     assert summary["pipeline_photos_per_s_high_latency"] == 17.5
     assert summary["pipeline_vs_ideal_pool_unpaired"] == round(17.0 / 22.0, 3)  # bare 12 and 10
     assert summary["paired_bare_photos_per_s"] == [10.0, 12.0, 8.0, 10.0]
+    assert summary["pipeline_vs_side_by_side_rounds"] == [1.0, 1.0, None]  # 18/18, 17/17
+    assert summary["pipeline_vs_side_by_side"] == 1.0
 
 
 def test_without_rounds_the_ratios_are_the_unpaired_ones() -> None:
