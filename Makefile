@@ -24,7 +24,7 @@ N ?= 300
 bench: install
 	RAY_DEDUP_LOGS=0 $(RUN) python -m bench.run --n $(N)
 
-# CI-sized smoke run of the benchmark (about 1.5 minutes here).
+# CI-sized smoke run of the benchmark (about 2 minutes here).
 bench-smoke: install
 	$(RUN) python -m bench.run --n 12 --latency-ms 20,50 --seed-loop-sample 6 --limit-sample 12 --rerun-n 2000 \
 		--writer-photos 500 --search-sessions 3 --search-session-faces 2000 --search-big-faces 0 --orch-n 200 \
