@@ -28,11 +28,8 @@ class EmbeddingActor:
         self._trim = HeapTrimmer()
 
     async def process(self, photo: PhotoRef) -> PhotoResult:
-        self._trim.start()
-        try:
+        with self._trim.photo():
             return await self.pipeline.run(photo)
-        finally:
-            self._trim.done()
 
     async def process_batch(self, photos: list[PhotoRef]) -> list[PhotoResult]:
         """Several photos in one call (one Ray round trip); their downloads overlap."""
@@ -40,11 +37,8 @@ class EmbeddingActor:
 
     async def embed_decoded(self, decoded: DecodedPhoto) -> PhotoResult:
         """The model half only: the photo was fetched and decoded by a decoder actor."""
-        self._trim.start()
-        try:
+        with self._trim.photo():
             return await self.pipeline.embed_decoded(decoded)
-        finally:
-            self._trim.done()
 
     async def embed_decoded_batch(self, decoded: list[DecodedPhoto]) -> list[PhotoResult]:
         return list(await asyncio.gather(*(self.embed_decoded(d) for d in decoded)))

@@ -91,10 +91,11 @@ def summarize(
     # What the pool could do if every actor ran the bare model flat out on its own cores.
     parallel = max(1, min(embed_actors, cpus // max(1, actor_threads)))
     rounds = rounds or []
-    if rounds:  # the figures of (c) are the median round's
-        pipelines = dict(pipelines)
-        pipelines[low] = median_round(rounds, lambda r: r.vs_ideal(low, parallel)).pipelines[low]
-        pipelines[high] = median_round(rounds, lambda r: r.hidden(low, high)).pipelines[high]
+    # The median rounds: one by the ratio to the ideal pool, one by latency hidden.
+    at_ideal = median_round(rounds, lambda r: r.vs_ideal(low, parallel)) if rounds else None
+    at_hidden = median_round(rounds, lambda r: r.hidden(low, high)) if rounds else None
+    if at_ideal is not None and at_hidden is not None:  # the figures of (c) are theirs
+        pipelines = {**pipelines, high: at_hidden.pipelines[high], low: at_ideal.pipelines[low]}
     pipe_low, pipe_high = pipelines.get(low), pipelines.get(high)
     pipeline_peaks = peak_by_process([r for r in (*pipelines.values(), rerun) if r is not None])
     # One actor's bare-model rate: measured before Ray starts and again after it stopped
@@ -103,15 +104,14 @@ def summarize(
     rates = [r.photos_per_s for r in (limit_actor, limit_actor_after) if r is not None]
     actor_rate = sum(rates) / len(rates) if rates else None
     ideal_unpaired = round(actor_rate * parallel, 3) if actor_rate is not None else None
-    ideal = ideal_unpaired
-    latency_hidden = _ratio(_rate(pipe_high), _rate(pipe_low))
-    ratios: list[float] = []
-    hidden: list[float] = []
-    if rounds:
-        ideal = round(median_round(rounds, lambda r: r.vs_ideal(low, parallel)).ideal(parallel), 3)
-        ratios = [round(r.vs_ideal(low, parallel), 3) for r in rounds]
-        hidden = [round(r.hidden(low, high), 3) for r in rounds]
-        latency_hidden = round(median_round(rounds, lambda r: r.hidden(low, high)).hidden(low, high), 3)
+    ideal = round(at_ideal.ideal(parallel), 3) if at_ideal is not None else ideal_unpaired
+    latency_hidden = (
+        round(at_hidden.hidden(low, high), 3)
+        if at_hidden is not None
+        else _ratio(_rate(pipe_high), _rate(pipe_low))
+    )
+    ratios = [round(r.vs_ideal(low, parallel), 3) for r in rounds]
+    hidden = [round(r.hidden(low, high), 3) for r in rounds]
     return {
         "n_photos": n_photos,
         "n_faces": n_faces,

@@ -254,7 +254,6 @@ def main(argv: list[str] | None = None) -> int:
     limit_actor: RunResult | None = None
     faces_per_photo: list[int] = []
     seed_loops: dict[float, RunResult] = {}
-    pipelines: dict[float, RunResult] = {}
     rerun: RunResult | None = None
     rerun_large: RunResult | None = None
     memory_runs: dict[str, RunResult] = {}
@@ -388,7 +387,6 @@ def main(argv: list[str] | None = None) -> int:
                 _say_profile(run)
         else:
             low_session: uuid.UUID | None = None
-            limit_n = min(args.limit_sample or n, n)
 
             def bare() -> RunResult:
                 assert pair_embedder is not None
@@ -427,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                     _say(run.line())
                     _say_profile(run)
                     _check_pipeline(run, n, faces_per_photo if len(faces_per_photo) == n else None)
-                    round_runs[latency] = pipelines[latency] = run
+                    round_runs[latency] = run
                 after = bare()
                 rounds.append(Round(before, round_runs, after, together))
                 before = after
@@ -501,11 +499,11 @@ def main(argv: list[str] | None = None) -> int:
             actor_threads=settings.intra_op_threads(),
             cpus=os.cpu_count() or 1,
             seed_loops=seed_loops,
-            pipelines=pipelines,
+            pipelines={},  # the median rounds' runs
             rerun=rerun,
             latencies_ms=latencies,
             n_photos=n,
-            n_faces=n_faces if n_faces is not None else (pipelines[low].faces if low in pipelines else None),
+            n_faces=n_faces if n_faces is not None else (rounds[0].pipelines[low].faces if rounds else None),
         )
         if rerun_large is not None:
             # The bar is on a large indexed session; the N-photo session's rerun stays beside it.

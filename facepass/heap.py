@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,15 @@ class HeapTrimmer:
         self.since_trim = 0
         self.trims = 0
         self._libc = _libc()
+
+    @contextmanager
+    def photo(self) -> Iterator[None]:
+        """``with trimmer.photo(): ...`` around one photo's work."""
+        self.start()
+        try:
+            yield
+        finally:
+            self.done()
 
     def start(self) -> None:
         self.active += 1

@@ -33,3 +33,14 @@ def test_trimmer_waits_for_idle_or_every_n_photos() -> None:
     trimmer.start()
     trimmer.done()
     assert trimmer.trims == 3
+
+
+def test_a_photo_block_counts_as_one_photo_even_when_it_raises() -> None:
+    trimmer = HeapTrimmer(every=100)
+    try:
+        with trimmer.photo():
+            assert trimmer.active == 1
+            raise ValueError("bad photo")
+    except ValueError:
+        pass
+    assert (trimmer.active, trimmer.trims) == (0, 1)
