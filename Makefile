@@ -20,7 +20,7 @@ demo-bulk: install
 	$(RUN) python -m jobs.demo_bulk --photos-per-session $(PHOTOS)
 
 # Throughput of (a) the bare model, (b) the seed's loop, (c) the pipeline: `make bench N=10000`.
-N ?= 300
+N ?= 600
 bench: install
 	RAY_DEDUP_LOGS=0 $(RUN) python -m bench.run --n $(N)
 

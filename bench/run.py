@@ -1,6 +1,6 @@
 """Throughput: the pipeline against the bare model and the seed's loop, in one run.
 
-    python -m bench.run [--n 300] [--latency-ms 100,500] [--bandwidth-mbps 100] [--out bench-results/]
+    python -m bench.run [--n 600] [--latency-ms 100,500] [--bandwidth-mbps 100] [--out bench-results/]
 
 On the same synthetic session (N distinct real-face photos, 0 to 22 faces each)
 and the same machine it measures
@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--n", type=int, default=300, help="photos in the session (default 300)")
+    parser.add_argument("--n", type=int, default=600, help="photos in the session (default 600)")
     parser.add_argument(
         "--latency-ms", type=_latencies, default=[100.0, 500.0], help="storage latency per request, ms"
     )
