@@ -8,8 +8,8 @@ import logging
 import ray
 
 from facepass.models import PhotoRef
-from facepass.pipeline import DecodedPhoto, ImageLoader
 from facepass.settings import Settings
+from facepass.vision.pipeline import DecodedPhoto, ImageLoader
 
 
 @ray.remote

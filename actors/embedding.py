@@ -9,10 +9,10 @@ from typing import Any
 
 import ray
 
-from facepass.heap import HeapTrimmer
 from facepass.models import DetectedFace, PhotoRef, PhotoResult
-from facepass.pipeline import DecodedPhoto, PhotoPipeline
 from facepass.settings import Settings
+from facepass.vision.heap import HeapTrimmer
+from facepass.vision.pipeline import DecodedPhoto, PhotoPipeline
 
 
 @ray.remote

@@ -12,7 +12,7 @@ from typing import Any
 
 import ray
 
-from facepass.job_book import JobBook, JobState
+from facepass.runs.job_book import JobBook, JobState
 
 JOBS_ACTOR_NAME = "facepass-reindex-jobs"
 
@@ -48,7 +48,7 @@ def jobs_actor(namespace: str) -> Any:
 
 
 class RayJobRegistry:
-    """``facepass.session_runs.JobRegistry`` over the named actor."""
+    """``facepass.runs.session_runs.JobRegistry`` over the named actor."""
 
     def __init__(self, namespace: str) -> None:
         self.actor = jobs_actor(namespace)

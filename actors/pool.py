@@ -20,10 +20,10 @@ from actors.embedding import EmbeddingActor
 from actors.metrics import reindex_metrics
 from actors.writer import IndexWriter
 from facepass.errors import WorkerLost
-from facepass.faces import ModelPack
+from facepass.index.store import PruneResult
 from facepass.models import DetectedFace, PhotoOutcome, PhotoRef, PhotoStatus
 from facepass.settings import Settings
-from facepass.store import PruneResult
+from facepass.vision.faces import ModelPack
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ import uuid
 
 import ray
 
+from facepass.index.store import PruneResult, VectorStore
+from facepass.index.writer import GroupCommitter
 from facepass.models import PhotoOutcome, PhotoResult
 from facepass.settings import Settings
-from facepass.store import PruneResult, VectorStore
-from facepass.writer import GroupCommitter
 
 
 @ray.remote

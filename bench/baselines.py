@@ -16,14 +16,14 @@ from bench.cpu import OtherLoad
 from bench.data import LazyPhotoFiles
 from bench.memory import RssSampler
 from bench.results import RunResult
-from facepass.catalog import CloudCatalog
+from facepass.catalog.cloud import CloudCatalog
 from facepass.demo.scenario import CatalogWriter
 from facepass.errors import NoFaceDetected, PhotoError, PhotoNotFound, StorageUnavailable
-from facepass.faces import FaceEmbedder
-from facepass.images import UrlPolicy, decode_image
+from facepass.index.store import VectorStore
 from facepass.models import DetectedFace, PhotoRef, PhotoResult
 from facepass.settings import Settings
-from facepass.store import VectorStore
+from facepass.vision.faces import FaceEmbedder
+from facepass.vision.images import UrlPolicy, decode_image
 
 CHUNK = 32  # photos built (untimed) before each timed stretch of the limit run
 

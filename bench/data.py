@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from facepass.demo import photos
 from facepass.demo.storage import PhotoStorage
-from facepass.images import BgrImage
+from facepass.vision.images import BgrImage
 
 # Bump when the photos change: spooled JPEGs of another version are not reused.
 DATA_VERSION = 1

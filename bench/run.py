@@ -68,9 +68,9 @@ from bench.side_by_side import run_side_by_side
 from bench.writer import run_writer
 from facepass.db import resolve_databases
 from facepass.demo.scenario import CatalogWriter
-from facepass.faces import FaceEmbedder
+from facepass.index.store import VectorStore
 from facepass.settings import Settings
-from facepass.store import VectorStore
+from facepass.vision.faces import FaceEmbedder
 
 
 def _latencies(text: str) -> list[float]:

@@ -22,8 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import sqlalchemy as sa
 
+from facepass.index.store import VectorStore, face_embeddings
 from facepass.models import EMBEDDING_DIM, DetectedFace, PhotoRef, PhotoResult
-from facepass.store import VectorStore, face_embeddings
 
 MODEL = "bench/synthetic-clustered"
 _NS = uuid.UUID("6f1c5a9e-3a53-4c1e-9d59-5e0a1b2c3d4e")

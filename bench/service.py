@@ -232,8 +232,8 @@ def seed_indexed_session(settings: Settings, catalog_writer: CatalogWriter, phot
     import numpy as np
 
     from facepass.db import make_engine
-    from facepass.faces import ModelPack
-    from facepass.store import face_embeddings, indexed_photos
+    from facepass.index.store import face_embeddings, indexed_photos
+    from facepass.vision.faces import ModelPack
 
     model_name = ModelPack.from_settings(settings).name  # another model's rows would be stale
 

@@ -25,9 +25,9 @@ import ray
 
 from actors.pool import embedding_actor_name
 from facepass.errors import NoFaceDetected, PhotoError
-from facepass.images import ImageFetcher
 from facepass.models import DetectedFace, PhotoRef, PhotoResult
 from facepass.settings import Settings
+from facepass.vision.images import ImageFetcher
 
 STAND_IN_MODEL_TAG = "stand-in (precomputed faces, no decode, no model)"
 

@@ -15,9 +15,9 @@ import time
 import uuid
 from typing import Any
 
+from facepass.index.store import VectorStore
+from facepass.index.writer import GroupCommitter
 from facepass.models import DetectedFace, PhotoRef, PhotoResult
-from facepass.store import VectorStore
-from facepass.writer import GroupCommitter
 
 
 def _results(

@@ -22,12 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from facepass.audit import NORM_TOLERANCE, AuditReport, Defect, FixResult, IndexAuditor, SessionAudit
-from facepass.catalog import CloudCatalog
+from facepass.catalog.cloud import CloudCatalog
 from facepass.db import resolve_databases
-from facepass.faces import ModelPack
+from facepass.index.audit import NORM_TOLERANCE, AuditReport, Defect, FixResult, IndexAuditor, SessionAudit
+from facepass.index.store import VectorStore
 from facepass.settings import Settings
-from facepass.store import VectorStore
+from facepass.vision.faces import ModelPack
 
 TABLE_ROWS = 50  # more sessions than this: the table shows only those with a defect (unless --all)
 IDS_IN_TEXT = 5

@@ -36,8 +36,8 @@ from facepass.demo.scenario import (
     preview_path,
 )
 from facepass.demo.storage import PhotoStorage
+from facepass.index.store import VectorStore
 from facepass.settings import Settings
-from facepass.store import VectorStore
 from jobs.local_head import VENV_BIN, LocalRayHead, project_env
 
 REPO = Path(__file__).resolve().parents[1]

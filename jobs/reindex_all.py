@@ -26,16 +26,16 @@ from ray.experimental.tqdm_ray import tqdm
 from actors.jobs import RayJobRegistry
 from actors.metrics import reindex_metrics
 from actors.pool import EmbeddingPool
-from facepass.bulk import BulkHooks, BulkReindexer, BulkSummary
-from facepass.catalog import CloudCatalog
+from facepass.catalog.cloud import CloudCatalog
 from facepass.db import resolve_databases
-from facepass.faces import ModelPack
+from facepass.index.store import PruneResult, VectorStore
 from facepass.models import PhotoOutcome, PhotoRef
-from facepass.reindex import ReindexCoordinator, ReindexMode, SessionRun
-from facepass.session_lock import SessionLocks
-from facepass.session_runs import SessionRuns
+from facepass.runs.bulk import BulkHooks, BulkReindexer, BulkSummary
+from facepass.runs.reindex import ReindexCoordinator, ReindexMode, SessionRun
+from facepass.runs.session_lock import SessionLocks
+from facepass.runs.session_runs import SessionRuns
 from facepass.settings import Settings
-from facepass.store import PruneResult, VectorStore
+from facepass.vision.faces import ModelPack
 
 
 class PlanOnly:

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.jobs import RayJobRegistry
 from actors.pool import EmbeddingPool
-from facepass.catalog import CloudCatalog
+from facepass.catalog.cloud import CloudCatalog
 from facepass.db import resolve_databases
 from facepass.errors import (
     CLOUD_CATALOG,
@@ -43,12 +43,12 @@ from facepass.errors import (
     Unauthorized,
 )
 from facepass.health import DatabaseProbe, diagnose, is_database_failure
-from facepass.reindex import ReindexCoordinator, ReindexMode
-from facepass.search import DEFAULT_THRESHOLD, find_photos, selfie_face
-from facepass.session_lock import SessionLocks
-from facepass.session_runs import SessionRuns
+from facepass.index.search import DEFAULT_THRESHOLD, find_photos, selfie_face
+from facepass.index.store import VectorStore, face_embeddings, indexed_photos
+from facepass.runs.reindex import ReindexCoordinator, ReindexMode
+from facepass.runs.session_lock import SessionLocks
+from facepass.runs.session_runs import SessionRuns
 from facepass.settings import Settings
-from facepass.store import VectorStore, face_embeddings, indexed_photos
 from serve_app import auth
 from serve_app.auth import API_KEY
 from serve_app.runs import RouteRuns

@@ -17,10 +17,10 @@ from typing import Any
 
 from actors.metrics import reindex_metrics
 from facepass.errors import SessionBusy
-from facepass.job_book import DONE, JobState
-from facepass.reindex import ReindexCoordinator, ReindexMode
-from facepass.report import ReindexReport
-from facepass.session_runs import OwnedRun, SessionRuns, covers, job_answer
+from facepass.runs.job_book import DONE, JobState
+from facepass.runs.reindex import ReindexCoordinator, ReindexMode
+from facepass.runs.report import ReindexReport
+from facepass.runs.session_runs import OwnedRun, SessionRuns, covers, job_answer
 
 log = logging.getLogger("facepass.serve")
 

@@ -18,8 +18,8 @@ import pytest
 from facepass.db import resolve_databases
 from facepass.demo.scenario import CatalogWriter
 from facepass.demo.storage import PhotoStorage
+from facepass.index.store import VectorStore
 from facepass.settings import Settings
-from facepass.store import VectorStore
 from jobs.local_head import free_port
 
 

@@ -1,5 +1,5 @@
 """A fresh catalog and a fresh index with one photo of every defect the audit knows
-(shared by the unit and integration tests of ``facepass.audit`` / ``jobs.audit``)."""
+(shared by the unit and integration tests of ``facepass.index.audit`` / ``jobs.audit``)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 import sqlalchemy as sa
 
-from facepass.audit import Defect, IndexAuditor
-from facepass.catalog import CloudCatalog
+from facepass.catalog.cloud import CloudCatalog
 from facepass.demo.scenario import CatalogWriter, fresh_database, new_catalog_database
-from facepass.faces import ModelPack
+from facepass.index.audit import Defect, IndexAuditor
+from facepass.index.store import VectorStore, face_embeddings, indexed_photos
 from facepass.models import EMBEDDING_DIM, PhotoRef, PhotoResult
 from facepass.settings import Settings
-from facepass.store import VectorStore, face_embeddings, indexed_photos
+from facepass.vision.faces import ModelPack
 from tests.unit.test_store import faces
 
 OLD_MODEL = "old_pack/det_10g+w600k_r50"

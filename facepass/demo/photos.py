@@ -14,9 +14,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facepass.faces import FaceEmbedder
-from facepass.images import BgrImage
 from facepass.settings import Settings, packaged_model_root
+from facepass.vision.faces import FaceEmbedder
+from facepass.vision.images import BgrImage
 
 
 def insightface_images() -> Path:

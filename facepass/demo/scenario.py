@@ -12,10 +12,10 @@ import sqlalchemy as sa
 from facepass.db import make_engine
 from facepass.demo import photos
 from facepass.demo.storage import PhotoStorage
+from facepass.index.store import VectorStore
 from facepass.models import PhotoRef
-from facepass.pipeline import LocalProcessor, PhotoPipeline
 from facepass.settings import Settings
-from facepass.store import VectorStore
+from facepass.vision.pipeline import LocalProcessor, PhotoPipeline
 
 SEED_SESSION_NAME = "Тестовая фотосессия"
 SCHEMA_SQL = Path(__file__).with_name("cloud_schema.sql")

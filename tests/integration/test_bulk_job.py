@@ -15,7 +15,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 from facepass.demo.scenario import CatalogWriter, add_face_photos, index_locally, new_catalog_database
 from facepass.demo.storage import PhotoStorage
-from facepass.store import VectorStore, face_embeddings
+from facepass.index.store import VectorStore, face_embeddings
 from tests.integration.conftest import Service
 
 REPO = Path(__file__).resolve().parents[2]

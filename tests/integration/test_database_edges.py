@@ -17,8 +17,8 @@ from actors.pool import kill_pool_actors
 from facepass import db
 from facepass.demo import photos
 from facepass.demo.scenario import CatalogWriter, fresh_database
+from facepass.index.store import VectorStore
 from facepass.settings import Settings
-from facepass.store import VectorStore
 from serve_app import build_app
 from tests.integration.conftest import API_KEYS, Service
 

@@ -8,8 +8,8 @@ from actors.pool import EmbeddingPool, kill_pool_actors
 from facepass.demo import photos
 from facepass.demo.scenario import CatalogWriter, preview_path
 from facepass.demo.storage import PhotoStorage
+from facepass.index.store import VectorStore
 from facepass.models import PhotoOutcome, PhotoStatus
-from facepass.store import VectorStore
 from tests.integration.conftest import Service
 
 

@@ -22,8 +22,8 @@ from facepass.demo.scenario import (
     preview_path,
 )
 from facepass.demo.storage import PhotoStorage
+from facepass.index.store import VectorStore, face_embeddings, indexed_photos
 from facepass.settings import Settings
-from facepass.store import VectorStore, face_embeddings, indexed_photos
 from tests.integration.conftest import Service
 
 SEED_KEYS = {
@@ -193,7 +193,7 @@ def _insightface_reference(data: bytes, tmp_path: object) -> list:  # type: igno
     import cv2
     from insightface.app import FaceAnalysis
 
-    from facepass.faces import ModelPack
+    from facepass.vision.faces import ModelPack
 
     pack = ModelPack.from_settings(Settings())
     folder = Path(str(tmp_path)) / "pack"

@@ -17,7 +17,7 @@ from ray import serve
 from facepass.demo import photos
 from facepass.demo.scenario import CatalogWriter, preview_path
 from facepass.demo.storage import PhotoStorage
-from facepass.store import VectorStore
+from facepass.index.store import VectorStore
 from serve_app import build_app
 from serve_app.ingress import REPLICA_HEADER
 from tests.integration.conftest import Service

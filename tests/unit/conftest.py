@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from facepass.faces import FaceEmbedder
-from facepass.session_lock import SessionLocks
+from facepass.runs.session_lock import SessionLocks
 from facepass.settings import Settings
+from facepass.vision.faces import FaceEmbedder
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""facepass.audit and jobs.audit: planted defects on a real catalog and a real index
+"""facepass.index.audit and jobs.audit: planted defects on a real catalog and a real index
 (fresh databases on the embedded PostgreSQL per test, so "every session" is exactly
 what a test puts there)."""
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from facepass import audit as audit_core
-from facepass.audit import Defect
+from facepass.index import audit as audit_core
+from facepass.index.audit import Defect
 from facepass.models import EMBEDDING_DIM
 from facepass.settings import Settings
 from jobs import audit as audit_job

@@ -1,4 +1,4 @@
-"""facepass.bulk with one run per session: the bulk job takes each session's run lock,
+"""facepass.runs.bulk with one run per session: the bulk job takes each session's run lock,
 registers its run, and skips (reports) a session another run holds. No Ray."""
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from facepass.bulk import BulkReindexer
-from facepass.catalog import CloudCatalog
+from facepass.catalog.cloud import CloudCatalog
 from facepass.demo.scenario import CatalogWriter
-from facepass.job_book import DONE, FAILED, JobState
+from facepass.index.store import VectorStore
 from facepass.models import PhotoOutcome, PhotoRef, PhotoStatus
-from facepass.reindex import ReindexCoordinator, ReindexMode
-from facepass.session_lock import SessionLocks
-from facepass.session_runs import LocalJobRegistry, OwnedRun, SessionRuns
+from facepass.runs.bulk import BulkReindexer
+from facepass.runs.job_book import DONE, FAILED, JobState
+from facepass.runs.reindex import ReindexCoordinator, ReindexMode
+from facepass.runs.session_lock import SessionLocks
+from facepass.runs.session_runs import LocalJobRegistry, OwnedRun, SessionRuns
 from facepass.settings import Settings
-from facepass.store import VectorStore
 
 
 class FakeProcessor:

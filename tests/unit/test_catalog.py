@@ -1,4 +1,4 @@
-"""facepass.catalog: read-only access to the cloud catalog."""
+"""facepass.catalog.cloud: read-only access to the cloud catalog."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from facepass.catalog import CatalogSchema, CloudCatalog
+from facepass.catalog.cloud import CatalogSchema, CloudCatalog
 from facepass.demo.scenario import CatalogWriter
 from facepass.errors import FacePassDisabled, SessionNotFound
 from facepass.settings import Settings

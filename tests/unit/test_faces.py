@@ -1,4 +1,4 @@
-"""facepass.faces: detection + ArcFace embeddings on real packaged photos."""
+"""facepass.vision.faces: detection + ArcFace embeddings on real packaged photos."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 
 from facepass.demo import photos
 from facepass.errors import NoFaceDetected
-from facepass.faces import FaceEmbedder, ModelPack
-from facepass.images import decode_image
 from facepass.models import EMBEDDING_DIM, DetectedFace
 from facepass.settings import Settings
+from facepass.vision.faces import FaceEmbedder, ModelPack
+from facepass.vision.images import decode_image
 
 # Exact with the default pack, det_size 640 and det_thresh 0.5 (design.md lists the same numbers).
 FACE_COUNTS = {"t1.jpg": 6, "players.jpg": 22, "gdp.jpg": 5, "yaoming.jpg": 1}

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from facepass.catalog import CloudCatalog
+from facepass.catalog.cloud import CloudCatalog
 from facepass.db import make_engine
 from facepass.errors import CLOUD_CATALOG, LOCAL_INDEX, DatabaseSchemaMissing, DatabaseUnavailable
 from facepass.health import DatabaseProbe, diagnose, is_database_failure
+from facepass.index.store import VectorStore
 from facepass.settings import Settings
-from facepass.store import VectorStore
 
 INDEX_TABLES = ("face_embeddings", "indexed_photos")
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/nowhere"

@@ -1,10 +1,10 @@
-"""facepass.heap: the allocator settings the model processes run with."""
+"""facepass.vision.heap: the allocator settings the model processes run with."""
 
 from __future__ import annotations
 
 import ctypes
 
-from facepass.heap import HeapTrimmer, keep_buffers_in_heap
+from facepass.vision.heap import HeapTrimmer, keep_buffers_in_heap
 
 
 def test_heap_settings_apply_on_glibc() -> None:

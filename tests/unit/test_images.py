@@ -1,4 +1,4 @@
-"""facepass.images: URL policy, format sniffing, decoding limits, EXIF, and real HTTP fetches."""
+"""facepass.vision.images: URL policy, format sniffing, decoding limits, EXIF, and real HTTP fetches."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from facepass.errors import (
     StorageUnavailable,
     UrlNotAllowed,
 )
-from facepass.images import ImageFetcher, ImageTooLarge, UrlPolicy, decode_image, sniff_format
 from facepass.settings import Settings
+from facepass.vision.images import ImageFetcher, ImageTooLarge, UrlPolicy, decode_image, sniff_format
 
 BASE = "http://storage.test:9000/bucket/"
 

@@ -1,4 +1,4 @@
-"""facepass.migrations: an index built the way main built it before migrations is upgraded in place."""
+"""facepass.index.migrations: an index built the way main built it before migrations is upgraded in place."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pgvector.sqlalchemy import Vector
 from sqlalchemy.dialects import postgresql as pg
 
 from facepass.db import make_engine
-from facepass.migrations import current_revision, head_revision, migrate
+from facepass.index.migrations import current_revision, head_revision, migrate
+from facepass.index.store import VectorStore
 from facepass.settings import Settings
-from facepass.store import VectorStore
 
 # The schema exactly as main's VectorStore.create_schema() made it (metadata.create_all + HNSW).
 old = sa.MetaData()

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from facepass.catalog import CloudCatalog
+from facepass.catalog.cloud import CloudCatalog
 from facepass.demo.scenario import CatalogWriter, SeedScenario, build_seed_scenario
 from facepass.demo.storage import PhotoStorage
-from facepass.faces import FaceEmbedder, ModelPack
+from facepass.index.store import VectorStore, face_embeddings
 from facepass.models import LedgerStatus
-from facepass.reindex import ReindexMode
+from facepass.runs.reindex import ReindexMode
 from facepass.settings import Settings, packaged_model_root
-from facepass.store import VectorStore, face_embeddings
+from facepass.vision.faces import FaceEmbedder, ModelPack
 from tests.unit.test_reindex import catalog, reindex  # noqa: F401 (fixture)
 
 

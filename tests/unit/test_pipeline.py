@@ -1,4 +1,4 @@
-"""facepass.pipeline: one photo through fetch -> decode -> embed, never raising for a bad photo."""
+"""facepass.vision.pipeline: one photo through fetch -> decode -> embed, never raising for a bad photo."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 
 from facepass.demo import photos
 from facepass.demo.storage import PhotoStorage
-from facepass.faces import FaceEmbedder
+from facepass.index.store import VectorStore
 from facepass.models import EMBEDDING_DIM, DetectedFace, PhotoOutcome, PhotoRef, PhotoResult, PhotoStatus
-from facepass.pipeline import LocalProcessor, PhotoPipeline
 from facepass.settings import Settings
-from facepass.store import VectorStore
+from facepass.vision.faces import FaceEmbedder
+from facepass.vision.pipeline import LocalProcessor, PhotoPipeline
 
 
 def put(storage: PhotoStorage, name: str, data: bytes | None) -> PhotoRef:

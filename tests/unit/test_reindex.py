@@ -1,4 +1,4 @@
-"""facepass.reindex: the seed scenario end to end in one process (no Ray)."""
+"""facepass.runs.reindex: the seed scenario end to end in one process (no Ray)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,18 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from facepass.catalog import CloudCatalog
+from facepass.catalog.cloud import CloudCatalog
 from facepass.demo import photos
 from facepass.demo.scenario import SEED_SESSION_NAME, CatalogWriter, SeedScenario, build_seed_scenario
 from facepass.demo.storage import PhotoStorage
 from facepass.errors import FacePassDisabled, SessionNotFound
-from facepass.faces import FaceEmbedder, ModelPack
+from facepass.index.store import PruneResult, VectorStore, face_embeddings
 from facepass.models import PhotoOutcome, PhotoRef, PhotoStatus
-from facepass.pipeline import LocalProcessor, PhotoPipeline
-from facepass.reindex import ReindexCoordinator, ReindexMode, SessionRun
-from facepass.report import ReindexReport
+from facepass.runs.reindex import ReindexCoordinator, ReindexMode, SessionRun
+from facepass.runs.report import ReindexReport
 from facepass.settings import Settings
-from facepass.store import PruneResult, VectorStore, face_embeddings
+from facepass.vision.faces import FaceEmbedder, ModelPack
+from facepass.vision.pipeline import LocalProcessor, PhotoPipeline
 
 SEED_ERRORS = sorted(
     [

@@ -1,4 +1,4 @@
-"""facepass.report: the seed's JSON and log lines."""
+"""facepass.runs.report: the seed's JSON and log lines."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
-from facepass import report as words
 from facepass.models import PhotoOutcome, PhotoStatus, SessionInfo
-from facepass.report import ReindexReport
+from facepass.runs import report as words
+from facepass.runs.report import ReindexReport
 
 SEED_KEYS = [
     "success",

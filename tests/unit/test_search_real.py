@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from facepass.demo import photos
-from facepass.faces import FaceEmbedder
+from facepass.index.search import selfie_face
+from facepass.index.store import VectorStore
 from facepass.models import PhotoRef, PhotoResult
-from facepass.search import selfie_face
-from facepass.store import VectorStore
+from facepass.vision.faces import FaceEmbedder
 
 
 def test_search_on_real_people_equals_an_exact_scan(store: VectorStore, embedder: FaceEmbedder) -> None:

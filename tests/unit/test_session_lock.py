@@ -1,4 +1,4 @@
-"""facepass.session_lock: per-session run locks on the real embedded PostgreSQL."""
+"""facepass.runs.session_lock: per-session run locks on the real embedded PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import uuid
 
 import sqlalchemy as sa
 
-from facepass.session_lock import SessionLocks, _key_halves, session_lock_key
+from facepass.runs.session_lock import SessionLocks, _key_halves, session_lock_key
 from facepass.settings import Settings
 
 

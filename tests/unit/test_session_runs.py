@@ -1,4 +1,4 @@
-"""facepass.session_runs + job_book: one run per session, on real PostgreSQL locks, no Ray."""
+"""facepass.runs.session_runs + job_book: one run per session, on real PostgreSQL locks, no Ray."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from facepass.errors import JoinedRunFailed, SessionBusy
-from facepass.job_book import DONE, FAILED, RUNNER_LOST, RUNNING, JobBook, JobState
-from facepass.reindex import ReindexMode
-from facepass.session_lock import SessionLocks
-from facepass.session_runs import JoinedRun, LocalJobRegistry, OwnedRun, SessionRuns, covers
+from facepass.runs.job_book import DONE, FAILED, RUNNER_LOST, RUNNING, JobBook, JobState
+from facepass.runs.reindex import ReindexMode
+from facepass.runs.session_lock import SessionLocks
+from facepass.runs.session_runs import JoinedRun, LocalJobRegistry, OwnedRun, SessionRuns, covers
 
 MISSING, FULL = ReindexMode.MISSING, ReindexMode.FULL
 

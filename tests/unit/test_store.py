@@ -1,4 +1,4 @@
-"""facepass.store: the local pgvector index and its ledger, on the embedded PostgreSQL."""
+"""facepass.index.store: the local pgvector index and its ledger, on the embedded PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from facepass.migrations import current_revision, head_revision
+from facepass.index.migrations import current_revision, head_revision
+from facepass.index.store import VectorStore, face_embeddings, indexed_photos
 from facepass.models import EMBEDDING_DIM, DetectedFace, PhotoRef, PhotoResult, PhotoStatus
-from facepass.store import VectorStore, face_embeddings, indexed_photos
 
 MODEL = "model/scrfd_500m_bnkps+w600k_mbf"
 

@@ -1,4 +1,4 @@
-"""facepass.writer.GroupCommitter: many callers, few transactions, one outcome per photo."""
+"""facepass.index.writer.GroupCommitter: many callers, few transactions, one outcome per photo."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import uuid
 
 import numpy as np
 
+from facepass.index.store import VectorStore
+from facepass.index.writer import GroupCommitter
 from facepass.models import PhotoStatus
-from facepass.store import VectorStore
-from facepass.writer import GroupCommitter
 from tests.unit.test_store import indexed, photo, rows_of
 
 

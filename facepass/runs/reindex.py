@@ -3,7 +3,7 @@
 It knows nothing of Ray: photos go to a ``PhotoProcessor`` (the actor pool in
 production, an in-process one in unit tests). Blocking database calls run in
 threads so the coordinator can live inside an async HTTP handler. The bulk job
-(``facepass.bulk``) reuses its steps to stream many sessions through one pool.
+(``facepass.runs.bulk``) reuses its steps to stream many sessions through one pool.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from facepass import report as words
-from facepass.catalog import CloudCatalog
+from facepass.catalog.cloud import CloudCatalog
+from facepass.index.store import PruneResult, VectorStore
 from facepass.models import LedgerStatus, PhotoOutcome, PhotoRef, SessionInfo
-from facepass.report import ReindexReport
-from facepass.store import PruneResult, VectorStore
+from facepass.runs import report as words
+from facepass.runs.report import ReindexReport
 
 log = logging.getLogger("facepass.reindex")
 

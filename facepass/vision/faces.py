@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from facepass.errors import NoFaceDetected
-from facepass.heap import keep_buffers_in_heap
-from facepass.images import BgrImage
 from facepass.models import EMBEDDING_DIM, DetectedFace
 from facepass.settings import CUDA_PROVIDER, Settings
+from facepass.vision.heap import keep_buffers_in_heap
+from facepass.vision.images import BgrImage
 
 log = logging.getLogger(__name__)
 # insightface's face_align calls a scikit-image API that is deprecated, not wrong.

@@ -7,7 +7,7 @@ ledger's job: a stopped run leaves every committed photo committed, and the
 next run plans only what is missing.
 
 One run per session: with ``runs`` given, the job takes each session's run lock
-(``facepass.session_runs``) before planning it and registers the run in the job
+(``facepass.runs.session_runs``) before planning it and registers the run in the job
 book, so route calls for that session join it; a session whose lock another run
 holds (a route call, another bulk job) is skipped and reported as running
 elsewhere (``sessions_busy``): that run indexes it, and waiting would stall the
@@ -25,11 +25,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from facepass.errors import FacePassError
-from facepass.job_book import DONE
 from facepass.models import PhotoOutcome, SessionInfo
-from facepass.reindex import ReindexCoordinator, ReindexMode, ReindexPlan, SessionRun
-from facepass.report import ReindexReport
-from facepass.session_runs import OwnedRun, SessionRuns
+from facepass.runs.job_book import DONE
+from facepass.runs.reindex import ReindexCoordinator, ReindexMode, ReindexPlan, SessionRun
+from facepass.runs.report import ReindexReport
+from facepass.runs.session_runs import OwnedRun, SessionRuns
 
 log = logging.getLogger("facepass.bulk")
 

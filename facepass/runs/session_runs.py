@@ -1,6 +1,6 @@
 """One run per session: a call runs the session, or shares the run already going.
 
-Ownership is the session's advisory lock (``facepass.session_lock``): whoever
+Ownership is the session's advisory lock (``facepass.runs.session_lock``): whoever
 takes it runs the session and registers a job in the job book (the lock first,
 then the job, and at the end the final state first, then the unlock). So a job
 the book calls running while its session's lock is not held by its runner's
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from facepass.errors import JobNotFound, JoinedRunFailed, SessionBusy
-from facepass.job_book import DONE, FAILED, IDENTITY, RUNNER_LOST, RUNNING, JobBook, JobState
-from facepass.reindex import ReindexMode
-from facepass.session_lock import HeldSession, SessionLocks
+from facepass.runs.job_book import DONE, FAILED, IDENTITY, RUNNER_LOST, RUNNING, JobBook, JobState
+from facepass.runs.reindex import ReindexMode
+from facepass.runs.session_lock import HeldSession, SessionLocks
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ no face is never downloaded again. Writes are group commits: many photos per
 transaction (one ledger upsert, one delete, one binary COPY of all their faces),
 so a photo's faces and its ledger row still appear together or not at all. A
 batch that a bad row breaks is written again photo by photo, so only the bad
-photo fails. The schema is owned by the migrations (``facepass.migrations``).
+photo fails. The schema is owned by the migrations (``facepass.index.migrations``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql as pg
 
 from facepass.db import make_engine
 from facepass.errors import WriteFailed
-from facepass.migrations import migrate
+from facepass.index.migrations import migrate
 from facepass.models import EMBEDDING_DIM, LedgerStatus, PhotoOutcome, PhotoResult, PhotoStatus
 
 log = logging.getLogger(__name__)

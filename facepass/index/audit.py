@@ -31,8 +31,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from facepass.catalog import CloudCatalog
-from facepass.store import PruneResult, VectorStore
+from facepass.catalog.cloud import CloudCatalog
+from facepass.index.store import PruneResult, VectorStore
 
 NORM_TOLERANCE = 1e-3  # float32 vectors normalized by the model sit within ~1e-6 of 1
 PRUNE_CHUNK = 1000  # photos per prune transaction

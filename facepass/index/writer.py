@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import sqlalchemy.exc
 
+from facepass.index.store import PruneResult, VectorStore
 from facepass.models import PhotoOutcome, PhotoResult
-from facepass.store import PruneResult, VectorStore
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from facepass.errors import PhotoError
-from facepass.faces import FaceEmbedder
-from facepass.images import BgrImage, ImageFetcher, decode_image
+from facepass.index.store import PruneResult, VectorStore
+from facepass.index.writer import GroupCommitter
 from facepass.models import DetectedFace, PhotoOutcome, PhotoRef, PhotoResult
 from facepass.settings import Settings
-from facepass.store import PruneResult, VectorStore
-from facepass.writer import GroupCommitter
+from facepass.vision.faces import FaceEmbedder
+from facepass.vision.images import BgrImage, ImageFetcher, decode_image
 
 log = logging.getLogger(__name__)
 

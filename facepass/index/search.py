@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from facepass.catalog import CloudCatalog
+from facepass.catalog.cloud import CloudCatalog
 from facepass.errors import NoFaceDetected
+from facepass.index.store import VectorStore
 from facepass.models import DetectedFace
-from facepass.store import VectorStore
 
 DEFAULT_THRESHOLD = 0.35  # ArcFace cosine: the same person is typically > 0.4, others < 0.2
 

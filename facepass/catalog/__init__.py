@@ -1,0 +1,1 @@
+"""The cloud catalog: read-only access to sessions and photos."""

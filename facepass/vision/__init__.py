@@ -1,0 +1,1 @@
+"""Images and faces: fetching, decoding, the model pack and the per-photo pipeline."""
