@@ -34,6 +34,10 @@ class IndexWriter:
     async def stats(self) -> dict[str, int]:
         return {"transactions": self.committer.transactions, "photos": self.committer.photos_written}
 
+    async def node_id(self) -> str:
+        """Where it runs (tests and docs: the writer belongs on the head node)."""
+        return str(ray.get_runtime_context().get_node_id())
+
     async def ping(self) -> bool:
         self.store.ping()
         return True

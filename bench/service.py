@@ -55,7 +55,7 @@ class BenchService:
 
     def start(self, ready_timeout_s: float = 600) -> BenchService:
         s = self.settings
-        num_cpus = max(os.cpu_count() or 1, math.ceil(s.embed_actors * s.cpus_per_actor))
+        num_cpus = max(os.cpu_count() or 1, math.ceil(s.local_pool_size() * s.cpus_per_actor))
         t0 = time.perf_counter()
         ray.init(
             address="local",  # always a cluster of our own, never one that `ray start` left running
@@ -99,7 +99,7 @@ class BenchService:
 
     def _actor_pids(self) -> dict[str, int]:
         pids: dict[str, int] = {}
-        for i in range(self.settings.embed_actors):
+        for i in range(self.settings.local_pool_size()):
             handle = ray.get_actor(embedding_actor_name(i), namespace=self.settings.ray_namespace)
             info: Any = ray.get(handle.info.remote())
             pids[f"embedder-{i}"] = int(info["pid"])
@@ -187,7 +187,7 @@ def run_pipeline(
     if spy is not None:
         extra["profile"] = spy.summary()
     extra.update(
-        embed_actors=service.settings.embed_actors,
+        embed_actors=service.settings.local_pool_size(),
         photos_in_flight_per_actor=service.settings.photos_in_flight_per_actor,
         ort_threads_per_actor=service.settings.intra_op_threads(),
     )

@@ -190,6 +190,12 @@ class WorkerLost(PhotoError):
     transient = True
 
 
+class PoolUnavailable(FacePassError):
+    """No embedding actor answers (none placed yet, or all lost with their nodes): 503."""
+
+    code = "pool_unavailable"
+
+
 # --- one run per session ---------------------------------------------------------
 class SessionBusy(_ById):
     """The session has a run going that this call cannot share (another mode, or a

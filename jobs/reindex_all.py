@@ -23,7 +23,6 @@ from pathlib import Path
 import ray
 from ray.experimental.tqdm_ray import tqdm
 
-from actors.jobs import RayJobRegistry
 from actors.metrics import reindex_metrics
 from actors.pool import EmbeddingPool
 from facepass.catalog.cloud import CloudCatalog
@@ -31,6 +30,7 @@ from facepass.db import resolve_databases
 from facepass.index.store import PruneResult, VectorStore
 from facepass.models import PhotoOutcome, PhotoRef
 from facepass.runs.bulk import BulkHooks, BulkReindexer, BulkSummary
+from facepass.runs.job_store import SqlJobRegistry
 from facepass.runs.reindex import ReindexCoordinator, ReindexMode, SessionRun
 from facepass.runs.session_lock import SessionLocks
 from facepass.runs.session_runs import SessionRuns
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     # One run per session: this driver holds each session's lock while it runs it (a session
     # another run holds is skipped and reported); route calls for its sessions join its runs.
     locks = SessionLocks(settings.local_dsn)
-    registry = RayJobRegistry(settings.ray_namespace)
+    registry = SqlJobRegistry(settings.local_dsn)  # in the index database: outlives any node
     runs = SessionRuns(locks, registry, runner=f"bulk-job:{socket.gethostname()}:{os.getpid()}")
     bulk = BulkReindexer(coordinator, page_size=settings.catalog_page_size, runs=runs)
     hooks = BulkHooks(planned=planned, outcome=outcome)

@@ -202,13 +202,13 @@ class ReindexCoordinator:
     ) -> AsyncIterator[PhotoOutcome]:
         """Yield outcomes as they finish, with at most ``capacity`` photos in flight."""
         pending: set[asyncio.Task[PhotoOutcome]] = set()
-        window = max(1, self.processor.capacity)
         try:
             for index, photo in enumerate(photos, start=1):
                 if run is not None:
                     self.submitted(run, index, photo)
                 pending.add(asyncio.ensure_future(self.processor.process(photo)))
-                if len(pending) >= window:
+                # The window follows the pool's size (nodes join and leave during a run).
+                if len(pending) >= max(1, self.processor.capacity):
                     done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                     for task in done:
                         yield task.result()
