@@ -37,7 +37,7 @@ from actors.writer import IndexWriter
 from facepass.cluster.pool_plan import EMBEDDER_PREFIX, Slot, fixed_slot_name
 from facepass.errors import PoolUnavailable, WorkerLost
 from facepass.index.store import PruneResult
-from facepass.models import DetectedFace, PhotoOutcome, PhotoRef, PhotoStatus
+from facepass.models import DetectedFace, Fence, PhotoOutcome, PhotoRef, PhotoStatus
 from facepass.settings import Settings
 from facepass.vision.faces import ModelPack
 
@@ -309,9 +309,14 @@ class EmbeddingPool:
                 write.add_done_callback(lambda f: f.cancelled() or f.exception())
                 raise _Moved()
 
-    async def prune(self, photo_ids: list[uuid.UUID]) -> PruneResult:
+    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:
         """Deleted photos leave the index through the one writer, like every other write."""
-        result: PruneResult = await self.writer.prune.remote(photo_ids)
+        try:
+            result: PruneResult = await self.writer.prune.remote(photo_ids, fence)
+        except RayTaskError as exc:
+            if isinstance(exc.cause, Exception):
+                raise exc.cause from None
+            raise
         return result
 
     @staticmethod

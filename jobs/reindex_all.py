@@ -28,7 +28,7 @@ from actors.pool import EmbeddingPool
 from facepass.catalog.cloud import CloudCatalog
 from facepass.db import resolve_databases
 from facepass.index.store import PruneResult, VectorStore
-from facepass.models import PhotoOutcome, PhotoRef
+from facepass.models import Fence, PhotoOutcome, PhotoRef
 from facepass.runs.bulk import BulkHooks, BulkReindexer, BulkSummary
 from facepass.runs.job_store import SqlJobRegistry
 from facepass.runs.reindex import ReindexCoordinator, ReindexMode, SessionRun
@@ -55,7 +55,7 @@ class PlanOnly:
     async def process(self, photo: PhotoRef) -> PhotoOutcome:
         raise RuntimeError("a dry run processes nothing")
 
-    async def prune(self, photo_ids: list[uuid.UUID]) -> PruneResult:
+    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:
         raise RuntimeError("a dry run removes nothing")
 
 

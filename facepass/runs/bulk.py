@@ -189,7 +189,8 @@ class BulkReindexer:
             run = self.coordinator.new_run(item.id)
             if owned is not None:
                 self._owned[id(run)] = owned
-            plan = await asyncio.to_thread(self.coordinator.plan_session, item, mode)
+            fence = owned.fence if owned is not None else None
+            plan = await asyncio.to_thread(self.coordinator.plan_session, item, mode, fence)
             self.coordinator.begin(run, plan)
             if not dry_run:
                 await self.coordinator.prune(run, plan)
