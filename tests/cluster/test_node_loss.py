@@ -167,7 +167,7 @@ def test_a_node_that_joins_gets_an_actor_and_work(
     store: VectorStore,
     tmp_path: Path,
 ) -> None:
-    catalog = make_catalog(cluster_settings, slow_storage, sessions=3, per_session=20)
+    catalog = make_catalog(cluster_settings, slow_storage, sessions=4, per_session=30)
     total = len(catalog.photos)
     job = start_bulk_job(job_env(cluster_settings, catalog, cluster.address), tmp_path)
     wait_until(lambda: ledger_count(store, catalog) >= 0.2 * total or job.process.poll() is not None, 240)
