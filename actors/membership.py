@@ -166,8 +166,8 @@ class PoolMembers:
             member.drain_deadline_s = node.drain_deadline_s if node else None
             if member.draining and not was_draining:
                 log.warning("pool: node %s drains; actor %s gets no new work", member.node_id, name)
-            if name not in wanted and not member.draining and member.slot.node_id is not None:
-                del members[name]  # over the maximum now: let it idle out
+            if name not in wanted and not member.draining:
+                del members[name]  # over the maximum, or a stopgap no longer needed: it idles out
         fresh: list[Member] = []
         for slot in slots:
             if slot.name in members:
@@ -212,6 +212,15 @@ class PoolMembers:
                 self._ready.set()
 
         asyncio.ensure_future(ping())
+
+    def release(self) -> None:
+        """This process is done with the pool (a bulk job's end): ask the autoscaler for the
+        minimum only, or its request for the maximum would outlive the job."""
+        if self.settings.pool_request_resources and not self.settings.fixed_pool and self._requested:
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=[resource_bundle(self.settings)] * self.settings.pool_min_actors)
+            self._requested = self.settings.pool_min_actors
 
     async def _ask_autoscaler(self, busy: bool) -> None:
         """Busy: room for the maximum (the autoscaler adds nodes); idle: the minimum."""

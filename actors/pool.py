@@ -160,8 +160,10 @@ class EmbeddingPool:
         if slot.node_id is not None:  # pinned: it lives and dies with its node
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(slot.node_id, soft=False)
         idle_exit_s = None
-        if not self.settings.fixed_pool and slot.rank >= self.settings.pool_min_actors:
-            idle_exit_s = self.settings.pool_idle_exit_s
+        if not self.settings.fixed_pool and (
+            slot.rank >= self.settings.pool_min_actors or slot.node_id is None
+        ):
+            idle_exit_s = self.settings.pool_idle_exit_s  # beyond the minimum, or a stopgap
         return EmbeddingActor.options(  # type: ignore[attr-defined]
             name=slot.name,
             max_concurrency=self.settings.photos_in_flight_per_actor,  # >= batches in flight
@@ -371,6 +373,10 @@ class EmbeddingPool:
             "decoders": len(decoders),
             "writer": bool(writer_ok),
         }
+
+    def release(self) -> None:
+        """A bulk job is done with the pool: the actors stay (shared), the autoscaler demand goes."""
+        self.members.release()
 
     def shutdown(self) -> None:
         """Kill the detached actors (tests and the demo clean up with this)."""

@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     except asyncio.CancelledError:
         print("Остановлено. Следующий запуск продолжит с того же места (обработанные фото в индексе).")
         return 130
+    finally:
+        if isinstance(processor, EmbeddingPool):
+            processor.release()  # no standing demand on the autoscaler once the job is over
     bar.close()  # type: ignore[no-untyped-call]
     for line in summary.lines():
         print(line)

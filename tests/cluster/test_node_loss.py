@@ -194,3 +194,49 @@ def test_a_node_that_joins_gets_an_actor_and_work(
         f"after {rate_after:.2f}"
     )
     assert join_to_work_s < 60
+
+
+def drain(cluster: Cluster, node_id: str, deadline_s: float) -> None:
+    """What a preemption notice does: Ray's drain API with a deadline (as `ray drain-node`)."""
+    from ray.core.generated import autoscaler_pb2
+
+    gcs = ray._raylet.GcsClient(address=cluster.address)
+    reason = autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION")
+    accepted, why = gcs.drain_node(node_id, reason, "spot preemption (test)", int(deadline_s * 1000))
+    assert accepted, why
+
+
+def test_a_drained_node_gets_no_new_batches_and_its_work_finishes_or_moves(
+    cluster: Cluster,
+    cluster_settings: Settings,
+    slow_storage: PhotoStorage,
+    store: VectorStore,
+    tmp_path: Path,
+) -> None:
+    catalog = make_catalog(cluster_settings, slow_storage, sessions=4, per_session=25)
+    total = len(catalog.photos)
+    env = job_env(cluster_settings, catalog, cluster.address, FACEPASS_DRAIN_MARGIN_S="5")
+    job = start_bulk_job(env, tmp_path)
+    wait_until(lambda: ledger_count(store, catalog) >= 0.2 * total or job.process.poll() is not None, 240)
+    assert job.process.poll() is None, job.log_path.read_text()[-3000:]
+    actors = pool_actors(cluster_settings.ray_namespace)
+    nodes = worker_nodes(cluster)
+    name, info = next((n, i) for n, i in actors.items() if n != WRITER_NAME and i["node_id"] in nodes)
+    victim = info["node_id"]
+    deadline = time.time() + 20
+    drain(cluster, victim, deadline)
+    time.sleep(6)  # the pool looks every 2 s here; batches already sent may finish meanwhile
+    handle = ray.get_actor(name, namespace=cluster_settings.ray_namespace)
+    settled = ray.get(handle.info.remote(), timeout=20)["photos_done"]
+    time.sleep(max(0.0, deadline - time.time() - 1))
+    at_deadline = ray.get(handle.info.remote(), timeout=20)["photos_done"]
+    assert at_deadline == settled, "no new batches after the drain was seen"
+    cluster.remove_node(nodes[victim], allow_graceful=False)  # the deadline: the node goes
+    code, summary, log = job.wait(timeout_s=240)
+    assert code == 0, log[-4000:]
+    assert summary["photos_successful"] == total, summary
+    assert_every_photo_once(store, catalog)
+    assert "drains; actor" in log
+    print(f"\ndrained node: {settled} photos done before the drain settled, {at_deadline} at the deadline")
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
