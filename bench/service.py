@@ -83,14 +83,15 @@ class BenchService:
         return self
 
     def _wait_healthy(self, timeout_s: float) -> None:
-        """/healthz answers 200 once every embedding actor has loaded its model."""
+        """/healthz answers 200 once an embedding actor is up; wait until every one is."""
         deadline = time.monotonic() + timeout_s
         last = ""
         while time.monotonic() < deadline:
             try:
                 response = self._http.get(f"{self.base_url}/healthz", timeout=30)
-                if response.status_code == 200:
-                    return
+                pool = response.json().get("pool") if response.status_code == 200 else None
+                if isinstance(pool, dict) and pool.get("ready_actors", 0) >= pool.get("planned_actors", 1):
+                    return  # every actor of the pool has its model loaded
                 last = f"{response.status_code} {response.text[:300]}"
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}"

@@ -10,13 +10,17 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import ray
+from ray import serve
 from ray.cluster_utils import Cluster
 
 from facepass.demo.storage import PhotoStorage
 from facepass.index.store import VectorStore
 from facepass.settings import Settings
+from jobs.local_head import free_port
+from serve_app import build_app
 from tests.cluster.conftest import (
     assert_every_photo_once,
     job_env,
@@ -66,3 +70,28 @@ def test_the_bulk_job_indexes_every_photo_once_under_rpc_failures(
     assert_every_photo_once(store, catalog)
     retried = log.count("retrying")
     print(f"\nunder 10%/10% PushTask failures: {len(catalog.photos)} photos, {retried} batches retried")
+
+
+def test_a_route_call_indexes_every_photo_once_under_rpc_failures(
+    faulty_cluster: Cluster,
+    cluster_settings: Settings,
+    slow_storage: PhotoStorage,
+    store: VectorStore,
+) -> None:
+    """The route on Ray Serve, on the same faulty cluster: the Serve app's own calls (the
+    controller's, the proxy's) go through the same lossy PushTask."""
+    catalog = make_catalog(cluster_settings, slow_storage, sessions=1, per_session=16)
+    settings = cluster_settings.model_copy(
+        update={"cloud_dsn": catalog.dsn, "http_port": free_port(), "pool_refresh_s": 2.0}
+    )
+    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    try:
+        serve.run(build_app(settings), name="facepass", route_prefix="/")
+        url = f"http://{settings.http_host}:{settings.http_port}/api/v1/faces/force-reindex-session/"
+        response = httpx.post(url + str(catalog.sessions[0]), headers=settings.api_headers(), timeout=400)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["successful_photos"] == 16 and body["failed_photos"] == 0, body["errors"]
+        assert_every_photo_once(store, catalog)
+    finally:
+        serve.shutdown()  # type: ignore[no-untyped-call]
