@@ -156,8 +156,10 @@ def test_a_lost_node_holding_the_writer_costs_nothing(
     assert ray.get(writer.node_id.remote(), timeout=60) == target
     figures = run_and_lose_a_node(cluster, cluster_settings, slow_storage, store, tmp_path, "writer")
     assert figures["loss_to_done_s"] < 240
-    moved = pool_actors(cluster_settings.ray_namespace)[WRITER_NAME]["node_id"]
-    assert moved == cluster.head_node.node_id, "a new writer, on the head node"
+    # The pool made a new writer at its first failed write (on the head), unless no write
+    # failed (the loss between two batches): then the next pool makes it.
+    writer_now = pool_actors(cluster_settings.ray_namespace).get(WRITER_NAME)
+    assert writer_now is None or writer_now["node_id"] == cluster.head_node.node_id
 
 
 def test_a_node_that_joins_gets_an_actor_and_work(
@@ -167,10 +169,10 @@ def test_a_node_that_joins_gets_an_actor_and_work(
     store: VectorStore,
     tmp_path: Path,
 ) -> None:
-    catalog = make_catalog(cluster_settings, slow_storage, sessions=4, per_session=30)
+    catalog = make_catalog(cluster_settings, slow_storage, sessions=4, per_session=40)
     total = len(catalog.photos)
     job = start_bulk_job(job_env(cluster_settings, catalog, cluster.address), tmp_path)
-    wait_until(lambda: ledger_count(store, catalog) >= 0.2 * total or job.process.poll() is not None, 240)
+    wait_until(lambda: ledger_count(store, catalog) >= 0.1 * total or job.process.poll() is not None, 240)
     before = ledger_count(store, catalog)
     rate_before = before / (time.monotonic() - job.started)
     joined = cluster.add_node(num_cpus=1)
