@@ -174,10 +174,11 @@ def test_a_node_that_joins_gets_an_actor_and_work(
     store: VectorStore,
     tmp_path: Path,
 ) -> None:
-    catalog = make_catalog(cluster_settings, slow_storage, sessions=4, per_session=40)
+    catalog = make_catalog(cluster_settings, slow_storage, sessions=4, per_session=60)
     total = len(catalog.photos)
     job = start_bulk_job(job_env(cluster_settings, catalog, cluster.address), tmp_path)
-    wait_until(lambda: ledger_count(store, catalog) >= 0.1 * total or job.process.poll() is not None, 240)
+    # Early: a new actor loads its model (~5-10 s here) while the warm ones go on.
+    wait_until(lambda: ledger_count(store, catalog) >= 0.05 * total or job.process.poll() is not None, 240)
     before = ledger_count(store, catalog)
     rate_before = before / (time.monotonic() - job.started)
     joined = cluster.add_node(num_cpus=1)
