@@ -32,8 +32,12 @@ class EmbeddingActor:
             return await self.pipeline.run(photo)
 
     async def process_batch(self, photos: list[PhotoRef]) -> list[PhotoResult]:
-        """Several photos in one call (one Ray round trip); their downloads overlap."""
-        return list(await asyncio.gather(*(self.process(photo) for photo in photos)))
+        """Several photos in one call (one Ray round trip); their downloads overlap, and with
+        model batching (FACEPASS_MODEL_BATCH_PHOTOS, auto on GPU) they share model calls."""
+        if self.pipeline.model_batch <= 1:
+            return list(await asyncio.gather(*(self.process(photo) for photo in photos)))
+        with self._trim.photo():
+            return await self.pipeline.run_batch(photos)
 
     async def embed_decoded(self, decoded: DecodedPhoto) -> PhotoResult:
         """The model half only: the photo was fetched and decoded by a decoder actor."""
@@ -41,7 +45,10 @@ class EmbeddingActor:
             return await self.pipeline.embed_decoded(decoded)
 
     async def embed_decoded_batch(self, decoded: list[DecodedPhoto]) -> list[PhotoResult]:
-        return list(await asyncio.gather(*(self.embed_decoded(d) for d in decoded)))
+        if self.pipeline.model_batch <= 1:
+            return list(await asyncio.gather(*(self.embed_decoded(d) for d in decoded)))
+        with self._trim.photo():
+            return await self.pipeline.embed_decoded_batch(decoded)
 
     async def embed_image(self, data: bytes) -> list[DetectedFace]:
         """Faces of an uploaded image (a selfie); raises the typed PhotoError on bad input."""
@@ -56,4 +63,6 @@ class EmbeddingActor:
             "providers_active": embedder.active_providers,
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "intra_op_threads": embedder.threads,
+            "runtime": embedder.runtime,
+            "model_batch_photos": self.pipeline.model_batch,
         }

@@ -8,7 +8,7 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -96,6 +96,15 @@ class Settings(BaseSettings):
     recognizer_file: str | None = None
     det_size: int = Field(default=640, ge=64)
     det_thresh: float = Field(default=0.5, gt=0, lt=1)
+
+    # Model runtime and batching (issue 16). model_runtime "auto": the OpenVINO runtime on CPU
+    # actors (the CPU fast path, its own model generation "<pack>@ov-<precision>"), ONNX Runtime
+    # (CUDA) on GPU actors; "onnxruntime": the fp32 pack everywhere; "openvino": CPU only.
+    model_runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"
+    openvino_precision: Literal["f32", "bf16"] = "f32"  # bf16 only where the CPU has it
+    # Photos per model call (detection over a padded batch, recognition over all its faces).
+    # 0: auto: actor_batch_photos on GPU and with OpenVINO, 1 with ONNX Runtime on CPU.
+    model_batch_photos: int = Field(default=0, ge=0)
 
     # Downloads.
     download_timeout_s: float = Field(default=30.0, gt=0)

@@ -169,7 +169,8 @@ def test_group_photo_gives_one_row_per_face_matching_insightface(
     with store.engine.connect() as conn:
         rows = conn.execute(query).mappings().all()
     assert sorted(r["face_index"] for r in rows) == list(range(6))
-    assert {r["model_name"] for r in rows} == {"model/scrfd_500m_bnkps+w600k_mbf"}
+    # The CPU default: the OpenVINO fast path (issue 16), a model generation of its own.
+    assert {r["model_name"] for r in rows} == {"model/scrfd_500m_bnkps+w600k_mbf@ov-f32"}
     stored = np.stack([np.asarray(r["embedding"], dtype=np.float32) for r in rows])
     np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-5)
 
@@ -298,8 +299,9 @@ def test_health_reports_the_cpu_choice_and_docs_are_served(service: Service) -> 
     body = health.json()
     assert body["cloud_db"] == "ok" and body["local_db"] == "ok" and body["pool"]["writer"] is True
     for actor in body["pool"]["actors"]:
-        assert actor["providers_requested"] == ["CPUExecutionProvider"]
-        assert actor["providers_active"] == ["CPUExecutionProvider"]
+        assert actor["providers_requested"] == ["OpenVINO"]
+        assert actor["providers_active"] == ["OpenVINO CPU (f32)"]
+        assert actor["runtime"] == "openvino"
         assert actor["gpu_ids"] == []
     assert httpx.get(f"{service.base_url}/docs", timeout=30).status_code == 200
     spec = httpx.get(f"{service.base_url}/openapi.json", timeout=30).json()
