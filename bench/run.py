@@ -557,7 +557,9 @@ def main(argv: list[str] | None = None) -> int:
         summary |= _fast_vs_fp32_pipeline(fp32_pipeline, rounds, low)
         payload = summary | common | {"runs": [r.to_json() for r in runs]}
         chart = write_chart(
-            out / f"bench-{stamp}.png", runs, f"FacePass throughput, N={n}, {machine['cpus']} CPUs"
+            out / f"bench-{stamp}.png",
+            summary,
+            f"FacePass throughput, N={n}, {machine['cpus']} CPUs, model {summary.get('model_fast_name', '')}",
         )
         payload["chart"] = str(chart) if chart else None
         path = write_json(out / f"bench-{stamp}.json", payload)

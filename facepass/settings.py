@@ -100,11 +100,17 @@ class Settings(BaseSettings):
     # Model runtime and batching (issue 16). model_runtime "auto": the OpenVINO runtime on CPU
     # actors (the CPU fast path, its own model generation "<pack>@ov-<precision>"), ONNX Runtime
     # (CUDA) on GPU actors; "onnxruntime": the fp32 pack everywhere; "openvino": CPU only.
+    # The fast path runs the recognizer on OpenVINO; the detector stays on ONNX Runtime unless
+    # openvino_detector (measured slower on OpenVINO here, on a CPU without AVX-512).
     model_runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"
     openvino_precision: Literal["f32", "bf16"] = "f32"  # bf16 only where the CPU has it
-    # Photos per model call (detection over a padded batch, recognition over all its faces).
-    # 0: auto: actor_batch_photos on GPU and with OpenVINO, 1 with ONNX Runtime on CPU.
+    openvino_detector: bool = False
+    # Photos per model batch: recognition over all their faces in one call. 0: auto:
+    # actor_batch_photos on GPU and with OpenVINO, 1 with ONNX Runtime on CPU.
     model_batch_photos: int = Field(default=0, ge=0)
+    # Photos per detector call inside a model batch (one padded input). 0: auto: the whole
+    # model batch on GPU, 1 on CPU (batched detection measured slower there).
+    detector_batch_photos: int = Field(default=0, ge=0)
 
     # Downloads.
     download_timeout_s: float = Field(default=30.0, gt=0)

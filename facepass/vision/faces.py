@@ -27,6 +27,7 @@ from facepass.vision.images import BgrImage
 from facepass.vision.runtimes import (
     ONNXRUNTIME,
     ModelSession,
+    detector_runtime,
     effective_runtime,
     generation_suffix,
     open_session,
@@ -84,6 +85,8 @@ class FaceEmbedder:
         self.det_size = settings.det_size
         self.det_thresh = settings.det_thresh
         self.threads = settings.intra_op_threads()
+        # Photos per detector call (0: all photos of a batch in one call). Auto: per photo on CPU.
+        self.detector_batch = settings.detector_batch_photos or (0 if settings.uses_gpu else 1)
         self.active_providers: list[str] = []
         self._detector: ScrfdDetector | None = None
         self._recognizer: ArcFaceRecognizer | None = None
@@ -104,11 +107,13 @@ class FaceEmbedder:
 
         onnxruntime.set_default_logger_severity(3)  # the batch-shape warning is noise
         keep_buffers_in_heap()  # per-inference tensors: no mmap/munmap (page faults) per photo
-        detector_session = open_session(self.pack.detector, self.settings, self.threads)
+        detector_session = open_session(
+            self.pack.detector, self.settings, self.threads, detector_runtime(self.settings)
+        )
         recognizer_session = open_session(self.pack.recognizer, self.settings, self.threads)
         detector = ScrfdDetector(detector_session, self.det_size, self.det_thresh)
         recognizer = ArcFaceRecognizer(recognizer_session, self.pack.recognizer)
-        self.active_providers = list(detector_session.providers)
+        self.active_providers = list(dict.fromkeys(detector_session.providers + recognizer_session.providers))
         log.info(
             "model %s loaded (%s); providers requested %s, in use %s; %d intra-op threads",
             self.model_name,
@@ -132,7 +137,12 @@ class FaceEmbedder:
 
         self.load()
         assert self._detector is not None and self._recognizer is not None
-        found = self._detector.detect_batch(images)
+        step = max(1, self.detector_batch) if self.detector_batch else len(images) or 1
+        found = [
+            d
+            for at in range(0, len(images), step)
+            for d in self._detector.detect_batch(images[at : at + step])
+        ]
         size = self._recognizer.input_size
         crops = [
             face_align.norm_crop(image, landmark=kps, image_size=size)

@@ -2,10 +2,11 @@
 
 Which runtime an embedder uses is a choice of the settings (``model_runtime``):
 ONNX Runtime (CPU, or CUDA when the actor holds a GPU) runs the original fp32
-pack; the OpenVINO runtime runs the same ONNX files on CPU, faster on this
-kind of core (see the README's "CPU fast path"). Its outputs differ from ONNX
-Runtime's in the last bits, so it is a model generation of its own: the pack's
-name says which runtime and precision made a vector.
+pack; on CPU the fast path runs the recognizer (and, on request, the detector)
+of the same ONNX files on OpenVINO, faster on this kind of core (see the
+README's "CPU fast path"). Its outputs differ from ONNX Runtime's in the last
+bits, so it is a model generation of its own: the pack's name says which
+runtime and precision made a vector.
 """
 
 from __future__ import annotations
@@ -45,11 +46,19 @@ def effective_runtime(settings: Settings) -> str:
     return settings.model_runtime
 
 
+def detector_runtime(settings: Settings) -> str:
+    """The fast path keeps the detector on ONNX Runtime (same boxes as fp32) unless asked."""
+    runtime = effective_runtime(settings)
+    return OPENVINO if runtime == OPENVINO and settings.openvino_detector else ONNXRUNTIME
+
+
 def generation_suffix(settings: Settings) -> str:
-    """What the runtime adds to the pack's model name ("" for the fp32 ONNX Runtime pack)."""
-    if effective_runtime(settings) == OPENVINO:
-        return f"@ov-{settings.openvino_precision}"
-    return ""
+    """What the runtime adds to the pack's model name ("" for the fp32 ONNX Runtime pack):
+    ``@ov-f32`` (recognizer on OpenVINO), ``@ov-f32-det`` (the detector too)."""
+    if effective_runtime(settings) != OPENVINO:
+        return ""
+    detector = "-det" if detector_runtime(settings) == OPENVINO else ""
+    return f"@ov-{settings.openvino_precision}{detector}"
 
 
 class OrtSession:
@@ -114,7 +123,7 @@ class OpenVinoSession:
             return [np.array(self._request.get_output_tensor(i).data) for i in range(self._outputs)]
 
 
-def open_session(path: Path, settings: Settings, threads: int) -> ModelSession:
-    if effective_runtime(settings) == OPENVINO:
+def open_session(path: Path, settings: Settings, threads: int, runtime: str | None = None) -> ModelSession:
+    if (runtime or effective_runtime(settings)) == OPENVINO:
         return OpenVinoSession(path, settings, threads)
     return OrtSession(path, settings, threads)

@@ -89,7 +89,7 @@ def test_load_is_idempotent(embedder: FaceEmbedder) -> None:
     assert embedder.load() is embedder
     assert embedder._detector is detector
     assert embedder._recognizer is recognizer
-    assert embedder.active_providers == ["OpenVINO CPU (f32)"]
+    assert embedder.active_providers == ["CPUExecutionProvider", "OpenVINO CPU (f32)"]
 
 
 def test_embed_loads_lazily() -> None:

@@ -23,7 +23,36 @@ RUNTIMES = ("onnxruntime", "openvino")
 
 @pytest.fixture(scope="module")
 def embedders() -> dict[str, FaceEmbedder]:
-    return {runtime: FaceEmbedder(Settings(model_runtime=runtime)).load() for runtime in RUNTIMES}
+    """Detection over up to 8 photos per call (the GPU default; 1 per call is the CPU's)."""
+    return {
+        runtime: FaceEmbedder(Settings(model_runtime=runtime, detector_batch_photos=8)).load()
+        for runtime in RUNTIMES
+    }
+
+
+def test_detector_batch_defaults() -> None:
+    assert FaceEmbedder(Settings()).detector_batch == 1  # CPU: one photo per detector call
+    assert FaceEmbedder(Settings(gpus_per_actor=1)).detector_batch == 0  # GPU: the whole batch
+    assert FaceEmbedder(Settings(detector_batch_photos=3)).detector_batch == 3
+
+
+def test_detection_over_a_padded_batch_is_one_call(embedders: dict[str, FaceEmbedder]) -> None:
+    embedder = embedders["onnxruntime"]
+    assert embedder._detector is not None
+    calls: list[int] = []
+    session = embedder._detector.session
+    real_run = session.run
+
+    def counting(batch: np.ndarray) -> list[np.ndarray]:
+        calls.append(int(batch.shape[0]))
+        return real_run(batch)
+
+    embedder._detector.session = type("Counting", (), {"run": staticmethod(counting), "providers": []})()
+    try:
+        embedder.embed_batch(mixed_photos())
+    finally:
+        embedder._detector.session = session
+    assert calls == [6]
 
 
 def mixed_photos() -> list[BgrImage]:

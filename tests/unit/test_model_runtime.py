@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from facepass.demo import photos
 from facepass.errors import ModelLoadError
 from facepass.settings import Settings
 from facepass.vision.faces import FaceEmbedder
-from facepass.vision.runtimes import effective_runtime, generation_suffix
+from facepass.vision.runtimes import detector_runtime, effective_runtime, generation_suffix
 
 
 def test_auto_is_openvino_on_cpu_and_onnxruntime_on_gpu() -> None:
@@ -18,6 +19,17 @@ def test_auto_is_openvino_on_cpu_and_onnxruntime_on_gpu() -> None:
     assert effective_runtime(gpu) == "onnxruntime"
     assert generation_suffix(gpu) == ""
     assert gpu.onnx_providers()[0] == "CUDAExecutionProvider"
+
+
+def test_the_detector_moves_to_openvino_only_on_request() -> None:
+    assert detector_runtime(Settings()) == "onnxruntime"
+    both = Settings(openvino_detector=True)
+    assert detector_runtime(both) == "openvino"
+    assert generation_suffix(both) == "@ov-f32-det"
+    assert detector_runtime(Settings(model_runtime="onnxruntime", openvino_detector=True)) == "onnxruntime"
+    embedder = FaceEmbedder(both).load()
+    assert embedder.active_providers == ["OpenVINO CPU (f32)"]
+    assert len(embedder.embed(photos.load("t1.jpg"))) == 6
 
 
 def test_the_fp32_pack_stays_available() -> None:
@@ -39,7 +51,7 @@ def test_bf16_is_named_and_refused_where_the_cpu_lacks_it() -> None:
     embedder = FaceEmbedder(settings)
     assert embedder.model_name.endswith("@ov-bf16")
     if "BF16" in capabilities:
-        assert embedder.load().active_providers == ["OpenVINO CPU (bf16)"]
+        assert embedder.load().active_providers == ["CPUExecutionProvider", "OpenVINO CPU (bf16)"]
     else:  # this machine: OpenVINO would drop the hint and run f32 under a bf16 name
         with pytest.raises(ModelLoadError, match="no bf16"):
             embedder.load()
