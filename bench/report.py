@@ -251,7 +251,9 @@ def write_chart(path: Path, summary: dict[str, Any], title: str) -> Path | None:
     limit = max([1.6, *[min(share, 3.0) for share in shares]]) * 1.25
     left.set_xlim(0, limit)
     for yy, share, (_, value, bar, direction) in zip(y, shares, bars, strict=True):
-        text = f"{value:.3g} ({direction} {bar:g})"
+        text = (
+            f"{value:,.0f} ({direction} {bar:,.0f})" if bar >= 100 else f"{value:.4g} ({direction} {bar:g})"
+        )
         left.annotate(
             text,
             (min(share, limit * 0.98), yy),
