@@ -72,6 +72,7 @@ def run_limit(
     embedders: dict[str, FaceEmbedder],
     settings: Settings,
     batches: dict[str, int] | None = None,
+    chunk_photos: int = CHUNK,
 ) -> tuple[dict[str, RunResult], list[list[DetectedFace]]]:
     """decode_image + FaceEmbedder.embed, sequential, on bytes already in memory.
 
@@ -89,14 +90,16 @@ def run_limit(
     faces: list[list[DetectedFace]] = []
     first = next(iter(embedders))
     elapsed = dict.fromkeys(embedders, 0.0)
+    cpu = dict.fromkeys(embedders, 0.0)  # CPU seconds of this process: less moved by other load
     found = dict.fromkeys(embedders, 0)
     with RssSampler({"driver": os.getpid()}) as memory, OtherLoad() as load:
-        for start in range(0, n, CHUNK):
-            chunk = [files.photo(i) for i in range(start, min(n, start + CHUNK))]
+        for start in range(0, n, chunk_photos):
+            chunk = [files.photo(i) for i in range(start, min(n, start + chunk_photos))]
             for key, embedder in embedders.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 found_faces = faces_of_photos(embedder, chunk, max_pixels, batch[key])
                 elapsed[key] += time.perf_counter() - t0
+                cpu[key] += time.process_time() - c0
                 found[key] += sum(len(f) for f in found_faces)
                 if key == first:
                     faces.extend(found_faces)
@@ -118,6 +121,7 @@ def run_limit(
                 "config": key,
                 "model_name": embedder.model_name,
                 "model_batch_photos": batch[key],
+                "cpu_s": round(cpu[key], 3),
             },
         )
         for key, embedder in embedders.items()

@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     openvino_precision: Literal["f32", "bf16"] = "f32"  # bf16 only where the CPU has it
     openvino_detector: bool = False
     # Photos per model batch: recognition over all their faces in one call. 0: auto:
-    # actor_batch_photos on GPU and with OpenVINO, 1 with ONNX Runtime on CPU.
+    # actor_batch_photos on GPU, 1 on CPU (batched measured no faster there).
     model_batch_photos: int = Field(default=0, ge=0)
     # Photos per detector call inside a model batch (one padded input). 0: auto: the whole
     # model batch on GPU, 1 on CPU (batched detection measured slower there).

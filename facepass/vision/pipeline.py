@@ -20,7 +20,6 @@ from facepass.models import DetectedFace, PhotoOutcome, PhotoRef, PhotoResult
 from facepass.settings import Settings
 from facepass.vision.faces import FaceEmbedder
 from facepass.vision.images import BgrImage, ImageFetcher, decode_image
-from facepass.vision.runtimes import OPENVINO, effective_runtime
 
 log = logging.getLogger(__name__)
 
@@ -273,14 +272,12 @@ class LocalProcessor:
 
 
 def model_batch_photos(settings: Settings) -> int:
-    """Photos per model call: the setting, or auto where batching measured faster: the
-    actor's batch on GPU and on the OpenVINO fast path; one photo per call with ONNX
-    Runtime on CPU (slower batched there: see the README's "Photos batched through the model")."""
+    """Photos per model call: the setting, or auto: the actor's batch on GPU, one photo per
+    call on CPU (batched measured no faster there, with either runtime: see the README's
+    "Photos batched through the model")."""
     if settings.model_batch_photos:
         return settings.model_batch_photos
-    if settings.uses_gpu or effective_runtime(settings) == OPENVINO:
-        return settings.actor_batch_photos
-    return 1
+    return settings.actor_batch_photos if settings.uses_gpu else 1
 
 
 def _settle(result: PhotoResult, outcome: list[DetectedFace] | Exception) -> None:
