@@ -7,7 +7,8 @@ The gate (issue 16): every face the reference finds is found by the candidate
 (box IoU >= 0.9) and the candidate finds no extra face; the per-face cosine
 between the two embeddings has p1 >= 0.98; Yao Ming's selfie finds him first
 in players.jpg with both; the top 20 of a selfie search over the real people
-keeps the reference's order (``top20_swaps`` counts the differences).
+keeps the reference's order (``top20_swaps`` counts the differences, and
+``top20_swap_max_gap`` says how far apart the swapped faces' scores were).
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class AccuracyReport:
     embedding_cos_mean: float
     identity_kept: bool  # the selfie's best match in players.jpg is the same face with both
     top20_swaps: int  # pairs of the reference's top 20 in another order, plus faces in/out
+    # The widest reference-score gap between two faces whose order changed (0.0: no swap):
+    # a swap of near-ties (gap ~1e-3) is noise; a swap across a real gap is a lost ranking.
+    top20_swap_max_gap: float
 
     @property
     def passes(self) -> bool:
@@ -112,6 +116,19 @@ def match(reference: list[DetectedFace], candidate: list[DetectedFace]) -> dict[
     return matched
 
 
+def swap_max_gap(reference: list[int], candidate: list[int], scores: npt.NDArray[np.float32]) -> float:
+    """The largest reference-score gap over the pairs ``candidate`` orders the other way
+    (a face that left the top k counts against the reference's last face)."""
+    position = {face: i for i, face in enumerate(candidate)}
+    gap = 0.0
+    for i, a in enumerate(reference):
+        for b in reference[i + 1 :]:
+            pa, pb = position.get(a, len(candidate)), position.get(b, len(candidate))
+            if pa > pb:
+                gap = max(gap, float(scores[a] - scores[b]))
+    return gap
+
+
 def top_k_swaps(reference: list[int], candidate: list[int]) -> int:
     """Pairs of ``reference`` that ``candidate`` orders the other way, plus faces that left."""
     position = {face: i for i, face in enumerate(candidate)}
@@ -136,7 +153,7 @@ def compare(reference: Embed, candidate: Embed) -> AccuracyReport:
             ious.append(overlap)
             cosines.append(float(np.dot(ref[i].embedding, cand[j].embedding)))
     names = [name for name, _ in images]
-    identity, swaps = _search(names, ref_faces, cand_faces)
+    identity, swaps, gap = _search(names, ref_faces, cand_faces)
     cos = np.asarray(cosines, dtype=np.float64)
     return AccuracyReport(
         photos=len(images),
@@ -149,12 +166,13 @@ def compare(reference: Embed, candidate: Embed) -> AccuracyReport:
         embedding_cos_mean=round(float(cos.mean()) if cos.size else 0.0, 5),
         identity_kept=identity,
         top20_swaps=swaps,
+        top20_swap_max_gap=round(gap, 5),
     )
 
 
 def _search(
     names: list[str], ref_faces: list[list[DetectedFace]], cand_faces: list[list[DetectedFace]]
-) -> tuple[bool, int]:
+) -> tuple[bool, int, float]:
     """Selfie search with each model over the real people (the originals of the group photos),
     one query per copy of yaoming.jpg; candidate faces are named by their reference twin."""
     people = [names.index(f"{name}:original") for name in SEARCH_PEOPLE]
@@ -167,13 +185,16 @@ def _search(
             cand_gallery.append(cand_faces[p][j].embedding)
     ref_matrix: npt.NDArray[np.float32] = np.stack(ref_gallery)
     cand_matrix: npt.NDArray[np.float32] = np.stack(cand_gallery)
-    identity, swaps = True, 0
+    identity, swaps, gap = True, 0, 0.0
     players = names.index("players.jpg:original")
     for q, name in enumerate(names):
         if not name.startswith("yaoming.jpg:") or not ref_faces[q] or not cand_faces[q]:
             continue
-        ref_order = list(np.argsort(-(ref_matrix @ ref_faces[q][0].embedding), kind="stable")[:TOP_K])
+        ref_scores = ref_matrix @ ref_faces[q][0].embedding
+        ref_order = list(np.argsort(-ref_scores, kind="stable")[:TOP_K])
         cand_order = list(np.argsort(-(cand_matrix @ cand_faces[q][0].embedding), kind="stable")[:TOP_K])
         identity = identity and keys[int(ref_order[0])][0] == players and bool(ref_order[0] == cand_order[0])
-        swaps += top_k_swaps([int(i) for i in ref_order], [int(i) for i in cand_order])
-    return identity, swaps
+        ref_k, cand_k = [int(i) for i in ref_order], [int(i) for i in cand_order]
+        swaps += top_k_swaps(ref_k, cand_k)
+        gap = max(gap, swap_max_gap(ref_k, cand_k, ref_scores))
+    return identity, swaps, gap

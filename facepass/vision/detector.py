@@ -5,7 +5,9 @@ InsightFace's ``SCRFD.detect`` step for step, so that one photo gives the same
 boxes as InsightFace's class; what is added is the batch: every photo is
 letterboxed (scaled to fit, top-left, zero-padded) into the same
 ``det_size x det_size`` input, the inputs are stacked, and the network runs
-once for all of them.
+once for all of them. With ``fit`` (the CPU fast path) the input keeps the
+photo's aspect ratio instead (sides rounded up to 32): a 3:2 photo is
+640x448 rather than 640x640, and photos of one input size share a call.
 """
 
 from __future__ import annotations
@@ -38,38 +40,59 @@ class Detections:
 class ScrfdDetector:
     """An SCRFD network with keypoints (9 outputs: scores, boxes, landmarks at strides 8, 16, 32)."""
 
-    def __init__(self, session: ModelSession, det_size: int, det_thresh: float) -> None:
+    def __init__(self, session: ModelSession, det_size: int, det_thresh: float, fit: bool = False) -> None:
         self.session = session
         self.det_size = det_size
         self.det_thresh = det_thresh
+        # fit: the input keeps the photo's aspect (the letterboxed size rounded up to the
+        # coarsest stride) instead of the padded square: less padding to convolve.
+        self.fit = fit
         self.strides = (8, 16, 32)
         self.anchors_per_cell = 2
         self._centres: dict[tuple[int, int, int], npt.NDArray[np.float32]] = {}
 
-    def letterbox(self, image: BgrImage) -> tuple[BgrImage, float]:
-        """The photo scaled to fit the square input (InsightFace's arithmetic), and its scale."""
+    def _scaled_size(self, image: BgrImage) -> tuple[int, int]:
+        """(width, height) of the photo scaled into the square input (InsightFace's arithmetic)."""
         size = self.det_size
         h, w = image.shape[:2]
         if h / w > 1.0:
-            new_h, new_w = size, int(size / (h / w))
-        else:
-            new_w, new_h = size, int(size * (h / w))
-        canvas = np.zeros((size, size, 3), dtype=np.uint8)
+            return int(size / (h / w)), size
+        return size, int(size * (h / w))
+
+    def input_size(self, image: BgrImage) -> tuple[int, int]:
+        """(width, height) of the network input for this photo."""
+        if not self.fit:
+            return self.det_size, self.det_size
+        step = self.strides[-1]
+        new_w, new_h = self._scaled_size(image)
+        return max(step, -(-new_w // step) * step), max(step, -(-new_h // step) * step)
+
+    def letterbox(self, image: BgrImage, size: tuple[int, int]) -> tuple[BgrImage, float]:
+        """The photo scaled into the input, top-left, zero-padded; and its scale."""
+        new_w, new_h = self._scaled_size(image)
+        canvas = np.zeros((size[1], size[0], 3), dtype=np.uint8)
         canvas[:new_h, :new_w, :] = cv2.resize(image, (new_w, new_h))
-        return canvas, new_h / h
+        return canvas, new_h / image.shape[0]
 
     def detect_batch(self, images: list[BgrImage]) -> list[Detections]:
-        """Faces of every image, from one call of the network."""
-        if not images:
-            return []
-        canvases, scales = zip(*(self.letterbox(image) for image in images), strict=True)
-        blob = cv2.dnn.blobFromImages(
-            list(canvases), 1.0 / INPUT_STD, (self.det_size, self.det_size), (INPUT_MEAN,) * 3, swapRB=True
-        )
+        """Faces of every image: one call of the network per input size (one call for all
+        of them with the square input; photos of one aspect ratio share a call with fit)."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(self.input_size(image), []).append(i)
+        found: dict[int, Detections] = {}
+        for size, members in groups.items():
+            batch = self._detect_same_size([images[i] for i in members], size)
+            found.update(zip(members, batch, strict=True))
+        return [found[i] for i in range(len(images))]
+
+    def _detect_same_size(self, images: list[BgrImage], size: tuple[int, int]) -> list[Detections]:
+        canvases, scales = zip(*(self.letterbox(image, size) for image in images), strict=True)
+        blob = cv2.dnn.blobFromImages(list(canvases), 1.0 / INPUT_STD, size, (INPUT_MEAN,) * 3, swapRB=True)
         outputs = self.session.run(np.ascontiguousarray(blob, dtype=np.float32))
         if outputs[0].ndim != 3 or outputs[0].shape[0] != len(images):
             raise RuntimeError(f"detector output {outputs[0].shape} is not batched by photo")
-        return [self._decode([out[i] for out in outputs], scales[i]) for i in range(len(images))]
+        return [self._decode([out[i] for out in outputs], scales[i], size) for i in range(len(images))]
 
     def _anchor_centres(self, height: int, width: int, stride: int) -> npt.NDArray[np.float32]:
         key = (height, width, stride)
@@ -81,12 +104,12 @@ class ScrfdDetector:
             self._centres[key] = centres
         return self._centres[key]
 
-    def _decode(self, outs: list[Array], scale: float) -> Detections:
+    def _decode(self, outs: list[Array], scale: float, size: tuple[int, int]) -> Detections:
         fmc = len(self.strides)
         scores_all, boxes_all, kps_all = [], [], []
         for idx, stride in enumerate(self.strides):
             scores = outs[idx]
-            centres = self._anchor_centres(self.det_size // stride, self.det_size // stride, stride)
+            centres = self._anchor_centres(size[1] // stride, size[0] // stride, stride)
             keep = np.where(scores >= self.det_thresh)[0]
             box = outs[idx + fmc][keep] * stride
             kps = outs[idx + fmc * 2][keep] * stride

@@ -26,6 +26,7 @@ from facepass.vision.heap import keep_buffers_in_heap
 from facepass.vision.images import BgrImage
 from facepass.vision.runtimes import (
     ONNXRUNTIME,
+    OPENVINO,
     ModelSession,
     detector_runtime,
     effective_runtime,
@@ -111,7 +112,9 @@ class FaceEmbedder:
             self.pack.detector, self.settings, self.threads, detector_runtime(self.settings)
         )
         recognizer_session = open_session(self.pack.recognizer, self.settings, self.threads)
-        detector = ScrfdDetector(detector_session, self.det_size, self.det_thresh)
+        # The fast path's detector input keeps the photo's aspect (less padding to convolve).
+        fit = self.runtime == OPENVINO
+        detector = ScrfdDetector(detector_session, self.det_size, self.det_thresh, fit=fit)
         recognizer = ArcFaceRecognizer(recognizer_session, self.pack.recognizer)
         self.active_providers = list(dict.fromkeys(detector_session.providers + recognizer_session.providers))
         log.info(

@@ -144,8 +144,10 @@ def test_embeddings_match_insightface_face_analysis(
         j = int(np.argmin(np.linalg.norm(centres - _centre(face.bbox), axis=1)))
         matched.add(j)
         ref = theirs[j]
-        assert np.allclose(face.bbox, ref.bbox[:4], atol=1.0)
-        assert face.det_score == pytest.approx(float(ref.det_score), abs=1e-4)
+        # The default CPU pack is the fast path (detector input fitted to the photo's aspect,
+        # recognizer on OpenVINO): close to InsightFace, not bit-equal (the fp32 pack is: below).
+        assert np.allclose(face.bbox, ref.bbox[:4], atol=1.5)
+        assert face.det_score == pytest.approx(float(ref.det_score), abs=0.01)
         cosine = float(np.dot(face.embedding, ref.normed_embedding))
         assert cosine >= 0.999, f"face at {face.bbox} differs from FaceAnalysis: cos {cosine:.4f}"
     assert len(matched) == len(ours), "two of our faces matched the same FaceAnalysis face"
