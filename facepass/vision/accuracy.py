@@ -117,14 +117,14 @@ def match(reference: list[DetectedFace], candidate: list[DetectedFace]) -> dict[
 
 
 def swap_max_gap(reference: list[int], candidate: list[int], scores: npt.NDArray[np.float32]) -> float:
-    """The largest reference-score gap over the pairs ``candidate`` orders the other way
-    (a face that left the top k counts against the reference's last face)."""
+    """The largest reference-score gap over the pairs ``candidate`` orders the other way; a
+    face that left the top k is below every face that entered it."""
+    faces = sorted(set(reference) | set(candidate), key=lambda face: -float(scores[face]))
     position = {face: i for i, face in enumerate(candidate)}
     gap = 0.0
-    for i, a in enumerate(reference):
-        for b in reference[i + 1 :]:
-            pa, pb = position.get(a, len(candidate)), position.get(b, len(candidate))
-            if pa > pb:
+    for i, a in enumerate(faces):
+        for b in faces[i + 1 :]:
+            if position.get(a, len(candidate)) > position.get(b, len(candidate)):
                 gap = max(gap, float(scores[a] - scores[b]))
     return gap
 

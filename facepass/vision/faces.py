@@ -54,14 +54,15 @@ _RECOGNIZERS = ("w600k_r50.onnx", "glintr100.onnx", "w600k_mbf.onnx")
 class ModelPack:
     detector: Path
     recognizer: Path
-    name: str  # stored with every embedding: "<pack>/<detector>+<recognizer>"
+    name: str  # stored with every embedding: "<pack>/<detector>+<recognizer>[@<runtime>]"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelPack:
         folder = settings.model_dir
         detector = cls._pick(folder, settings.detector_file, _DETECTORS, "detector")
         recognizer = cls._pick(folder, settings.recognizer_file, _RECOGNIZERS, "recognizer")
-        name = f"{settings.model_name}/{detector.stem}+{recognizer.stem}"
+        # The runtime's suffix (the CPU fast path: "@ov-f32") makes it a generation of its own.
+        name = f"{settings.model_name}/{detector.stem}+{recognizer.stem}{generation_suffix(settings)}"
         return cls(detector=detector, recognizer=recognizer, name=name)
 
     @staticmethod
@@ -95,7 +96,7 @@ class FaceEmbedder:
 
     @property
     def model_name(self) -> str:
-        return self.pack.name + generation_suffix(self.settings)
+        return self.pack.name
 
     def load(self) -> FaceEmbedder:
         with self._lock:

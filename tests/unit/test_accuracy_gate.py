@@ -68,7 +68,7 @@ def test_swap_max_gap_is_the_widest_reversed_pair() -> None:
     assert accuracy.swap_max_gap([0, 1, 2], [0, 1, 2], scores) == 0.0
     assert accuracy.swap_max_gap([0, 1, 2], [0, 2, 1], scores) == pytest.approx(0.01)
     assert accuracy.swap_max_gap([0, 1, 2], [1, 0, 2], scores) == pytest.approx(0.4)
-    assert accuracy.swap_max_gap([0, 1, 2], [0, 1, 3], scores) == pytest.approx(0.01)  # 2 left
+    assert accuracy.swap_max_gap([0, 1, 2], [0, 1, 3], scores) == pytest.approx(0.39)  # 2 left, 3 in
 
 
 def test_iou() -> None:

@@ -50,7 +50,9 @@ def _centre(bbox: Any) -> np.ndarray:
 
 
 def test_model_name(embedder: FaceEmbedder) -> None:
-    """The CPU default is the OpenVINO fast path: a model generation of its own."""
+    """The CPU default is the OpenVINO fast path: a model generation of its own, also in the
+    pack's name that the pool, the bulk job and the audit use."""
+    assert ModelPack.from_settings(Settings()).name == embedder.model_name
     assert embedder.runtime == "openvino"
     assert embedder.model_name == "model/scrfd_500m_bnkps+w600k_mbf@ov-f32"
     fp32 = FaceEmbedder(Settings(model_runtime="onnxruntime"))
@@ -74,7 +76,9 @@ def test_model_pack_honours_configured_files(tmp_path: Path) -> None:
     )
     chosen = ModelPack.from_settings(custom)
     assert chosen.detector == folder / "my_det.onnx"
-    assert chosen.name == "mypack/my_det+my_rec"
+    assert chosen.name == "mypack/my_det+my_rec@ov-f32"  # the CPU default: the fast path
+    fp32 = ModelPack.from_settings(custom.model_copy(update={"model_runtime": "onnxruntime"}))
+    assert fp32.name == "mypack/my_det+my_rec"
 
 
 def test_model_pack_without_models_is_an_error(tmp_path: Path) -> None:
