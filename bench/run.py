@@ -559,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
         chart = write_chart(
             out / f"bench-{stamp}.png",
             summary,
-            f"FacePass throughput, N={n}, {machine['cpus']} CPUs, model {summary.get('model_fast_name', '')}",
+            f"FacePass throughput, N={n}, {machine['cpus']} CPUs; "
+            f"default CPU pack {summary.get('model_fast_name')}",
         )
         payload["chart"] = str(chart) if chart else None
         path = write_json(out / f"bench-{stamp}.json", payload)
