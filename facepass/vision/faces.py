@@ -83,7 +83,12 @@ class FaceEmbedder:
         self.settings = settings
         self.runtime = effective_runtime(settings)
         self.pack = ModelPack.from_settings(settings)
-        self.requested_providers = settings.onnx_providers() if self.runtime == ONNXRUNTIME else ["OpenVINO"]
+        # What each network asks for: ORT's providers (the detector, and the recognizer of the
+        # fp32 pack), "OpenVINO" for a network on the OpenVINO runtime.
+        onnx = settings.onnx_providers()
+        detector = onnx if detector_runtime(settings) == ONNXRUNTIME else ["OpenVINO"]
+        recognizer = onnx if self.runtime == ONNXRUNTIME else ["OpenVINO"]
+        self.requested_providers = list(dict.fromkeys(detector + recognizer))
         self.det_size = settings.det_size
         self.det_thresh = settings.det_thresh
         self.threads = settings.intra_op_threads()

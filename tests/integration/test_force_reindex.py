@@ -299,7 +299,7 @@ def test_health_reports_the_cpu_choice_and_docs_are_served(service: Service) -> 
     body = health.json()
     assert body["cloud_db"] == "ok" and body["local_db"] == "ok" and body["pool"]["writer"] is True
     for actor in body["pool"]["actors"]:
-        assert actor["providers_requested"] == ["OpenVINO"]
+        assert actor["providers_requested"] == ["CPUExecutionProvider", "OpenVINO"]
         assert actor["providers_active"] == ["CPUExecutionProvider", "OpenVINO CPU (f32)"]
         assert actor["runtime"] == "openvino"
         assert actor["gpu_ids"] == []

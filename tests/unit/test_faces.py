@@ -93,6 +93,7 @@ def test_load_is_idempotent(embedder: FaceEmbedder) -> None:
     assert embedder.load() is embedder
     assert embedder._detector is detector
     assert embedder._recognizer is recognizer
+    assert embedder.requested_providers == ["CPUExecutionProvider", "OpenVINO"]
     assert embedder.active_providers == ["CPUExecutionProvider", "OpenVINO CPU (f32)"]
 
 
