@@ -180,7 +180,9 @@ def test_group_photo_gives_one_row_per_face_matching_insightface(
         ref = min(reference, key=lambda f: float(np.linalg.norm(_centre(f.bbox) - centre)))
         ref_vec = ref.embedding / np.linalg.norm(ref.embedding)
         assert float(vec @ ref_vec) >= 0.999
-        assert abs(row["det_score"] - float(ref.det_score)) < 1e-3
+        # The CPU default is the fast path (detector input fitted to the photo's aspect): the
+        # score moves by up to ~0.01 from InsightFace's padded square (the fp32 pack: < 1e-6).
+        assert abs(row["det_score"] - float(ref.det_score)) < 0.01
 
 
 def _centre(bbox: np.ndarray) -> np.ndarray:
