@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -22,6 +23,7 @@ from actors.writer import IndexWriter
 from facepass.errors import WorkerLost
 from facepass.index.store import PruneResult
 from facepass.models import DetectedFace, PhotoOutcome, PhotoRef, PhotoStatus
+from facepass.runs.lanes import Lane, LaneGate
 from facepass.settings import Settings
 from facepass.vision.faces import ModelPack
 
@@ -40,6 +42,8 @@ def decoder_actor_name(i: int) -> str:
 
 
 WRITER_NAME = "facepass-index-writer"
+
+_Queued = tuple[PhotoRef, "asyncio.Future[PhotoOutcome]"]
 
 
 class EmbeddingPool:
@@ -75,14 +79,29 @@ class EmbeddingPool:
             name=WRITER_NAME, num_cpus=0, max_concurrency=1000, **common
         ).remote(settings)
         self._in_flight = [0] * len(self.actors)
-        self._slots: asyncio.Semaphore | None = None
-        self._queue: list[tuple[PhotoRef, asyncio.Future[PhotoOutcome]]] = []
+        self._init_lanes()
+
+    def _init_lanes(self) -> None:
+        """The queue: one per lane; background work only where the gate leaves room."""
+        self._slots: dict[Lane, asyncio.Semaphore] = {}
+        self._queues: dict[Lane, list[_Queued]] = {lane: [] for lane in Lane}
         self._dispatch_scheduled = False
         self._batches: set[asyncio.Future[None]] = set()
+        background_cap = len(self.actors) * min(
+            self.settings.background_photos_in_flight_per_actor, self.settings.photos_in_flight_per_actor
+        )
+        self.gate = LaneGate(
+            background_cap=background_cap,
+            background_floor=min(background_cap, self.settings.actor_batch_photos),
+        )
 
     @property
     def capacity(self) -> int:
         return len(self.actors) * self.settings.photos_in_flight_per_actor
+
+    def lane_capacity(self, lane: Lane) -> int:
+        """Photos a caller of the lane keeps handed in at once."""
+        return self.capacity if lane is Lane.INTERACTIVE else self.gate.background_cap
 
     @property
     def model_name(self) -> str:
@@ -92,41 +111,74 @@ class EmbeddingPool:
     def in_flight(self) -> int:
         return sum(self._in_flight)
 
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
     def _pick(self, avoid: set[int]) -> int:
         candidates = [i for i in range(len(self.actors)) if i not in avoid] or list(range(len(self.actors)))
         return min(candidates, key=lambda i: self._in_flight[i])
 
-    async def process(self, photo: PhotoRef) -> PhotoOutcome:
+    async def process(self, photo: PhotoRef, lane: Lane = Lane.INTERACTIVE) -> PhotoOutcome:
         """One photo's outcome. Photos handed in together travel together: they are
         queued and sent to an actor in batches of ``actor_batch_photos`` (one call to the
-        actor and one to the writer per batch, results passed on by ObjectRef)."""
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.capacity)
+        actor and one to the writer per batch, results passed on by ObjectRef).
+        Interactive photos go first; background ones when the gate leaves room."""
+        slots = self._slots.get(lane)
+        if slots is None:
+            slots = self._slots[lane] = asyncio.Semaphore(self.capacity)
         metrics = reindex_metrics()
-        async with self._slots:
+        async with slots:
             future: asyncio.Future[PhotoOutcome] = asyncio.get_running_loop().create_future()
-            self._queue.append((photo, future))
-            if len(self._queue) >= self.settings.actor_batch_photos:
+            self._queues[lane].append((photo, future))
+            if lane is Lane.INTERACTIVE:
+                self.gate.last_interactive = time.monotonic()
+            if len(self._queues[lane]) >= self.settings.actor_batch_photos:
                 self._dispatch()
-            elif not self._dispatch_scheduled:
+            else:
                 # Photos handed in during this turn of the event loop join the batch.
-                self._dispatch_scheduled = True
-                asyncio.get_running_loop().call_soon(self._dispatch)
-            metrics.in_flight.set(self.in_flight + len(self._queue))
+                self._schedule_dispatch()
+            metrics.set_queue(self.in_flight, self.queued, self.gate.in_flight)
+            metrics.set_queued(lane, len(self._queues[lane]))
             outcome = await future
         metrics.record(outcome)
         return outcome
 
+    def _schedule_dispatch(self, delay: float = 0.0) -> None:
+        loop = asyncio.get_running_loop()
+        if delay > 0:
+            loop.call_later(delay, self._dispatch)
+        elif not self._dispatch_scheduled:
+            self._dispatch_scheduled = True
+            loop.call_soon(self._dispatch)
+
     def _dispatch(self) -> None:
         self._dispatch_scheduled = False
         size = self.settings.actor_batch_photos
-        while self._queue:
-            batch, self._queue = self._queue[:size], self._queue[size:]
-            task = asyncio.ensure_future(self._process_batch(batch))
-            self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
+        interactive = self._queues[Lane.INTERACTIVE]
+        while interactive:
+            batch, self._queues[Lane.INTERACTIVE] = interactive[:size], interactive[size:]
+            interactive = self._queues[Lane.INTERACTIVE]
+            self._launch(batch, Lane.INTERACTIVE)
+        background = self._queues[Lane.BACKGROUND]
+        while background:
+            room = self.gate.background_room()
+            if room <= 0:
+                if self.gate.in_flight[Lane.BACKGROUND] == 0:  # only the grace holds it back
+                    self._schedule_dispatch(self.gate.grace_s)
+                break
+            take = min(size, room)
+            batch, self._queues[Lane.BACKGROUND] = background[:take], background[take:]
+            background = self._queues[Lane.BACKGROUND]
+            self._launch(batch, Lane.BACKGROUND)
 
-    async def _process_batch(self, batch: list[tuple[PhotoRef, asyncio.Future[PhotoOutcome]]]) -> None:
+    def _launch(self, batch: list[_Queued], lane: Lane) -> None:
+        self.gate.started(lane, len(batch))
+        task = asyncio.ensure_future(self._process_batch(batch, lane))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _process_batch(self, batch: list[_Queued], lane: Lane = Lane.INTERACTIVE) -> None:
         photos = [photo for photo, _ in batch]
         try:
             outcomes = await self._run_batch(photos)
@@ -135,10 +187,22 @@ class EmbeddingPool:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            reindex_metrics().in_flight.set(self.in_flight + len(self._queue))
+            self.gate.finished(lane, len(batch))
+            self._after_lane_work(lane)
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():  # its caller may have been cancelled
                 future.set_result(outcome)
+
+    def _after_lane_work(self, lane: Lane) -> None:
+        """Room for background work again: now, and once a person's grace has passed."""
+        metrics = reindex_metrics()
+        metrics.set_queue(self.in_flight, self.queued, self.gate.in_flight)
+        for each in Lane:
+            metrics.set_queued(each, len(self._queues[each]))
+        if self._queues[Lane.BACKGROUND]:
+            self._schedule_dispatch()
+            if lane is Lane.INTERACTIVE:
+                self._schedule_dispatch(self.gate.grace_s)
 
     async def _run_batch(self, photos: list[PhotoRef]) -> list[PhotoOutcome]:
         tried: set[int] = set()
@@ -189,9 +253,11 @@ class EmbeddingPool:
         )
 
     async def embed_image(self, data: bytes) -> list[DetectedFace]:
-        """Faces of one uploaded image, on the least busy actor (typed errors propagate)."""
+        """Faces of one uploaded image (a selfie: interactive), on the least busy actor
+        (typed errors propagate)."""
         i = self._pick(set())
         self._in_flight[i] += 1
+        self.gate.started(Lane.INTERACTIVE, 1)
         try:
             faces: list[DetectedFace] = await self.actors[i].embed_image.remote(data)
             return faces
@@ -201,6 +267,8 @@ class EmbeddingPool:
             raise
         finally:
             self._in_flight[i] -= 1
+            self.gate.finished(Lane.INTERACTIVE, 1)
+            self._after_lane_work(Lane.INTERACTIVE)
 
     async def health(self, timeout_s: float = 10.0) -> dict[str, Any]:
         refs = [a.info.remote() for a in self.actors]
