@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         storage_url=storage.url,
         http_port=args.http_port or free_port(),
         ray_namespace=f"facepass-bench-{uuid.uuid4().hex[:8]}",
+        follow=False,  # the pipeline runs measure the route alone; bench.follow measures following
     )
     settings = resolve_databases(base)
     if not (base.cloud_dsn and base.local_dsn):

@@ -43,18 +43,23 @@ from facepass.errors import (
     Unauthorized,
 )
 from facepass.health import DatabaseProbe, diagnose, is_database_failure
+from facepass.index.follow_ledger import FollowLedger
 from facepass.index.search import DEFAULT_THRESHOLD, find_photos, selfie_face
 from facepass.index.store import VectorStore, face_embeddings, indexed_photos
+from facepass.runs.follow import mirror_report
+from facepass.runs.follow_lock import FollowerLock
 from facepass.runs.reindex import ReindexCoordinator, ReindexMode
 from facepass.runs.session_lock import SessionLocks
 from facepass.runs.session_runs import SessionRuns
 from facepass.settings import Settings
 from serve_app import auth
 from serve_app.auth import API_KEY
+from serve_app.follow import ReplicaFollower
 from serve_app.runs import RouteRuns
 from serve_app.schemas import (
     HealthResponse,
     JobAccepted,
+    MirrorResponse,
     ReindexResponse,
     SearchResponse,
     error_responses,
@@ -154,6 +159,11 @@ class FacePassIngress:
             self._start()
         except sqlalchemy.exc.DBAPIError as exc:  # serve anyway: 503s that say why, until it is back
             log.warning("local index not ready at start (%s); will retry on the next call", exc.orig)
+        self._follower_lock = FollowerLock(settings.local_dsn)  # asks who follows (never takes it here)
+        self.follower: ReplicaFollower | None = None
+        if settings.follow:
+            self.follower = ReplicaFollower(settings, self.catalog, self.store, self.runs, self._ready_pool)
+            self.follower.start()  # every replica tries; the follower lock lets one follow
 
     def _start(self) -> ReindexCoordinator:
         """The local schema, then the pool (its writer needs the schema): once, when the index answers."""
@@ -177,6 +187,15 @@ class FacePassIngress:
         if self._coordinator is not None:
             return self._coordinator
         return await asyncio.to_thread(self._start)
+
+    async def _ready_pool(self) -> EmbeddingPool:
+        await self._ready()
+        assert self.pool is not None
+        return self.pool
+
+    async def __del__(self) -> None:
+        if self.follower is not None:
+            await self.follower.close()
 
     @asynccontextmanager
     async def _database_errors(self) -> AsyncIterator[None]:
@@ -295,6 +314,19 @@ class FacePassIngress:
                 for m in matches
             ],
         }
+
+    @api.get(
+        "/api/v1/faces/mirror",
+        response_model=MirrorResponse,
+        summary="How the index follows the catalog: who follows, last cycle, pending work, lag",
+        dependencies=API_KEY,
+        responses=error_responses(401, 503),
+    )
+    async def mirror(self) -> dict[str, Any]:
+        async with self._database_errors():
+            await self._ready()  # the schema (its follow tables) exists
+            ledger = FollowLedger(self.store.engine)
+            return await asyncio.to_thread(mirror_report, self.settings, ledger, self._follower_lock)
 
     @api.get(
         "/healthz",

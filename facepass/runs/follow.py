@@ -25,6 +25,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -91,8 +92,10 @@ class Follower:
         coordinator: ReindexCoordinator,
         runs: SessionRuns,
         lock: FollowerLock,
+        on_cycle: Callable[[Follower], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.on_cycle = on_cycle  # the Ray shell turns a cycle into metrics
         self.changes = changes
         self.ledger = ledger
         self.coordinator = coordinator
@@ -102,6 +105,8 @@ class Follower:
         self.last = CycleStats()
         self.totals = FollowTotals()
         self.following_since: float | None = None
+        self.lag: dict[str, float | int | None] = {}
+        self._cycles = 0
         self._last_discover = 0.0
         self._waiting: dict[uuid.UUID, _Waiting] = {}
         self._syncing: dict[uuid.UUID, _Syncing] = {}
@@ -163,7 +168,12 @@ class Follower:
         stats.sessions_started = self._start_syncs()
         stats.duration_ms = (time.perf_counter() - started) * 1000
         self.last = stats
+        self._cycles += 1
+        if self._cycles % 10 == 1:  # the lag window's percentiles, for the metrics
+            self.lag = await asyncio.to_thread(self.ledger.lag, self.settings.follow_lag_window_s)
         await asyncio.to_thread(self.ledger.write_state, self.state())
+        if self.on_cycle is not None:
+            self.on_cycle(self)
         return stats
 
     async def discover(self) -> int:
@@ -339,3 +349,29 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
     except TimeoutError:
         pass
+
+
+def mirror_report(settings: Settings, ledger: FollowLedger, lock: FollowerLock) -> dict[str, Any]:
+    """What ``GET /api/v1/faces/mirror`` answers, from any process: the follower's last
+    state row, the lag window, the followed sessions and who holds the follower lock."""
+    state, updated_at = ledger.read_state()
+    holder = lock.holder_pid()
+    age = (datetime.now(UTC) - updated_at).total_seconds() if updated_at else None
+    live = holder is not None and age is not None and age < 3 * settings.follow_interval_s + 30
+    last = state.get("last_cycle") or {}
+    return {
+        "follow_enabled": settings.follow,
+        "following": live,
+        "follower": state.get("follower") if live else None,
+        "follower_lock_pid": holder,
+        "following_since": state.get("following_since") if live else None,
+        "state_age_s": round(age, 2) if age is not None else None,
+        "last_cycle": last or None,
+        "sessions_pending": state.get("sessions_pending", 0),
+        "photos_pending": state.get("photos_pending", 0),
+        "deletions_pending": state.get("deletions_pending", 0),
+        "oldest_pending_age_s": state.get("oldest_pending_age_s", 0.0),
+        "lag": {**ledger.lag(settings.follow_lag_window_s), "window_s": settings.follow_lag_window_s},
+        "sessions": ledger.counts(),
+        "totals": state.get("totals") or {},
+    }
