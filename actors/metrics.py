@@ -135,8 +135,10 @@ class FollowMetrics:
         self.is_follower.set(1)
         self.cycle.observe(stats["duration_ms"] / 1000)
         self.catalog.observe(stats["catalog_ms"] / 1000)
-        self.checked.inc(stats["sessions_checked"] or 0)
-        self.changed.inc(stats["sessions_changed"] or 0)
+        if stats["sessions_checked"]:  # a Ray counter refuses an increment of 0
+            self.checked.inc(stats["sessions_checked"])
+        if stats["sessions_changed"]:
+            self.changed.inc(stats["sessions_changed"])
         self.photos_pending.set(pending["photos_pending"])
         self.sessions_pending.set(pending["sessions_pending"])
         self.deletions_pending.set(pending["deletions_pending"])

@@ -173,7 +173,10 @@ class Follower:
             self.lag = await asyncio.to_thread(self.ledger.lag, self.settings.follow_lag_window_s)
         await asyncio.to_thread(self.ledger.write_state, self.state())
         if self.on_cycle is not None:
-            self.on_cycle(self)
+            try:
+                self.on_cycle(self)
+            except Exception:  # metrics must never stop following
+                log.exception("follow: the cycle's hook failed")
         return stats
 
     async def discover(self) -> int:
