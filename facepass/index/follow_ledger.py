@@ -20,6 +20,7 @@ class FollowedSession:
     signature: Signature | None  # None: never mirrored by the follower
     checked_at: datetime | None
     retry_due: bool  # a sync left transient failures and their retry time has come
+    model_name: str | None = None  # the model of its last sync (another one: a new generation to build)
 
 
 _PICK = sa.text(
@@ -31,15 +32,19 @@ _PICK = sa.text(
     ), due AS (
         SELECT session_id FROM follow_sessions
         WHERE retry_at <= now() ORDER BY retry_at LIMIT :hot_max
+    ), regenerate AS (
+        SELECT session_id FROM follow_sessions
+        WHERE model_name IS NOT NULL AND model_name <> :model ORDER BY session_id LIMIT :sweep
     ), sweep AS (
         SELECT session_id FROM follow_sessions
         WHERE session_id NOT IN (SELECT session_id FROM hot)
         ORDER BY checked_at NULLS FIRST, session_id LIMIT :sweep
     )
-    SELECT f.session_id, f.live_photos, f.id_hash, f.checked_at, coalesce(f.retry_at <= now(), false)
+    SELECT f.session_id, f.live_photos, f.id_hash, f.checked_at, coalesce(f.retry_at <= now(), false),
+           f.model_name
     FROM follow_sessions f
     WHERE f.session_id IN (SELECT session_id FROM hot UNION SELECT session_id FROM due
-                           UNION SELECT session_id FROM sweep)
+                           UNION SELECT session_id FROM regenerate UNION SELECT session_id FROM sweep)
     """
 )
 
@@ -72,10 +77,10 @@ class FollowLedger:
                     sa.text("DELETE FROM follow_sessions WHERE session_id = ANY(:ids)"), {"ids": session_ids}
                 )
 
-    def pick(self, hot_window_s: float, hot_max: int, sweep: int) -> list[FollowedSession]:
-        """This cycle's sessions: the hot ones, the ones whose retry is due, and the next of
-        the sweep (oldest check first)."""
-        params = {"hot_window": hot_window_s, "hot_max": hot_max, "sweep": sweep}
+    def pick(self, hot_window_s: float, hot_max: int, sweep: int, model: str = "") -> list[FollowedSession]:
+        """This cycle's sessions: the hot ones, the ones whose retry is due, sessions last
+        synced by another model than ``model`` and the next of the sweep (oldest check first)."""
+        params = {"hot_window": hot_window_s, "hot_max": hot_max, "sweep": sweep, "model": model}
         with self.engine.connect() as conn:
             rows = conn.execute(_PICK, params).all()
         return [
@@ -84,6 +89,7 @@ class FollowLedger:
                 signature=Signature(r[1], r[2]) if r[1] is not None else None,
                 checked_at=r[3],
                 retry_due=bool(r[4]),
+                model_name=r[5],
             )
             for r in rows
         ]
@@ -102,12 +108,19 @@ class FollowLedger:
                     {"ids": changed},
                 )
 
-    def synced(self, session_id: uuid.UUID, signature: Signature, retry_after_s: float | None) -> None:
+    def synced(
+        self,
+        session_id: uuid.UUID,
+        signature: Signature,
+        retry_after_s: float | None,
+        model: str | None = None,
+    ) -> None:
         """The index mirrors ``signature``; with ``retry_after_s``, transient failures wait for a retry."""
         with self.engine.begin() as conn:
             conn.execute(
                 sa.text(
                     "UPDATE follow_sessions SET live_photos = :n, id_hash = :h, synced_at = now(), "
+                    "model_name = coalesce(CAST(:model AS text), model_name), "
                     "retry_at = CASE WHEN CAST(:retry AS float8) IS NULL THEN NULL "
                     "  ELSE now() + make_interval(secs => CAST(:retry AS float8)) END, "
                     "retries = CASE WHEN CAST(:retry AS float8) IS NULL THEN 0 ELSE retries + 1 END "
@@ -118,6 +131,7 @@ class FollowLedger:
                     "h": signature.id_hash,
                     "retry": retry_after_s,
                     "sid": session_id,
+                    "model": model,
                 },
             )
 

@@ -69,6 +69,7 @@ class _Syncing:
     planned: int = 0
     done: int = 0
     prune_pending: int = 0
+    fresh: set[uuid.UUID] = field(default_factory=set)  # new to the index (not a re-embed): lag samples
 
 
 @dataclass(slots=True)
@@ -150,8 +151,9 @@ class Follower:
             stats.catalog_ms += (time.perf_counter() - catalog_started) * 1000
             self._last_discover = time.monotonic()
         s = self.settings
+        model = self.coordinator.processor.model_name
         picked = await asyncio.to_thread(
-            self.ledger.pick, s.follow_hot_window_s, s.follow_hot_max_sessions, s.follow_sweep_sessions
+            self.ledger.pick, s.follow_hot_window_s, s.follow_hot_max_sessions, s.follow_sweep_sessions, model
         )
         catalog_started = time.perf_counter()
         signatures = await asyncio.to_thread(self.changes.signatures, [p.session_id for p in picked])
@@ -162,7 +164,9 @@ class Follower:
         )
         changed_ids = {p.session_id for p in changed}
         for p in picked:
-            if p.session_id in changed_ids or p.retry_due:
+            # Another model synced it last: its new generation is built in the background.
+            new_generation = p.model_name is not None and p.model_name != model
+            if p.session_id in changed_ids or p.retry_due or new_generation:
                 self._wait(p, signatures[p.session_id])
         stats.sessions_checked, stats.sessions_changed = len(picked), len(changed)
         stats.sessions_started = self._start_syncs()
@@ -271,8 +275,10 @@ class Follower:
     async def _run(self, session_id: uuid.UUID, syncing: _Syncing) -> ReindexReport:
         coordinator = self.coordinator
         run = coordinator.new_run(session_id)
+        known = await asyncio.to_thread(coordinator.store.index_state, session_id)
         plan = await asyncio.to_thread(coordinator.plan, session_id, ReindexMode.MISSING)
         syncing.planned, syncing.prune_pending = len(plan.todo), len(plan.prune)
+        syncing.fresh = {p.id for p in plan.todo if p.id not in known}
         coordinator.begin(run, plan)
         await coordinator.prune(run, plan)
         syncing.prune_pending = 0
@@ -289,8 +295,10 @@ class Follower:
             retries = await asyncio.to_thread(self.ledger.retries, session_id)
             s = self.settings
             retry_after = min(s.follow_retry_max_s, s.follow_retry_after_s * 2**retries)
-        await asyncio.to_thread(self.ledger.synced, session_id, waiting.signature, retry_after)
-        samples = await asyncio.to_thread(self._lag_samples, session_id, since, waiting.previous_check)
+        model = self.coordinator.processor.model_name
+        await asyncio.to_thread(self.ledger.synced, session_id, waiting.signature, retry_after, model)
+        fresh = self._syncing[session_id].fresh
+        samples = await asyncio.to_thread(self._lag_samples, session_id, since, waiting.previous_check, fresh)
         await asyncio.to_thread(self.ledger.add_lag, samples, self.settings.follow_lag_window_s)
         self.totals.sessions_synced += 1
         self.totals.photos_processed += report.processed_photos
@@ -308,13 +316,13 @@ class Follower:
         ]
 
     def _lag_samples(
-        self, session_id: uuid.UUID, since: datetime, previous_check: datetime | None
+        self, session_id: uuid.UUID, since: datetime, previous_check: datetime | None, fresh: set[uuid.UUID]
     ) -> list[tuple[datetime, float]]:
         """Catalog commit -> searchable, per photo indexed by this sync. The commit time is
         ``created_at``, unless that lies before the previous check of the session (a late
         commit or a ``created_at`` in the past): the photo was not there then, so the lag
         counts from that check."""
-        done = self.ledger.processed_since(session_id, since)
+        done = [(p, at) for p, at in self.ledger.processed_since(session_id, since) if p in fresh]
         created = self.changes.created_at([photo_id for photo_id, _ in done])
         samples = []
         for photo_id, indexed_at in done:
