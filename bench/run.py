@@ -51,6 +51,8 @@ import sqlalchemy as sa
 from bench.baselines import make_embedder, run_limit, run_seed_loop
 from bench.cpu import watch_postgres
 from bench.data import DATA_VERSION, SyntheticSession, SyntheticStorage
+from bench.follow import bar_lines as follow_bar_lines
+from bench.follow import run_follow_bench
 from bench.memory import driver_maxrss_mb
 from bench.orchestration import orchestration_figures, run_orchestration
 from bench.report import Round, peak_by_process, summarize, write_chart, write_json
@@ -148,6 +150,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy every pipeline process during (c); adds some load"
     )
+    parser.add_argument(
+        "--follow-groups", type=int, default=25, help="bench.follow: groups of 2 photos (0: skip)"
+    )
+    parser.add_argument("--follow-backlog", type=int, default=2000, help="bench.follow: backlog photos")
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error("--n must be >= 1")
@@ -512,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
             summary["rerun_indexed_s"] = round(rerun_large.seconds, 3)
             summary["rerun_indexed_photos"] = rerun_large.session_photos
         summary |= writer_figures | search_figures | orch_figures
+        follow_figures = _follow_bench(settings, args)
+        summary |= follow_figures
         payload = summary | common | {"runs": [r.to_json() for r in runs]}
         chart = write_chart(
             out / f"bench-{stamp}.png", runs, f"FacePass throughput, N={n}, {machine['cpus']} CPUs"
@@ -519,9 +527,21 @@ def main(argv: list[str] | None = None) -> int:
         payload["chart"] = str(chart) if chart else None
         path = write_json(out / f"bench-{stamp}.json", payload)
         _print_summary(payload, low, high)
+        if follow_figures:
+            for line in follow_bar_lines(follow_figures):
+                _say(line)
     _say(f"wall time: {wall_s:.1f} s; driver peak RSS (getrusage): {common['driver_peak_rss_mb']} MB")
     _say(str(path))
     return 0
+
+
+def _follow_bench(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """Follow lag and interactive-first under a backlog (bench.follow), on a service of its own."""
+    if args.follow_groups <= 0:
+        return {}
+    _say("\nfollow mode: lag, and interactive work under a background backlog (bench.follow)")
+    base = settings.model_copy(update={"ray_namespace": f"facepass-bench-{uuid.uuid4().hex[:8]}"})
+    return run_follow_bench(base, args.follow_groups, args.follow_backlog)
 
 
 def _say_profile(run: RunResult, top: int = 3) -> None:
