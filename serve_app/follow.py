@@ -47,7 +47,14 @@ class ReplicaFollower:
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._main())
+        self._loop = asyncio.get_running_loop()
+        self.task = self._loop.create_task(self._main())
+
+    def request_stop(self) -> None:
+        """From any thread: the follower ends after its current step."""
+        loop = getattr(self, "_loop", None)
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.stop.set)
 
     async def _main(self) -> None:
         while not self.stop.is_set():

@@ -208,9 +208,12 @@ class FacePassIngress:
         assert self.pool is not None
         return self.pool
 
-    async def __del__(self) -> None:
-        if self.follower is not None:
-            await self.follower.close()
+    def __del__(self) -> None:
+        """Serve calls this when the replica stops: the follower ends (its lock goes with its
+        connection, and another replica takes over)."""
+        follower = getattr(self, "follower", None)
+        if follower is not None:
+            follower.request_stop()
 
     @asynccontextmanager
     async def _database_errors(self) -> AsyncIterator[None]:

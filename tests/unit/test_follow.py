@@ -17,7 +17,7 @@ from facepass.demo.scenario import CatalogWriter, add_face_photos, fresh_databas
 from facepass.demo.storage import PhotoStorage
 from facepass.index.follow_ledger import FollowLedger
 from facepass.index.store import VectorStore
-from facepass.runs.follow import Follower
+from facepass.runs.follow import Follower, mirror_report
 from facepass.runs.follow_lock import FollowerLock
 from facepass.runs.reindex import ReindexCoordinator
 from facepass.runs.session_lock import SessionLocks
@@ -296,3 +296,22 @@ def test_the_loop_follows_only_while_it_holds_the_lock(world: World) -> None:
     finally:
         other.close()
     assert world.ledger_ids(sid) == {refs[0].id}
+
+
+def test_the_mirror_report_says_who_follows_and_the_lag(world: World) -> None:
+    sid = world.writer.add_session("Зеркало")
+
+    async def body() -> None:
+        add_face_photos(world.writer, world.storage, sid, 2, prefix="m")
+        follower = world.follower()
+        await follower.follow_once()
+        report = mirror_report(world.settings, world.ledger, world.follower_lock)
+        assert not report["following"] and report["follower"] is None  # nobody holds the lock
+        assert report["lag"]["samples"] == 2 and report["sessions"]["sessions_followed"] == 1
+        assert report["last_cycle"]["sessions_checked"] == 1 and report["photos_pending"] == 0
+        assert world.follower_lock.try_acquire()
+        await follower.follow_once()
+        report = mirror_report(world.settings, world.ledger, world.follower_lock)
+        assert report["following"] and report["follower"] == follower.name
+
+    sync_test(body)
