@@ -124,8 +124,13 @@ def run_follow_bench(base: Settings, groups: int = 25, backlog: int = 2000) -> d
         result["follow_lag_p95_s"] = round(_p95(lags), 2)
         result["follow_lag_max_s"] = round(max(lags), 2)
 
-        # 2. idle: the 20-photo call and selfie searches.
+        # 2. idle: the 20-photo call and selfie searches (after one call and searches to warm up).
         selfie = catalog.jpegs[1]
+        warm = writer.add_session("bench: разогрев", enabled=False)
+        catalog.add(warm, 20)
+        _enable(writer, warm)
+        _timed_reindex(service, warm)
+        _searches(service, active, selfie, 3)
         idle_session = writer.add_session("bench: вызов (простой)", enabled=False)
         catalog.add(idle_session, 20)
         _enable(writer, idle_session)
