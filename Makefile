@@ -28,7 +28,7 @@ bench: install
 bench-smoke: install
 	$(RUN) python -m bench.run --n 12 --latency-ms 20,50 --seed-loop-sample 6 --limit-sample 12 --rerun-n 2000 \
 		--writer-photos 500 --search-sessions 3 --search-session-faces 2000 --search-big-faces 0 --orch-n 200 \
-		--paired-rounds 1 --follow-groups 5 --follow-backlog 300
+		--paired-rounds 1 --follow-groups 5 --follow-backlog 300 --follow-idle-s 5
 
 serve: install
 	$(RUN) serve run serve_app:app

@@ -100,7 +100,16 @@ def _timed_reindex(service: BenchService, sid: uuid.UUID) -> float:
     return time.perf_counter() - t0
 
 
-def run_follow_bench(base: Settings, groups: int = 25, backlog: int = 2000) -> dict[str, Any]:
+def _processed(service: BenchService, settings: Settings) -> int:
+    """Photos the follower sent to the model since it started (from /mirror)."""
+    url = f"{service.base_url}/api/v1/faces/mirror"
+    body = httpx.get(url, headers=settings.api_headers(), timeout=30).json()
+    return int(body["totals"].get("photos_processed", 0))
+
+
+def run_follow_bench(
+    base: Settings, groups: int = 25, backlog: int = 2000, idle_s: float = 60
+) -> dict[str, Any]:
     """Starts (and stops) its own service on a catalog of its own; returns the bench keys."""
     storage = PhotoStorage().start()
     cloud_dsn, writer = new_catalog_database(base, prefix="bench_follow")
@@ -123,6 +132,14 @@ def run_follow_bench(base: Settings, groups: int = 25, backlog: int = 2000) -> d
         result["follow_lag_p50_s"] = round(statistics.median(lags), 2)
         result["follow_lag_p95_s"] = round(_p95(lags), 2)
         result["follow_lag_max_s"] = round(max(lags), 2)
+
+        # idle: nothing changes in the catalog; nothing may be downloaded or embedded
+        if idle_s > 0:
+            hits, processed = sum(storage.hits.values()), _processed(service, settings)
+            time.sleep(idle_s)
+            result["idle_s"] = idle_s
+            result["idle_downloads"] = sum(storage.hits.values()) - hits
+            result["idle_photos_processed"] = _processed(service, settings) - processed
 
         # 2. idle: the 20-photo call and selfie searches (after one call and searches to warm up).
         selfie = catalog.jpegs[1]
@@ -204,6 +221,11 @@ def bar_lines(r: dict[str, Any]) -> list[str]:
         f"{r['search_under_backlog_bar_ms']} ms: "
         f"{mark(r['search_under_backlog_p95_ms'] <= r['search_under_backlog_bar_ms'])})",
     ]
+    if "idle_s" in r:
+        lines.append(
+            f"idle {r['idle_s']:g} s: {r['idle_downloads']} downloads, {r['idle_photos_processed']} photos "
+            f"embedded (bar: none: {mark(r['idle_downloads'] == 0 and r['idle_photos_processed'] == 0)})"
+        )
     if not r.get("backlog_valid", True):
         lines.append("(the backlog was done before the measurements ended: raise --backlog)")
     return lines
@@ -213,12 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--groups", type=int, default=25, help="groups of 2 photos for the lag")
     parser.add_argument("--backlog", type=int, default=2000)
+    parser.add_argument("--idle-s", type=float, default=60, help="idle window with no catalog change")
     parser.add_argument("--data-dir", type=Path, default=Path(".facepass/bench"))
     args = parser.parse_args(argv)
     base = resolve_databases(
         Settings(data_dir=args.data_dir, ray_namespace=f"facepass-bench-{uuid.uuid4().hex[:8]}")
     )
-    result = run_follow_bench(base, args.groups, args.backlog)
+    result = run_follow_bench(base, args.groups, args.backlog, args.idle_s)
     for line in bar_lines(result):
         print(line)
     print(json.dumps(result, indent=2, ensure_ascii=False))

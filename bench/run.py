@@ -154,6 +154,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--follow-groups", type=int, default=25, help="bench.follow: groups of 2 photos (0: skip)"
     )
     parser.add_argument("--follow-backlog", type=int, default=2000, help="bench.follow: backlog photos")
+    parser.add_argument("--follow-idle-s", type=float, default=60, help="bench.follow: idle window")
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error("--n must be >= 1")
@@ -541,7 +542,7 @@ def _follow_bench(settings: Settings, args: argparse.Namespace) -> dict[str, Any
         return {}
     _say("\nfollow mode: lag, and interactive work under a background backlog (bench.follow)")
     base = settings.model_copy(update={"ray_namespace": f"facepass-bench-{uuid.uuid4().hex[:8]}"})
-    return run_follow_bench(base, args.follow_groups, args.follow_backlog)
+    return run_follow_bench(base, args.follow_groups, args.follow_backlog, args.follow_idle_s)
 
 
 def _say_profile(run: RunResult, top: int = 3) -> None:
