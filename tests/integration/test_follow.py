@@ -153,3 +153,36 @@ def test_one_follower_across_two_replicas(followed: Followed, store: VectorStore
             )
         )
     assert granted == 1
+
+
+def test_a_person_goes_ahead_of_the_backlog(
+    followed: Followed, storage: PhotoStorage, store: VectorStore
+) -> None:
+    writer = followed.writer
+
+    def call(n_photos: int, k: int) -> float:
+        sid = writer.add_session(f"Вызов {k}", enabled=False)  # enabled just before the call:
+        add(writer, storage, sid, n_photos, k)  # the call, not the follower, indexes it
+        with writer.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE sessions SET facepass_enabled = true WHERE id = :id"), {"id": sid})
+        started = time.monotonic()
+        response = httpx.post(
+            f"{followed.base}/api/v1/faces/force-reindex-session/{sid}",
+            headers=followed.service.headers,
+            timeout=300,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["processed_photos"] == n_photos
+        return time.monotonic() - started
+
+    call(20, 100)  # warm
+    idle = call(20, 101)
+    backlog = writer.add_session("Бэклог")
+    add(writer, storage, backlog, 400, 200)
+    wait_for(lambda: len(store.ledger(backlog)) >= 20, 120)
+    busy = call(20, 102)
+    left = 400 - len(store.ledger(backlog))
+    print(f"20-photo call: idle {idle:.2f} s, under the backlog {busy:.2f} s ({left} backlog photos left)")
+    assert left > 0  # the backlog was still being worked on
+    assert busy <= 2 * idle + 2
+    wait_for(lambda: len(store.ledger(backlog)) == 400, 300)  # the background is not starved
