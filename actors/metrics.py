@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import cache
+from typing import Any
 
 from ray.util import metrics
 
@@ -143,6 +144,19 @@ class FollowMetrics:
         self.sessions_pending.set(pending["sessions_pending"])
         self.deletions_pending.set(pending["deletions_pending"])
         self.oldest_pending.set(pending["oldest_pending_age_s"])
+
+    def generations(self, progress: list[dict[str, Any]]) -> None:
+        """Sessions per generation: a handful of series (the models in the index), never per session."""
+        for g in progress:
+            state = "current" if g.get("current") else "previous"
+            self.generation.set(
+                g.get("sessions", 0), tags={"generation": str(g["generation"]), "state": state}
+            )
+            if g.get("current"):
+                self.generation.set(
+                    g.get("sessions_building", 0),
+                    tags={"generation": str(g["generation"]), "state": "building"},
+                )
 
     def lag_window(self, p50: float | None, p95: float | None) -> None:
         if p50 is not None:

@@ -94,6 +94,7 @@ class ReplicaFollower:
         metrics = follow_metrics()
         metrics.cycle_done(asdict(follower.last), follower.pending())
         metrics.lag_window(_float(follower.lag.get("p50_s")), _float(follower.lag.get("p95_s")))
+        metrics.generations(follower.generations)
 
     async def close(self) -> None:
         self.stop.set()

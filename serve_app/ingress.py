@@ -350,8 +350,9 @@ class FacePassIngress:
             assert self.pool is not None
             ledger = FollowLedger(self.store.engine)
             report = await asyncio.to_thread(mirror_report, self.settings, ledger, self._follower_lock)
-            generations = Generations(self.store.engine, self.pool.model_name)
-            report["generations"] = await asyncio.to_thread(generations.progress)
+            if not report["generations"]:  # no follower has counted them yet (follow off)
+                generations = Generations(self.store.engine, self.pool.model_name)
+                report["generations"] = await asyncio.to_thread(generations.progress)
             return report
 
     @api.get(

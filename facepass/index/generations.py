@@ -37,7 +37,6 @@ _PROGRESS = sa.text(
 _BUILDING = sa.text(
     "SELECT count(DISTINCT session_id) FROM indexed_photos WHERE model_name <> :model AND status <> 'failed'"
 )
-_OLD_ROWS = sa.text("SELECT count(DISTINCT session_id) FROM face_embeddings WHERE model_name <> :model")
 
 
 class Generations:
@@ -67,11 +66,11 @@ class Generations:
 
     def progress(self) -> list[dict[str, Any]]:
         """Per generation: photos and sessions of the ledger; for the current one, how many
-        sessions are still being built (they search an older generation meanwhile)."""
+        sessions are still being built (they search an older generation meanwhile).
+        One pass over the ledger (not over the face rows): the follower runs it now and then."""
         with self.engine.connect() as conn:
             rows = conn.execute(_PROGRESS).all()
             building = int(conn.scalar(_BUILDING, {"model": self.current}) or 0)
-            old_rows = int(conn.scalar(_OLD_ROWS, {"model": self.current}) or 0)
         found: list[dict[str, Any]] = []
         for model, photos, sessions in rows:
             entry: dict[str, Any] = {
@@ -85,8 +84,7 @@ class Generations:
         if current is None:
             current = {"generation": self.current, "current": True, "photos": 0, "sessions": 0}
             found.append(current)
-        current["sessions_building"] = building
-        current["sessions_keeping_old_vectors"] = old_rows
+        current["sessions_building"] = building  # they search their previous generation meanwhile
         total = sum(g["photos"] for g in found)
         current["photos_done_fraction"] = round(current["photos"] / total, 4) if total else 1.0
         return sorted(found, key=lambda g: not g["current"])

@@ -33,6 +33,7 @@ from typing import Any
 from facepass.catalog.changes import CatalogChanges, Signature
 from facepass.errors import FacePassError
 from facepass.index.follow_ledger import FollowedSession, FollowLedger
+from facepass.index.generations import Generations
 from facepass.runs.follow_lock import FollowerLock
 from facepass.runs.job_book import DONE
 from facepass.runs.reindex import ReindexCoordinator, ReindexMode
@@ -61,6 +62,9 @@ class _Waiting:
     signature: Signature
     detected: float  # wall clock
     previous_check: datetime | None
+    # 0: a change in a session the index mirrored (new photos, deletions): first;
+    # 1: a session never synced, or one to rebuild in a new model.
+    priority: int = 0
 
 
 @dataclass(slots=True)
@@ -107,6 +111,7 @@ class Follower:
         self.totals = FollowTotals()
         self.following_since: float | None = None
         self.lag: dict[str, float | int | None] = {}
+        self.generations: list[dict[str, Any]] = []
         self._cycles = 0
         self._last_discover = 0.0
         self._waiting: dict[uuid.UUID, _Waiting] = {}
@@ -167,7 +172,7 @@ class Follower:
             # Another model synced it last: its new generation is built in the background.
             new_generation = p.model_name is not None and p.model_name != model
             if p.session_id in changed_ids or p.retry_due or new_generation:
-                self._wait(p, signatures[p.session_id])
+                self._wait(p, signatures[p.session_id], model)
         stats.sessions_checked, stats.sessions_changed = len(picked), len(changed)
         stats.sessions_started = self._start_syncs()
         stats.duration_ms = (time.perf_counter() - started) * 1000
@@ -175,6 +180,9 @@ class Follower:
         self._cycles += 1
         if self._cycles % 10 == 1:  # the lag window's percentiles, for the metrics
             self.lag = await asyncio.to_thread(self.ledger.lag, self.settings.follow_lag_window_s)
+        if self._cycles % 30 == 1:  # per-generation progress: one pass over the ledger
+            generations = Generations(self.coordinator.store.engine, model)
+            self.generations = await asyncio.to_thread(generations.progress)
         await asyncio.to_thread(self.ledger.write_state, self.state())
         if self.on_cycle is not None:
             try:
@@ -206,14 +214,19 @@ class Follower:
             self.totals.photos_pruned += result.photos
             log.info("session %s left the catalog: %d photos left the index", session_id, result.photos)
 
-    def _wait(self, followed: FollowedSession, signature: Signature) -> None:
+    def _wait(self, followed: FollowedSession, signature: Signature, model: str) -> None:
         previous = self._waiting.get(followed.session_id)
         detected = previous.detected if previous else time.time()
-        self._waiting[followed.session_id] = _Waiting(signature, detected, followed.checked_at)
+        first_or_rebuild = followed.signature is None or followed.model_name not in (None, model)
+        waiting = _Waiting(signature, detected, followed.checked_at, int(first_or_rebuild))
+        self._waiting[followed.session_id] = waiting
 
     def _start_syncs(self) -> int:
         started = 0
-        for session_id in list(self._waiting):
+        order = sorted(
+            self._waiting, key=lambda sid: (self._waiting[sid].priority, self._waiting[sid].detected)
+        )
+        for session_id in order:
             if len(self._syncing) >= self.settings.follow_parallel_sessions:
                 break
             if session_id in self._syncing:
@@ -352,6 +365,7 @@ class Follower:
             "last_cycle": asdict(self.last),
             **self.pending(),
             "totals": asdict(self.totals),
+            "generations": self.generations,
         }
 
 
@@ -385,4 +399,5 @@ def mirror_report(settings: Settings, ledger: FollowLedger, lock: FollowerLock) 
         "lag": {**ledger.lag(settings.follow_lag_window_s), "window_s": settings.follow_lag_window_s},
         "sessions": ledger.counts(),
         "totals": state.get("totals") or {},
+        "generations": state.get("generations") or [],
     }
