@@ -4,7 +4,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := PYTHONPATH=$(CURDIR) $(UV) run --frozen
 
-.PHONY: install demo demo-bulk test unit integration lint format bench bench-smoke serve clean
+.PHONY: install demo demo-bulk test unit integration cluster-test lint format bench bench-smoke serve clean
 
 install:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -38,14 +38,20 @@ lint: install
 	$(RUN) ruff format --check .
 	$(RUN) mypy
 
+# The multi-node tier (tests/cluster: several Ray nodes on this machine, node loss, drain, RPC
+# faults, the autoscaler) runs in a process of its own: it builds and stops its own clusters.
 test: install lint
-	$(RUN) bash scripts/pytest.sh tests
+	$(RUN) bash scripts/pytest.sh tests/unit tests/integration
+	$(RUN) bash scripts/pytest.sh tests/cluster
 
 unit: install
 	$(RUN) bash scripts/pytest.sh tests/unit
 
 integration: install
 	$(RUN) bash scripts/pytest.sh tests/integration
+
+cluster-test: install
+	$(RUN) bash scripts/pytest.sh tests/cluster
 
 format: install
 	$(RUN) ruff format .

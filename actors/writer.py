@@ -9,7 +9,7 @@ import ray
 
 from facepass.index.store import PruneResult, VectorStore
 from facepass.index.writer import GroupCommitter
-from facepass.models import PhotoOutcome, PhotoResult
+from facepass.models import Fence, PhotoOutcome, PhotoResult
 from facepass.settings import Settings
 
 
@@ -28,11 +28,15 @@ class IndexWriter:
     async def write_batch(self, results: list[PhotoResult]) -> list[PhotoOutcome]:
         return await self.committer.write(results)
 
-    async def prune(self, photo_ids: list[uuid.UUID]) -> PruneResult:
-        return await self.committer.prune(photo_ids)
+    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:
+        return await self.committer.prune(photo_ids, fence)
 
     async def stats(self) -> dict[str, int]:
         return {"transactions": self.committer.transactions, "photos": self.committer.photos_written}
+
+    async def node_id(self) -> str:
+        """Where it runs (tests and docs: the writer belongs on the head node)."""
+        return str(ray.get_runtime_context().get_node_id())
 
     async def ping(self) -> bool:
         self.store.ping()

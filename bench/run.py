@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         ray_namespace=f"facepass-bench-{uuid.uuid4().hex[:8]}",
         follow=False,  # the pipeline runs measure the route alone; bench.follow measures following
     )
+    # The bench measures a pool of a known size (and stands in for its actors by name).
+    base = base.model_copy(update={"embed_actors": base.local_pool_size()})
     settings = resolve_databases(base)
     if not (base.cloud_dsn and base.local_dsn):
         watch_postgres(data_dir / "pg")  # the embedded server's CPU is ours, not "other load"
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         f" per connection; {machine['cpus']} CPUs, load average {machine['load_average_at_start']}"
     )
     _say(
-        f"pool: {settings.embed_actors} embedding actors x {settings.intra_op_threads()} ORT threads, "
+        f"pool: {settings.local_pool_size()} embedding actors x {settings.intra_op_threads()} ORT threads, "
         f"{settings.photos_in_flight_per_actor} photos in flight each; "
         f"baselines: 1 process x {threads} ORT threads"
     )
@@ -371,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         ready_s = time.perf_counter() - t0
         _say(f"service ready in {ready_s:.1f} s {service.startup_s}; processes {service.pids()}")
         storage.latency_s = 0.0
-        warm_n = min(n, settings.embed_actors * settings.photos_in_flight_per_actor)
+        warm_n = min(n, settings.local_pool_size() * settings.photos_in_flight_per_actor)
         warm, warm_id = run_pipeline(service, catalog_writer, session.names_paths(warm_n), 0.0, "warm-up")
         session_ids.append(str(warm_id))
         _say(f"warm-up (not counted): {warm.photos} photos in {warm.seconds:.1f} s")
@@ -411,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             def side_by_side() -> list[float] | None:
                 if spooled is None:
                     return None
-                rates = run_side_by_side(spooled, settings.embed_actors, settings.intra_op_threads())
+                rates = run_side_by_side(spooled, settings.local_pool_size(), settings.intra_op_threads())
                 _say(
                     f"(a) side by side: {len(rates)} bare-model processes at once, "
                     f"{' + '.join(f'{r:.2f}' for r in rates)} = {sum(rates):.2f} photos/s"
@@ -483,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         "photos_built_during_runs": storage.lazy_files.generated - built_before_runs,
         "driver_peak_rss_mb": round(driver_maxrss_mb(), 1),
         "settings": {
-            "embed_actors": settings.embed_actors,
+            "embed_actors": settings.local_pool_size(),
             "photos_in_flight_per_actor": settings.photos_in_flight_per_actor,
             "ort_threads_per_actor": settings.intra_op_threads(),
             "baseline_ort_threads": threads,
@@ -503,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
             limit_actor=limit_actor,
             limit_actor_after=limit_actor_after,
             rounds=rounds,
-            embed_actors=settings.embed_actors,
+            embed_actors=settings.local_pool_size(),
             actor_threads=settings.intra_op_threads(),
             cpus=os.cpu_count() or 1,
             seed_loops=seed_loops,

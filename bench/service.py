@@ -55,7 +55,7 @@ class BenchService:
 
     def start(self, ready_timeout_s: float = 600) -> BenchService:
         s = self.settings
-        num_cpus = max(os.cpu_count() or 1, math.ceil(s.embed_actors * s.cpus_per_actor))
+        num_cpus = max(os.cpu_count() or 1, math.ceil(s.local_pool_size() * s.cpus_per_actor))
         t0 = time.perf_counter()
         ray.init(
             address="local",  # always a cluster of our own, never one that `ray start` left running
@@ -83,14 +83,15 @@ class BenchService:
         return self
 
     def _wait_healthy(self, timeout_s: float) -> None:
-        """/healthz answers 200 once every embedding actor has loaded its model."""
+        """/healthz answers 200 once an embedding actor is up; wait until every one is."""
         deadline = time.monotonic() + timeout_s
         last = ""
         while time.monotonic() < deadline:
             try:
                 response = self._http.get(f"{self.base_url}/healthz", timeout=30)
-                if response.status_code == 200:
-                    return
+                pool = response.json().get("pool") if response.status_code == 200 else None
+                if isinstance(pool, dict) and pool.get("ready_actors", 0) >= pool.get("planned_actors", 1):
+                    return  # every actor of the pool has its model loaded
                 last = f"{response.status_code} {response.text[:300]}"
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}"
@@ -99,7 +100,7 @@ class BenchService:
 
     def _actor_pids(self) -> dict[str, int]:
         pids: dict[str, int] = {}
-        for i in range(self.settings.embed_actors):
+        for i in range(self.settings.local_pool_size()):
             handle = ray.get_actor(embedding_actor_name(i), namespace=self.settings.ray_namespace)
             info: Any = ray.get(handle.info.remote())
             pids[f"embedder-{i}"] = int(info["pid"])
@@ -187,7 +188,7 @@ def run_pipeline(
     if spy is not None:
         extra["profile"] = spy.summary()
     extra.update(
-        embed_actors=service.settings.embed_actors,
+        embed_actors=service.settings.local_pool_size(),
         photos_in_flight_per_actor=service.settings.photos_in_flight_per_actor,
         ort_threads_per_actor=service.settings.intra_op_threads(),
     )

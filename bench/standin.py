@@ -89,5 +89,5 @@ def start_stand_ins(
             max_concurrency=settings.photos_in_flight_per_actor,
             num_cpus=settings.cpus_per_actor,
         ).remote(settings, faces_ref, model_name)
-        for i in range(settings.embed_actors)
+        for i in range(settings.local_pool_size())
     ]

@@ -183,11 +183,27 @@ class WriteFailed(PhotoError):
         return f"Ошибка записи {filename} в индекс: {self.detail}"
 
 
+class Fenced(PhotoError):
+    """A newer run took the session (this run lost its lock): its rows are not written."""
+
+    code = "fenced"
+    transient = True
+
+    def message(self, filename: str) -> str:
+        return f"Фото {filename} не записано: сессию уже переиндексирует новый запуск ({self.detail})"
+
+
 class WorkerLost(PhotoError):
     """The actor holding the photo died more times than ``max_attempts``."""
 
     code = "worker_lost"
     transient = True
+
+
+class PoolUnavailable(FacePassError):
+    """No embedding actor answers (none placed yet, or all lost with their nodes): 503."""
+
+    code = "pool_unavailable"
 
 
 # --- one run per session ---------------------------------------------------------

@@ -45,6 +45,17 @@ class PhotoRef:
     session_id: uuid.UUID
     filename: str
     preview_path: str
+    # The fencing token of the run that planned it (None: an unfenced write, e.g. the seed's
+    # loop). The writer commits it only while no newer run has taken the session.
+    fence: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A run's claim on a session: its fencing token (``session_fences``, migration 0003)."""
+
+    session_id: uuid.UUID
+    token: int
 
 
 @dataclass(frozen=True, slots=True)

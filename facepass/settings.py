@@ -67,8 +67,27 @@ class Settings(BaseSettings):
     # Replicas of the HTTP ingress; calls for one session share one run whichever replica they hit.
     serve_replicas: int = Field(default=1, ge=1)
 
-    # Embedding pool.
-    embed_actors: int = Field(default=2, ge=1)
+    # Embedding pool. FACEPASS_EMBED_ACTORS fixes its size; unset (the default), the pool sizes
+    # itself from the cluster: one actor per gpus_per_actor GPUs on each node, or per
+    # cpus_per_actor CPUs on CPU-only clusters, between pool_min_actors and pool_max_actors,
+    # one actor pinned to each slot of each node; it follows nodes joining, leaving and draining.
+    embed_actors: int | None = Field(default=None, ge=1)
+    pool_min_actors: int = Field(default=1, ge=0)
+    pool_max_actors: int = Field(default=64, ge=1)
+    pool_refresh_s: float = Field(default=5.0, gt=0)  # how often a pool looks at the cluster
+    # An actor beyond the minimum that had no work this long exits (its node may then go idle).
+    pool_idle_exit_s: float = Field(default=120.0, gt=0)
+    # While busy, ask the cluster autoscaler (if any) for room for pool_max_actors actors.
+    pool_request_resources: bool = True
+    # A batch whose actor (or the writer) is lost is tried again on a live actor: at least
+    # max_attempts times, and for at least this long (a node loss is noticed in ~15-55 s).
+    retry_window_s: float = Field(default=180.0, ge=0)
+    # A batch on a draining node that has not finished this long before the node's deadline
+    # is sent to another actor as well (the first answer wins; writes are idempotent).
+    drain_margin_s: float = Field(default=10.0, ge=0)
+    # Control actors (the writer) on the head node, by node affinity: a worker node
+    # (a GPU node, often spot) may vanish; the head's loss ends the cluster anyway.
+    control_on_head: bool = True
     gpus_per_actor: float = Field(default=0.0, ge=0)
     cpus_per_actor: float = Field(default=1.0, ge=0)
     # Enough downloads in flight to hide ~0.5 s of storage latency at ~16 photos/s per actor
@@ -187,11 +206,24 @@ class Settings(BaseSettings):
         """CUDA first when actors hold a GPU; CPU otherwise (and always as fallback)."""
         return [CUDA_PROVIDER, CPU_PROVIDER] if self.uses_gpu else [CPU_PROVIDER]
 
+    @property
+    def fixed_pool(self) -> bool:
+        return self.embed_actors is not None
+
+    def local_pool_size(self) -> int:
+        """The pool's size on one machine of os.cpu_count() cores (the bench, a local driver)."""
+        if self.embed_actors is not None:
+            return self.embed_actors
+        per_cpu = int((os.cpu_count() or 1) // self.cpus_per_actor) if self.cpus_per_actor else 1
+        return max(1, self.pool_min_actors, min(self.pool_max_actors, per_cpu))
+
     def intra_op_threads(self) -> int:
         if self.ort_intra_op_threads:
             return self.ort_intra_op_threads
         if self.uses_gpu:
             return 1
+        if self.embed_actors is None:  # each actor holds cpus_per_actor cores of its node
+            return max(1, int(self.cpus_per_actor))
         return max(1, (os.cpu_count() or 1) // self.embed_actors)
 
     def decoder_actor_options(self) -> dict[str, Any]:

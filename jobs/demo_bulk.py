@@ -117,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                 "FACEPASS_LOCAL_DSN": local_dsn,
                 "FACEPASS_STORAGE_URL": storage.url,
                 "FACEPASS_DATA_DIR": str(data_dir),
-                "FACEPASS_EMBED_ACTORS": str(settings.embed_actors),
                 "RAY_DEDUP_LOGS": "0",
             }
+            | ({"FACEPASS_EMBED_ACTORS": str(settings.embed_actors)} if settings.embed_actors else {})
         )
         print(f"\n$ RAY_AUTH_MODE=token PATH={VENV_BIN}:$PATH ray start --head --block ...  # free ports")
         with (data_dir / "bulk-demo-ray-head.log").open("w") as head_log:

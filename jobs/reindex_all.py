@@ -23,14 +23,14 @@ from pathlib import Path
 import ray
 from ray.experimental.tqdm_ray import tqdm
 
-from actors.jobs import RayJobRegistry
 from actors.metrics import reindex_metrics
 from actors.pool import EmbeddingPool
 from facepass.catalog.cloud import CloudCatalog
 from facepass.db import resolve_databases
 from facepass.index.store import PruneResult, VectorStore
-from facepass.models import PhotoOutcome, PhotoRef
+from facepass.models import Fence, PhotoOutcome, PhotoRef
 from facepass.runs.bulk import BulkHooks, BulkReindexer, BulkSummary
+from facepass.runs.job_store import SqlJobRegistry
 from facepass.runs.reindex import ReindexCoordinator, ReindexMode, SessionRun
 from facepass.runs.session_lock import SessionLocks
 from facepass.runs.session_runs import SessionRuns
@@ -55,7 +55,7 @@ class PlanOnly:
     async def process(self, photo: PhotoRef) -> PhotoOutcome:
         raise RuntimeError("a dry run processes nothing")
 
-    async def prune(self, photo_ids: list[uuid.UUID]) -> PruneResult:
+    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:
         raise RuntimeError("a dry run removes nothing")
 
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     # One run per session: this driver holds each session's lock while it runs it (a session
     # another run holds is skipped and reported); route calls for its sessions join its runs.
     locks = SessionLocks(settings.local_dsn)
-    registry = RayJobRegistry(settings.ray_namespace)
+    registry = SqlJobRegistry(settings.local_dsn)  # in the index database: outlives any node
     runs = SessionRuns(locks, registry, runner=f"bulk-job:{socket.gethostname()}:{os.getpid()}")
     bulk = BulkReindexer(coordinator, page_size=settings.catalog_page_size, runs=runs)
     hooks = BulkHooks(planned=planned, outcome=outcome)
@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     except asyncio.CancelledError:
         print("Остановлено. Следующий запуск продолжит с того же места (обработанные фото в индексе).")
         return 130
+    finally:
+        if isinstance(processor, EmbeddingPool):
+            processor.release()  # no standing demand on the autoscaler once the job is over
     bar.close()  # type: ignore[no-untyped-call]
     for line in summary.lines():
         print(line)

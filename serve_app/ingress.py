@@ -19,7 +19,6 @@ from ray import serve
 from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from actors.jobs import RayJobRegistry
 from actors.pool import EmbeddingPool
 from facepass.catalog.cloud import CloudCatalog
 from facepass.db import resolve_databases
@@ -35,6 +34,7 @@ from facepass.errors import (
     NoFaceDetected,
     NotAnImage,
     PhotoError,
+    PoolUnavailable,
     SelfieHasNoFace,
     SelfieNotAnImage,
     SelfieTooLarge,
@@ -50,6 +50,7 @@ from facepass.index.store import VectorStore, face_embeddings, indexed_photos
 from facepass.models import DetectedFace
 from facepass.runs.follow import mirror_report
 from facepass.runs.follow_lock import FollowerLock
+from facepass.runs.job_store import SqlJobRegistry
 from facepass.runs.reindex import ReindexCoordinator, ReindexMode
 from facepass.runs.session_lock import SessionLocks
 from facepass.runs.session_runs import SessionRuns
@@ -90,6 +91,7 @@ _STATUS: dict[type[FacePassError], int] = {
     FacePassDisabled: 403,
     SessionBusy: 409,
     DatabaseError: 503,
+    PoolUnavailable: 503,
 }
 REPLICA_HEADER = "X-FacePass-Replica"
 # A joined run that failed answers like its owner did: 503 when a database failed it.
@@ -153,7 +155,8 @@ class FacePassIngress:
             DatabaseProbe(LOCAL_INDEX, self.store.engine, (face_embeddings.name, indexed_photos.name)),
         )
         self.locks = SessionLocks(settings.local_dsn)
-        self.runs = SessionRuns(self.locks, RayJobRegistry(settings.ray_namespace), runner=_replica_name())
+        # The job book lives in the index database (not in an actor): it outlives any node.
+        self.runs = SessionRuns(self.locks, SqlJobRegistry(settings.local_dsn), runner=_replica_name())
         self.route_runs = RouteRuns(self.runs, self._database_errors)
         self._starting = threading.Lock()
         self._coordinator: ReindexCoordinator | None = None

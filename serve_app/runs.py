@@ -79,7 +79,8 @@ class RouteRuns:
 
         try:
             async with self._database_errors():
-                report = await coordinator.run(uuid.UUID(owned.state["session_id"]), mode, hook)
+                session_id = uuid.UUID(owned.state["session_id"])
+                report = await coordinator.run(session_id, mode, hook, fence=owned.fence)
         except BaseException as exc:  # the job fails (and frees the session); the service does not
             log.exception("reindex job %s failed", owned.job_id)
             await self.runs.fail(owned, exc)

@@ -26,9 +26,9 @@ from pgvector.sqlalchemy import HALFVEC, Vector
 from sqlalchemy.dialects import postgresql as pg
 
 from facepass.db import make_engine
-from facepass.errors import WriteFailed
+from facepass.errors import Fenced, WriteFailed
 from facepass.index.migrations import migrate
-from facepass.models import EMBEDDING_DIM, LedgerStatus, PhotoOutcome, PhotoResult, PhotoStatus
+from facepass.models import EMBEDDING_DIM, Fence, LedgerStatus, PhotoOutcome, PhotoResult, PhotoStatus
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +144,10 @@ class VectorStore:
         # The last result of a photo wins (the same photo twice in one batch cannot upsert twice).
         latest = {r.photo.id: r for r in results if r.status is not PhotoStatus.RETRY}
         errors: dict[uuid.UUID, str] = {}
+        fenced: set[uuid.UUID] = set()
         if latest:
             try:
-                self._commit(list(latest.values()))
+                fenced = self._commit(list(latest.values()))
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as exc:
@@ -154,11 +155,13 @@ class VectorStore:
                     errors = {next(iter(latest)): _short(exc)}
                 else:
                     log.warning("batch of %d photos failed (%s); writing them one by one", len(latest), exc)
-                    errors = self._commit_one_by_one(list(latest.values()))
+                    errors, fenced = self._commit_one_by_one(list(latest.values()))
         write_ms = (time.perf_counter() - started) * 1000 / max(1, len(latest))
         outcomes = []
         for result in results:
-            if result.photo.id in errors:
+            if result.photo.id in fenced and latest.get(result.photo.id) is result:
+                outcomes.append(PhotoOutcome.failed_write(result, Fenced(f"token {result.photo.fence}")))
+            elif result.photo.id in errors:
                 outcomes.append(PhotoOutcome.failed_write(result, WriteFailed(errors[result.photo.id])))
             elif result.status is PhotoStatus.RETRY or latest.get(result.photo.id) is not result:
                 outcomes.append(PhotoOutcome.from_result(result))
@@ -166,13 +169,18 @@ class VectorStore:
                 outcomes.append(PhotoOutcome.from_result(result, write_ms))
         return outcomes
 
-    def prune_photos(self, photo_ids: Sequence[uuid.UUID]) -> PruneResult:
+    def prune_photos(self, photo_ids: Sequence[uuid.UUID], fence: Fence | None = None) -> PruneResult:
         """Remove photos from the index: their face rows and ledger rows, in one transaction
-        (a photo never loses its faces without its ledger row, or the reverse)."""
+        (a photo never loses its faces without its ledger row, or the reverse). With a fence,
+        only while no newer run holds the session (else ``Fenced``: nothing is removed)."""
         ids = list(dict.fromkeys(photo_ids))
         if not ids:
             return PruneResult(0, 0)
         with self.engine.begin() as conn:
+            if fence is not None:
+                current = conn.execute(_FENCE_OF_SESSION, {"sid": fence.session_id}).scalar()
+                if current is not None and current > fence.token:
+                    raise Fenced(f"token {fence.token}, the session's is {current}")
             gone_faces = list(
                 conn.scalars(
                     sa.delete(face_embeddings)
@@ -189,27 +197,47 @@ class VectorStore:
             )
         return PruneResult(photos=len(gone_ledger | set(gone_faces)), faces=len(gone_faces))
 
-    def _commit_one_by_one(self, results: list[PhotoResult]) -> dict[uuid.UUID, str]:
+    def _commit_one_by_one(self, results: list[PhotoResult]) -> tuple[dict[uuid.UUID, str], set[uuid.UUID]]:
         errors: dict[uuid.UUID, str] = {}
+        fenced: set[uuid.UUID] = set()
         for result in results:
             try:
-                self._commit([result])
+                fenced |= self._commit([result])
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as exc:
                 log.error("write of photo %s failed: %s", result.photo.id, exc)
                 errors[result.photo.id] = _short(exc)
-        return errors
+        return errors, fenced
 
-    def _commit(self, results: list[PhotoResult]) -> None:
-        """Ledger upsert + delete of old faces + binary COPY of new faces, one transaction."""
+    @staticmethod
+    def _fenced(cur: psycopg.Cursor[Any], results: list[PhotoResult]) -> set[uuid.UUID]:
+        """Photos of runs that a newer run of their session replaced. The session's fence row
+        stays share-locked until this transaction ends, so a new run's token cannot land
+        between this check and the commit (its UPDATE waits for it)."""
+        sessions = list({r.photo.session_id for r in results if r.photo.fence is not None})
+        if not sessions:
+            return set()
+        cur.execute(_FENCES_FOR_SHARE, (sessions,))
+        current: dict[uuid.UUID, int] = {row[0]: row[1] for row in cur.fetchall()}
+        return {
+            r.photo.id
+            for r in results
+            if r.photo.fence is not None and current.get(r.photo.session_id, r.photo.fence) > r.photo.fence
+        }
+
+    def _commit(self, results: list[PhotoResult]) -> set[uuid.UUID]:
+        """Ledger upsert + delete of old faces + binary COPY of new faces, one transaction.
+        Returns the photos left out because their run was fenced off."""
         raw = self.engine.raw_connection()
         try:
             conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
             if conn.adapters.types.get("vector") is None:  # once per pooled connection
                 register_vector(conn)
-            ids = [r.photo.id for r in results]
             with conn.cursor() as cur:
+                fenced = self._fenced(cur, results)
+                results = [r for r in results if r.photo.id not in fenced]
+                ids = [r.photo.id for r in results]
                 # The upsert locks the ledger rows first: two writers of one photo serialize here.
                 cur.execute(
                     _LEDGER_UPSERT,
@@ -245,6 +273,7 @@ class VectorStore:
                                 )  # fmt: skip
                             )
             raw.commit()
+            return fenced
         except BaseException:
             try:
                 raw.rollback()
@@ -337,6 +366,8 @@ class VectorStore:
         self.engine.dispose()
 
 
+_FENCES_FOR_SHARE = "SELECT session_id, token FROM session_fences WHERE session_id = ANY(%s) FOR SHARE"
+_FENCE_OF_SESSION = sa.text("SELECT token FROM session_fences WHERE session_id = :sid FOR SHARE")
 _LEDGER_UPSERT = """
 INSERT INTO indexed_photos (photo_id, session_id, status, face_count, error_code, error_message, model_name)
 SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[])

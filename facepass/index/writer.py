@@ -19,7 +19,7 @@ import psycopg
 import sqlalchemy.exc
 
 from facepass.index.store import PruneResult, VectorStore
-from facepass.models import PhotoOutcome, PhotoResult
+from facepass.models import Fence, PhotoOutcome, PhotoResult
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,11 @@ class GroupCommitter:
             count += len(waiting[0])
         return group
 
-    async def prune(self, photo_ids: list[uuid.UUID]) -> PruneResult:
+    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:
         """Remove photos from the index, on the same thread as the writes (never between a
         photo's write and its commit)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self.store.prune_photos, photo_ids)
+        return await loop.run_in_executor(self._thread, self.store.prune_photos, photo_ids, fence)
 
     def write_now(self, results: list[PhotoResult]) -> list[PhotoOutcome]:
         """One transaction, retried once if the server dropped the connection (it rolled

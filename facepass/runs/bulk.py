@@ -136,11 +136,10 @@ class BulkReindexer:
         hooks = hooks or BulkHooks()
         started = time.perf_counter()
         summary = BulkSummary(dry_run=dry_run)
-        window = max(1, self.coordinator.processor.capacity)
         pending: dict[asyncio.Task[PhotoOutcome], SessionRun] = {}
         source = self.sessions(session_ids)
         try:
-            await self._stream(source, summary, pending, window, mode, dry_run, hooks)
+            await self._stream(source, summary, pending, mode, dry_run, hooks)
         except BaseException as exc:
             # Stopped (job stop, Ctrl-C): drop what is in flight; the ledger keeps what committed.
             for task in pending:
@@ -158,7 +157,6 @@ class BulkReindexer:
         source: Iterator[SessionInfo | FacePassError],
         summary: BulkSummary,
         pending: dict[asyncio.Task[PhotoOutcome], SessionRun],
-        window: int,
         mode: ReindexMode,
         dry_run: bool,
         hooks: BulkHooks,
@@ -191,7 +189,8 @@ class BulkReindexer:
             run = self.coordinator.new_run(item.id)
             if owned is not None:
                 self._owned[id(run)] = owned
-            plan = await asyncio.to_thread(self.coordinator.plan_session, item, mode)
+            fence = owned.fence if owned is not None else None
+            plan = await asyncio.to_thread(self.coordinator.plan_session, item, mode, fence)
             self.coordinator.begin(run, plan)
             if not dry_run:
                 await self.coordinator.prune(run, plan)
@@ -204,7 +203,8 @@ class BulkReindexer:
                 await self._finish(run, summary)
                 continue
             for index, photo in enumerate(plan.todo, start=1):
-                while len(pending) >= window:
+                # The window follows the pool's size (nodes join and leave during a run).
+                while len(pending) >= max(1, self.coordinator.processor.capacity):
                     await self._drain(pending, summary, hooks)
                 self.coordinator.submitted(run, index, photo)
                 pending[asyncio.ensure_future(self.coordinator.processor.process(photo))] = run

@@ -34,6 +34,7 @@ from facepass.catalog.changes import CatalogChanges, Signature
 from facepass.errors import FacePassError
 from facepass.index.follow_ledger import FollowedSession, FollowLedger
 from facepass.index.generations import Generations
+from facepass.models import Fence
 from facepass.runs.follow_lock import FollowerLock
 from facepass.runs.job_book import DONE
 from facepass.runs.reindex import ReindexCoordinator, ReindexMode
@@ -266,7 +267,7 @@ class Follower:
                 return
             since = datetime.now(UTC)
             try:
-                report = await self._run(session_id, syncing)
+                report = await self._run(session_id, syncing, owned.fence)
             except BaseException as exc:
                 await self.runs.fail(owned, exc)
                 if isinstance(exc, FacePassError):  # disabled or deleted meanwhile: discover() sees it
@@ -285,11 +286,13 @@ class Follower:
             self._syncing.pop(session_id, None)
             self._start_syncs()
 
-    async def _run(self, session_id: uuid.UUID, syncing: _Syncing) -> ReindexReport:
+    async def _run(self, session_id: uuid.UUID, syncing: _Syncing, fence: Fence) -> ReindexReport:
+        """The route's ``missing`` run, step by step (so /mirror can show what is pending);
+        every write carries the run's fence: a sync that lost its lock cannot write."""
         coordinator = self.coordinator
         run = coordinator.new_run(session_id)
         known = await asyncio.to_thread(coordinator.store.index_state, session_id)
-        plan = await asyncio.to_thread(coordinator.plan, session_id, ReindexMode.MISSING)
+        plan = await asyncio.to_thread(coordinator.plan, session_id, ReindexMode.MISSING, fence)
         syncing.planned, syncing.prune_pending = len(plan.todo), len(plan.prune)
         syncing.fresh = {p.id for p in plan.todo if p.id not in known}
         coordinator.begin(run, plan)

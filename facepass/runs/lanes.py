@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from facepass.index.store import PruneResult
-from facepass.models import PhotoOutcome, PhotoRef
+from facepass.models import Fence, PhotoOutcome, PhotoRef
 
 
 class Lane(enum.IntEnum):
@@ -65,7 +65,7 @@ class LanedPool(Protocol):
 
     async def process(self, photo: PhotoRef, lane: Lane = Lane.INTERACTIVE) -> PhotoOutcome: ...
 
-    async def prune(self, photo_ids: list[uuid.UUID]) -> PruneResult: ...
+    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult: ...
 
 
 class LaneProcessor:
@@ -86,5 +86,5 @@ class LaneProcessor:
     async def process(self, photo: PhotoRef) -> PhotoOutcome:
         return await self.pool.process(photo, self.lane)
 
-    async def prune(self, photo_ids: list[uuid.UUID]) -> PruneResult:
-        return await self.pool.prune(photo_ids)
+    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:
+        return await self.pool.prune(photo_ids, fence)

@@ -9,6 +9,7 @@ threads so the coordinator can live inside an async HTTP handler. The bulk job
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import time
@@ -20,7 +21,7 @@ from typing import Protocol
 from facepass.catalog.cloud import CloudCatalog
 from facepass.index.generations import Generations
 from facepass.index.store import PruneResult, VectorStore
-from facepass.models import LedgerStatus, PhotoOutcome, PhotoRef, SessionInfo
+from facepass.models import Fence, LedgerStatus, PhotoOutcome, PhotoRef, SessionInfo
 from facepass.runs import report as words
 from facepass.runs.report import ReindexReport
 
@@ -44,8 +45,9 @@ class PhotoProcessor(Protocol):
 
     async def process(self, photo: PhotoRef) -> PhotoOutcome: ...
 
-    async def prune(self, photo_ids: list[uuid.UUID]) -> PruneResult:
-        """Remove photos from the index (through the one writer)."""
+    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:
+        """Remove photos from the index (through the one writer); with a fence, only while the
+        run still holds the session (else ``Fenced``)."""
         ...
 
 
@@ -57,6 +59,7 @@ class ReindexPlan:
     todo: list[PhotoRef]
     prune: list[uuid.UUID] = field(default_factory=list)  # indexed, but deleted from the catalog
     stale_photos: int = 0  # in ``todo`` because another model embedded them
+    fence: Fence | None = None  # the run's claim on the session: its writes carry it
 
 
 ProgressHook = Callable[[ReindexReport], None]
@@ -91,11 +94,15 @@ class ReindexCoordinator:
         self.keep_log = keep_log
 
     # --- steps ---------------------------------------------------------------
-    def plan(self, session_id: uuid.UUID, mode: ReindexMode = ReindexMode.MISSING) -> ReindexPlan:
+    def plan(
+        self, session_id: uuid.UUID, mode: ReindexMode = ReindexMode.MISSING, fence: Fence | None = None
+    ) -> ReindexPlan:
         """Validate the session and compare the catalog with the local index."""
-        return self.plan_session(self.catalog.require_enabled_session(session_id), mode)
+        return self.plan_session(self.catalog.require_enabled_session(session_id), mode, fence)
 
-    def plan_session(self, session: SessionInfo, mode: ReindexMode = ReindexMode.MISSING) -> ReindexPlan:
+    def plan_session(
+        self, session: SessionInfo, mode: ReindexMode = ReindexMode.MISSING, fence: Fence | None = None
+    ) -> ReindexPlan:
         """What the index must do for the session to mirror the catalog.
 
         Photos the index holds that the catalog no longer lists (soft- or hard-deleted)
@@ -123,7 +130,9 @@ class ReindexCoordinator:
 
         todo = [p for p in photos if not done(p.id)]
         stale_count = sum(1 for p in todo if stale(p.id))
-        return ReindexPlan(session, len(photos), len(photos) - len(todo), todo, prune, stale_count)
+        if fence is not None:  # every write of this run carries its token
+            todo = [dataclasses.replace(p, fence=fence.token) for p in todo]
+        return ReindexPlan(session, len(photos), len(photos) - len(todo), todo, prune, stale_count, fence)
 
     def new_run(self, session_id: uuid.UUID) -> SessionRun:
         report = ReindexReport(
@@ -153,7 +162,7 @@ class ReindexCoordinator:
         """Photos deleted from the catalog leave the index (faces and ledger row together)."""
         if not plan.prune:
             return
-        result = await self.processor.prune(plan.prune)
+        result = await self.processor.prune(plan.prune, plan.fence)
         run.report.pruned_photos += result.photos
         run.report.pruned_faces += result.faces
         self.say(run.report, words.pruned_line(result.photos, result.faces))
@@ -185,9 +194,10 @@ class ReindexCoordinator:
         session_id: uuid.UUID,
         mode: ReindexMode = ReindexMode.MISSING,
         on_progress: ProgressHook | None = None,
+        fence: Fence | None = None,
     ) -> ReindexReport:
         run = self.new_run(session_id)
-        plan = await asyncio.to_thread(self.plan, session_id, mode)
+        plan = await asyncio.to_thread(self.plan, session_id, mode, fence)
         self.begin(run, plan)
         await self.prune(run, plan)
         if on_progress:
@@ -206,13 +216,13 @@ class ReindexCoordinator:
     ) -> AsyncIterator[PhotoOutcome]:
         """Yield outcomes as they finish, with at most ``capacity`` photos in flight."""
         pending: set[asyncio.Task[PhotoOutcome]] = set()
-        window = max(1, self.processor.capacity)
         try:
             for index, photo in enumerate(photos, start=1):
                 if run is not None:
                     self.submitted(run, index, photo)
                 pending.add(asyncio.ensure_future(self.processor.process(photo)))
-                if len(pending) >= window:
+                # The window follows the pool's size (nodes join and leave during a run).
+                if len(pending) >= max(1, self.processor.capacity):
                     done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                     for task in done:
                         yield task.result()

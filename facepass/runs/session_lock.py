@@ -30,6 +30,10 @@ _LOCK_CONNECTION_OPTIONS = (
     "-c idle_session_timeout=0 -c statement_timeout=10000"
 )
 
+_NEW_FENCE = sa.text(
+    "INSERT INTO session_fences (session_id, token) VALUES (:sid, nextval('session_fence_tokens')) "
+    "ON CONFLICT (session_id) DO UPDATE SET token = EXCLUDED.token, updated_at = now() RETURNING token"
+)
 _HELD_BY = sa.text(
     "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
@@ -57,6 +61,9 @@ class HeldSession:
     key: int
     backend_pid: int
     _conn: sa.Connection | None = field(repr=False)
+    # This run's fencing token: larger than every earlier run's of the session. The writer
+    # refuses a photo whose token is older than the session's (its run lost the lock).
+    fence: int = 0
 
     @property
     def held(self) -> bool:
@@ -109,7 +116,14 @@ class SessionLocks:
         if not row[0]:
             conn.close()
             return None
-        return HeldSession(session_id, key, int(row[1]), conn)
+        try:
+            # A new token for the session, under its lock: from now on, writes of any earlier
+            # run of it are refused (its UPDATE waits for a write that holds the old token).
+            token = conn.execute(_NEW_FENCE, {"sid": session_id}).scalar_one()
+        except BaseException:
+            conn.close()  # frees the lock
+            raise
+        return HeldSession(session_id, key, int(row[1]), conn, int(token))
 
     def holder(self, session_id: uuid.UUID) -> int | None:
         """The server pid of the connection holding the session's lock, or None if it is free.

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from facepass.errors import JobNotFound, JoinedRunFailed, SessionBusy
+from facepass.models import Fence
 from facepass.runs.job_book import DONE, FAILED, IDENTITY, RUNNER_LOST, RUNNING, JobBook, JobState
 from facepass.runs.reindex import ReindexMode
 from facepass.runs.session_lock import HeldSession, SessionLocks
@@ -81,6 +82,11 @@ class OwnedRun:
     @property
     def job_id(self) -> str:
         return str(self.state["job_id"])
+
+    @property
+    def fence(self) -> Fence:
+        """What this run's writes carry: the writer refuses them once a newer run took the session."""
+        return Fence(self.lock.session_id, self.lock.fence)
 
     @property
     def identity(self) -> JobState:

@@ -6,6 +6,7 @@ import asyncio
 import io
 import ipaddress
 import socket
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -13,6 +14,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import yarl
+from aiohttp.resolver import ThreadedResolver
 from PIL import Image, UnidentifiedImageError
 
 from facepass.errors import (
@@ -119,6 +121,30 @@ class UrlPolicy:
         return [str(info[4][0]) for info in infos]
 
 
+class RefusedAddress(OSError):
+    """A catalog host resolved to an address it must never be reached on."""
+
+
+class CheckedResolver(ThreadedResolver):
+    """Resolve once, check those addresses, connect to them: aiohttp connects to exactly
+    what ``resolve`` returns, so a DNS answer that changes between the policy's check and
+    the connection (rebinding) cannot send a download to loopback or a private network.
+    Hosts in ``trusted`` (the storage base URL the operator chose) may be anywhere."""
+
+    def __init__(self, trusted: set[str]) -> None:
+        super().__init__()
+        self.trusted = {h.lower() for h in trusted}
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> Any:
+        results = await super().resolve(host, port, family)
+        if host.lower() in self.trusted:
+            return results
+        for result in results:
+            if not _is_public_address(result["host"]):
+                raise RefusedAddress(f"host {host!r} resolves to non-public address {result['host']}")
+        return results
+
+
 class ImageFetcher:
     """Async downloads: one connection pool per worker, a hard total deadline per photo.
 
@@ -131,6 +157,7 @@ class ImageFetcher:
 
     def __init__(self, settings: Settings) -> None:
         self.policy = UrlPolicy(settings.storage_url, settings.storage_allowed_hosts)
+        self._trusted = {urlsplit(settings.storage_url).hostname or ""}
         self.timeout_s = settings.download_timeout_s
         self.max_bytes = settings.max_download_bytes
         # One connection per photo in flight (a decoder actor holds twice as many), kept alive.
@@ -140,7 +167,9 @@ class ImageFetcher:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.connections, limit_per_host=0),
+                connector=aiohttp.TCPConnector(
+                    limit=self.connections, limit_per_host=0, resolver=CheckedResolver(self._trusted)
+                ),
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
                 trust_env=False,  # no proxies from the environment
                 auto_decompress=False,  # the bytes stored are the bytes checked
@@ -176,6 +205,10 @@ class ImageFetcher:
                 return bytes(body)
         except TimeoutError as exc:
             raise DownloadTimeout(f"timeout after {self.timeout_s:g}s") from exc
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, RefusedAddress):
+                raise UrlNotAllowed(str(exc.os_error)) from exc
+            raise StorageUnavailable(f"{type(exc).__name__}: {exc}") from exc
         except aiohttp.ClientError as exc:
             raise StorageUnavailable(f"{type(exc).__name__}: {exc}") from exc
 

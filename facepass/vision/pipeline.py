@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from facepass.errors import PhotoError
 from facepass.index.store import PruneResult, VectorStore
 from facepass.index.writer import GroupCommitter
-from facepass.models import DetectedFace, PhotoOutcome, PhotoRef, PhotoResult
+from facepass.models import DetectedFace, Fence, PhotoOutcome, PhotoRef, PhotoResult
 from facepass.settings import Settings
 from facepass.vision.faces import FaceEmbedder
 from facepass.vision.images import BgrImage, ImageFetcher, decode_image
@@ -171,5 +171,5 @@ class LocalProcessor:
         [outcome] = await self.committer.write([result])
         return outcome
 
-    async def prune(self, photo_ids: list[uuid.UUID]) -> PruneResult:
-        return await self.committer.prune(photo_ids)
+    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:
+        return await self.committer.prune(photo_ids, fence)

@@ -70,7 +70,7 @@ def test_cluster_yaml_installs_and_starts_the_app(cluster: dict[str, Any]) -> No
         "FACEPASS_LOCAL_DSN",
         "FACEPASS_STORAGE_URL",
         "FACEPASS_GPUS_PER_ACTOR=1",
-        "FACEPASS_EMBED_ACTORS",
+        "FACEPASS_POOL_MAX_ACTORS",
         "FACEPASS_HTTP_HOST=0.0.0.0",
     ):
         assert name in setup, name

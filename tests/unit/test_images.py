@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import struct
 import uuid
 import zlib
@@ -415,3 +416,52 @@ def test_fetcher_reuses_and_closes_its_client(
 
     asyncio.run(go())
     assert storage.hits[path] == 2
+
+
+# --- DNS rebinding ---------------------------------------------------------------
+def test_a_dns_answer_that_changes_after_the_check_is_never_followed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The policy's look-up says public; the next look-up (the one a connection would use)
+    says loopback, where a server waits. The fetcher connects only to addresses it checked
+    itself, at connection time: it refuses, and the loopback server sees no request."""
+    with PhotoStorage() as server:
+        server.put("x.jpg", _encoded(".jpg"))
+        port = int(server.url.rsplit(":", 1)[1].strip("/"))
+        answers = iter(["93.184.216.34"] + ["127.0.0.1"] * 10)
+        real = socket.getaddrinfo
+        looked_up: list[str] = []
+
+        def rebinding(host: str, *args: Any, **kwargs: Any) -> Any:
+            if host != "rebind.example":
+                return real(host, *args, **kwargs)
+            address = next(answers)
+            looked_up.append(address)
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))]
+
+        monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+        settings = Settings(storage_url=BASE, storage_allowed_hosts=["rebind.example"])
+        fetcher = ImageFetcher(settings)
+
+        async def fetch() -> bytes:
+            try:
+                return await fetcher.fetch(f"http://rebind.example:{port}/x.jpg")
+            finally:
+                await fetcher.aclose()
+
+        with pytest.raises(UrlNotAllowed, match="non-public address 127.0.0.1"):
+            asyncio.run(fetch())
+        assert looked_up[:2] == ["93.184.216.34", "127.0.0.1"]  # the policy passed; the connection did not
+        assert sum(server.hits.values()) == 0
+
+
+def test_the_operators_storage_host_may_be_on_loopback() -> None:
+    with PhotoStorage() as server:
+        server.put("x.jpg", _encoded(".jpg"))
+        fetcher = ImageFetcher(Settings(storage_url=server.url.replace("127.0.0.1", "localhost")))
+
+        async def fetch() -> bytes:
+            try:
+                return await fetcher.fetch("x.jpg")
+            finally:
+                await fetcher.aclose()
+
+        assert asyncio.run(fetch()) == server.files["x.jpg"]

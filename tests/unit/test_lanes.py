@@ -6,7 +6,7 @@ import asyncio
 import uuid
 
 from facepass.index.store import PruneResult
-from facepass.models import PhotoOutcome, PhotoRef, PhotoStatus
+from facepass.models import Fence, PhotoOutcome, PhotoRef, PhotoStatus
 from facepass.runs.lanes import Lane, LaneGate, LaneProcessor
 
 
@@ -38,7 +38,7 @@ class FakePool:
         self.lanes.append(lane)
         return PhotoOutcome(photo_id=photo.id, filename=photo.filename, status=PhotoStatus.INDEXED)
 
-    async def prune(self, photo_ids: list[uuid.UUID]) -> PruneResult:
+    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:
         return PruneResult(len(photo_ids), 0)
 
 

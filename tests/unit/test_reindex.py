@@ -16,7 +16,7 @@ from facepass.demo.scenario import SEED_SESSION_NAME, CatalogWriter, SeedScenari
 from facepass.demo.storage import PhotoStorage
 from facepass.errors import FacePassDisabled, SessionNotFound
 from facepass.index.store import PruneResult, VectorStore, face_embeddings
-from facepass.models import PhotoOutcome, PhotoRef, PhotoStatus
+from facepass.models import Fence, PhotoOutcome, PhotoRef, PhotoStatus
 from facepass.runs.reindex import ReindexCoordinator, ReindexMode, SessionRun
 from facepass.runs.report import ReindexReport
 from facepass.settings import Settings
@@ -295,7 +295,7 @@ class CountingProcessor:
     def model_name(self) -> str:
         return self._model_name
 
-    async def prune(self, photo_ids: list[uuid.UUID]) -> PruneResult:
+    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:
         raise AssertionError("this test plans no pruning")
 
     async def process(self, photo: PhotoRef) -> PhotoOutcome:

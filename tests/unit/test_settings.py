@@ -37,7 +37,7 @@ def test_unprefixed_env_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMBED_ACTORS", "7")
     monkeypatch.setenv("HTTP_PORT", "1")
     settings = Settings()
-    assert settings.embed_actors == 2
+    assert settings.embed_actors is None  # the default: the pool sizes itself from the cluster
     assert settings.http_port == 8000
 
 
@@ -123,6 +123,15 @@ def test_cpu_threads_split_between_actors(monkeypatch: pytest.MonkeyPatch) -> No
     assert Settings(embed_actors=4).intra_op_threads() == 4
     assert Settings(embed_actors=32).intra_op_threads() == 1
     assert Settings(embed_actors=4, ort_intra_op_threads=3).intra_op_threads() == 3
+
+
+def test_a_pool_sized_from_the_cluster_gives_each_actor_its_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    auto = Settings()
+    assert not auto.fixed_pool and auto.intra_op_threads() == 1  # one actor per CPU it asks for
+    assert Settings(cpus_per_actor=4).intra_op_threads() == 4
+    assert auto.local_pool_size() == 16 and Settings(pool_max_actors=6).local_pool_size() == 6
+    assert Settings(embed_actors=3).local_pool_size() == 3 and Settings(embed_actors=3).fixed_pool
 
 
 def test_gpu_choice(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,181 @@
+"""The job book in the local index database: it outlives any Ray node.
+
+Same contract as the in-memory ``JobBook`` (``facepass.runs.job_book``), one SQL
+statement (or one transaction) per step, so every step stays atomic with many
+Serve replicas and bulk jobs writing at once. It used to be a named Ray actor:
+losing the node that held it lost every job record and ended the bulk job.
+Each job is one row of ``reindex_jobs`` (migration 0003): its status, the
+session, and the whole state as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import sqlalchemy as sa
+
+from facepass.db import with_driver
+from facepass.runs.job_book import FAILED, IDENTITY, RUNNER_LOST, RUNNING, JobState
+
+log = logging.getLogger(__name__)
+
+KEEP_FINISHED_S = 24 * 3600
+
+_GET = sa.text("SELECT state FROM reindex_jobs WHERE job_id = :job_id")
+_RUNNING = sa.text(
+    "SELECT state FROM reindex_jobs WHERE session_id = CAST(:session_id AS uuid) AND status = 'running' "
+    "ORDER BY updated_at DESC LIMIT 1"
+)
+_INSERT = sa.text(
+    "INSERT INTO reindex_jobs (job_id, session_id, status, state) "
+    "VALUES (:job_id, CAST(:session_id AS uuid), :status, CAST(:state AS jsonb)) "
+    "ON CONFLICT (job_id) DO UPDATE SET status = EXCLUDED.status, state = EXCLUDED.state, updated_at = now()"
+)
+# A progress message never brings a finished job back to running (messages may lag).
+_PROGRESS = sa.text(
+    "UPDATE reindex_jobs SET state = state || CAST(:state AS jsonb), updated_at = now() "
+    "WHERE job_id = :job_id AND status = 'running'"
+)
+_FINISH = sa.text(
+    "UPDATE reindex_jobs SET status = :status, state = CAST(:state AS jsonb), updated_at = now() "
+    "WHERE job_id = :job_id"
+)
+_FORGET_OLD = sa.text(
+    "DELETE FROM reindex_jobs WHERE status <> 'running' AND updated_at < now() - make_interval(secs => :keep)"
+)
+
+
+def _dump(state: JobState) -> str:
+    return json.dumps(state, default=str)
+
+
+class SqlJobRegistry:
+    """``facepass.runs.session_runs.JobRegistry`` over the ``reindex_jobs`` table."""
+
+    def __init__(self, dsn: str | None, *, keep_finished_s: float = KEEP_FINISHED_S) -> None:
+        if not dsn:
+            raise RuntimeError("database DSN is not resolved; call resolve_databases() first")
+        self.engine = sa.create_engine(
+            with_driver(dsn), pool_size=2, pool_pre_ping=True, connect_args={"connect_timeout": 10}
+        )
+        self.keep_finished_s = keep_finished_s
+        # Progress is fire and forget, but in order: one thread writes it.
+        self._progress_thread = ThreadPoolExecutor(1, thread_name_prefix="job-progress")
+
+    # --- blocking steps (each one statement or one transaction) ----------------------
+    def _start(self, job_id: str, state: JobState) -> None:
+        session_id = str(state["session_id"])
+        now = time.time()
+        with self.engine.begin() as conn:
+            # The new runner holds the session's lock, so a job still running for the
+            # session lost its runner. FOR UPDATE: two starts of one session serialize here.
+            previous = conn.execute(
+                sa.text(
+                    "SELECT job_id, state FROM reindex_jobs WHERE session_id = CAST(:sid AS uuid) "
+                    "AND status = 'running' AND job_id <> :job_id FOR UPDATE"
+                ),
+                {"sid": session_id, "job_id": job_id},
+            ).all()
+            for old_id, old_state in previous:
+                identity = {k: old_state[k] for k in IDENTITY if k in old_state}
+                failed = {
+                    **identity,
+                    "job_id": old_id,
+                    "status": FAILED,
+                    "error": "runner died: the session's lock was taken by a new run",
+                    "code": RUNNER_LOST,
+                    "updated_at": now,
+                }
+                conn.execute(_FINISH, {"job_id": old_id, "status": FAILED, "state": _dump(failed)})
+            row = {**state, "job_id": job_id, "status": RUNNING, "updated_at": now}
+            conn.execute(
+                _INSERT, {"job_id": job_id, "session_id": session_id, "status": RUNNING, "state": _dump(row)}
+            )
+            conn.execute(_FORGET_OLD, {"keep": self.keep_finished_s})
+
+    def _progress(self, job_id: str, state: JobState) -> None:
+        update = {**state, "status": RUNNING, "updated_at": time.time()}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(_PROGRESS, {"job_id": job_id, "state": _dump(update)})
+        except sa.exc.SQLAlchemyError as exc:  # progress is advisory: the final state is what counts
+            log.warning("job %s: progress not recorded (%s)", job_id, exc.__class__.__name__)
+
+    def _finish(self, job_id: str, state: JobState) -> None:
+        with self.engine.begin() as conn:
+            current = conn.execute(_GET.bindparams(job_id=job_id)).scalar()
+            identity = {k: current[k] for k in IDENTITY if k in current} if current else {}
+            final = {**identity, **state, "job_id": job_id, "updated_at": time.time()}
+            if current is None:
+                session_id = final.get("session_id")
+                conn.execute(
+                    _INSERT,
+                    {
+                        "job_id": job_id,
+                        "session_id": session_id,
+                        "status": final["status"],
+                        "state": _dump(final),
+                    },
+                )
+            else:
+                conn.execute(_FINISH, {"job_id": job_id, "status": final["status"], "state": _dump(final)})
+
+    def _fail_if_running(self, job_id: str, error: str, code: str) -> JobState | None:
+        with self.engine.begin() as conn:
+            current = conn.execute(
+                sa.text("SELECT state FROM reindex_jobs WHERE job_id = :job_id FOR UPDATE"),
+                {"job_id": job_id},
+            ).scalar()
+            if current is None:
+                return None
+            if current.get("status") != RUNNING:
+                return dict(current)
+            identity = {k: current[k] for k in IDENTITY if k in current}
+            failed = {**identity, "job_id": job_id, "status": FAILED, "error": error, "code": code}
+            failed["updated_at"] = time.time()
+            conn.execute(_FINISH, {"job_id": job_id, "status": FAILED, "state": _dump(failed)})
+            return failed
+
+    def _get(self, job_id: str) -> JobState | None:
+        with self.engine.connect() as conn:
+            state = conn.execute(_GET, {"job_id": job_id}).scalar()
+        return dict(state) if state is not None else None
+
+    def _running_job(self, session_id: str) -> JobState | None:
+        with self.engine.connect() as conn:
+            state = conn.execute(_RUNNING, {"session_id": session_id}).scalar()
+        return dict(state) if state is not None else None
+
+    # --- the JobRegistry protocol -------------------------------------------------------
+    async def start(self, job_id: str, state: JobState) -> None:
+        await asyncio.to_thread(self._start, job_id, state)
+
+    def progress(self, job_id: str, state: JobState) -> None:
+        self._progress_thread.submit(self._progress, job_id, state)
+
+    async def finish(self, job_id: str, state: JobState) -> None:
+        await self._after_progress(self._finish, job_id, state)
+
+    async def fail_if_running(self, job_id: str, error: str, code: str) -> JobState | None:
+        return await asyncio.to_thread(self._fail_if_running, job_id, error, code)
+
+    async def get(self, job_id: str) -> JobState | None:
+        return await asyncio.to_thread(self._get, job_id)
+
+    async def running_job(self, session_id: str) -> JobState | None:
+        return await asyncio.to_thread(self._running_job, session_id)
+
+    async def _after_progress(self, step: Callable[..., Any], *args: Any) -> Any:
+        """The final state goes through the progress thread: it lands after every progress
+        message sent before it (a late one would be refused anyway, by its status check)."""
+        return await asyncio.wrap_future(self._progress_thread.submit(step, *args))
+
+    def close(self) -> None:
+        self._progress_thread.shutdown(wait=True)
+        self.engine.dispose()

@@ -1,0 +1,97 @@
+"""Faults below the actors: Ray's own RPC failure injection (``RAY_testing_rpc_failure``,
+the way Ray's chaos tests use it) on every actor call of the pool and the writer
+(``PushTask``: requests lost before they run, and replies lost after they ran). The bulk
+job still indexes every photo once: a lost reply means the batch ran and maybe committed,
+and its retry writes the same rows again."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import ray
+from ray import serve
+from ray.cluster_utils import Cluster
+
+from facepass.demo.storage import PhotoStorage
+from facepass.index.store import VectorStore
+from facepass.settings import Settings
+from jobs.local_head import free_port
+from serve_app import build_app
+from tests.cluster.conftest import (
+    assert_every_photo_once,
+    job_env,
+    make_catalog,
+    start_bulk_job,
+    start_cluster,
+    stop_cluster,
+)
+
+# 10% of actor-task requests and 10% of replies lost, without end (Ray's own chaos tests
+# inject at rates of this order on single methods).
+RPC_FAILURE = json.dumps(
+    {
+        "CoreWorkerService.grpc_client.PushTask": {
+            "num_failures": -1,
+            "req_failure_prob": 10,
+            "resp_failure_prob": 10,
+        }
+    }
+)
+ENV = {"RAY_testing_rpc_failure": RPC_FAILURE}
+
+
+@pytest.fixture(scope="module")
+def faulty_cluster() -> Iterator[Cluster]:
+    cluster = start_cluster(2, env=ENV)
+    ray.init(address=cluster.address)
+    try:
+        yield cluster
+    finally:
+        stop_cluster(cluster, ENV)
+
+
+def test_the_bulk_job_indexes_every_photo_once_under_rpc_failures(
+    faulty_cluster: Cluster,
+    cluster_settings: Settings,
+    slow_storage: PhotoStorage,
+    store: VectorStore,
+    tmp_path: Path,
+) -> None:
+    catalog = make_catalog(cluster_settings, slow_storage, sessions=3, per_session=12)
+    env = job_env(cluster_settings, catalog, faulty_cluster.address, **ENV)
+    job = start_bulk_job(env, tmp_path)
+    code, summary, log = job.wait(timeout_s=400)
+    assert code == 0, log[-4000:]
+    assert summary["photos_successful"] == len(catalog.photos), summary
+    assert_every_photo_once(store, catalog)
+    retried = log.count("retrying")
+    print(f"\nunder 10%/10% PushTask failures: {len(catalog.photos)} photos, {retried} batches retried")
+
+
+def test_a_route_call_indexes_every_photo_once_under_rpc_failures(
+    faulty_cluster: Cluster,
+    cluster_settings: Settings,
+    slow_storage: PhotoStorage,
+    store: VectorStore,
+) -> None:
+    """The route on Ray Serve, on the same faulty cluster: the Serve app's own calls (the
+    controller's, the proxy's) go through the same lossy PushTask."""
+    catalog = make_catalog(cluster_settings, slow_storage, sessions=1, per_session=16)
+    settings = cluster_settings.model_copy(
+        update={"cloud_dsn": catalog.dsn, "http_port": free_port(), "pool_refresh_s": 2.0}
+    )
+    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    try:
+        serve.run(build_app(settings), name="facepass", route_prefix="/")
+        url = f"http://{settings.http_host}:{settings.http_port}/api/v1/faces/force-reindex-session/"
+        response = httpx.post(url + str(catalog.sessions[0]), headers=settings.api_headers(), timeout=400)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["successful_photos"] == 16 and body["failed_photos"] == 0, body["errors"]
+        assert_every_photo_once(store, catalog)
+    finally:
+        serve.shutdown()  # type: ignore[no-untyped-call]

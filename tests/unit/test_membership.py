@@ -1,0 +1,75 @@
+"""actors.membership.PoolMembers: which actors get work as nodes join, drain and leave.
+The Ray calls are the callback that makes an actor (a plain object here) and the pings;
+the rules in between are plain code."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from actors.membership import PoolMembers
+from facepass.cluster.pool_plan import NodeInfo, Slot
+from facepass.settings import Settings
+
+
+def node(i: int, drain: float | None = None) -> NodeInfo:
+    return NodeInfo(f"{i:02d}" + "n" * 54, cpus=1, gpus=0, drain_deadline_s=drain)
+
+
+def members_for(settings: Settings) -> tuple[PoolMembers, list[Slot]]:
+    made: list[Slot] = []
+
+    def make(slot: Slot) -> Any:
+        made.append(slot)
+        return object()
+
+    return PoolMembers(settings, make), made
+
+
+def ready_all(members: PoolMembers) -> None:
+    for member in members.members.values():
+        member.ready = True
+
+
+def test_nodes_joining_leaving_and_draining() -> None:
+    members, made = members_for(Settings())
+    members.apply([node(0), node(1)], busy=True)
+    assert len(made) == 2 and members.planned == 2
+    assert members.usable() == []  # not one has answered a ping yet: no work
+    ready_all(members)
+    assert len(members.usable()) == 2
+
+    members.apply([node(0), node(1), node(2)], busy=True)  # a node joins
+    assert len(made) == 3 and len(members.members) == 3
+
+    members.apply([node(0), node(1, drain=time.time() + 30), node(2)], busy=True)
+    draining = [m for m in members.members.values() if m.draining]
+    assert len(draining) == 1 and draining[0] not in members.usable()  # no new batches
+    assert draining[0].must_move(time.time() + 25, margin_s=10)
+    assert not draining[0].must_move(time.time(), margin_s=10)
+
+    members.apply([node(0), node(2)], busy=True)  # the drained node is gone
+    assert {m.node_id for m in members.members.values()} == {node(0).node_id, node(2).node_id}
+    assert len(made) == 3  # nothing new made for a node that left
+
+
+def test_idle_pools_make_only_the_minimum() -> None:
+    members, made = members_for(Settings(pool_min_actors=1))
+    members._handle = lambda slot, create: object() if create else None  # type: ignore[method-assign]
+    members.apply([node(0), node(1), node(2)], busy=False)
+    assert len(members.members) == 1  # rank 0 only; the rest when there is work
+    members.apply([node(0), node(1), node(2)], busy=True)
+    assert len(members.members) == 3
+
+
+def test_pick_spreads_by_load_and_avoids_what_failed() -> None:
+    members, _ = members_for(Settings())
+    members.apply([node(0), node(1)], busy=True)
+    ready_all(members)
+    first = members.pick(set())
+    assert first is not None
+    first.in_flight = 8
+    second = members.pick(set())
+    assert second is not None and second is not first
+    assert members.pick({second.name}) is first
+    assert members.pick({first.name, second.name}) is not None  # all tried: any again
