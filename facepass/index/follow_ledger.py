@@ -59,13 +59,14 @@ class FollowLedger:
             return set(conn.scalars(sa.text("SELECT session_id FROM follow_sessions")))
 
     def add_sessions(self, session_ids: list[uuid.UUID]) -> None:
-        """New sessions to follow: never checked, so the next cycles check them first."""
+        """New sessions to follow: never checked, so the sweep checks them first (not hot:
+        10,000 sessions found at the first start must not all be checked every cycle)."""
         if session_ids:
             with self.engine.begin() as conn:
                 conn.execute(
                     sa.text(
-                        "INSERT INTO follow_sessions (session_id, changed_at) "
-                        "SELECT unnest(CAST(:ids AS uuid[])), now() ON CONFLICT DO NOTHING"
+                        "INSERT INTO follow_sessions (session_id) "
+                        "SELECT unnest(CAST(:ids AS uuid[])) ON CONFLICT DO NOTHING"
                     ),
                     {"ids": session_ids},
                 )
@@ -107,6 +108,13 @@ class FollowLedger:
                     sa.text("UPDATE follow_sessions SET changed_at = now() WHERE session_id = ANY(:ids)"),
                     {"ids": changed},
                 )
+
+    def mark_hot(self, session_id: uuid.UUID) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE follow_sessions SET changed_at = now() WHERE session_id = :sid"),
+                {"sid": session_id},
+            )
 
     def synced(
         self,

@@ -165,9 +165,9 @@ class Follower:
         signatures = await asyncio.to_thread(self.changes.signatures, [p.session_id for p in picked])
         stats.catalog_ms += (time.perf_counter() - catalog_started) * 1000
         changed = [p for p in picked if p.signature != signatures[p.session_id]]
-        await asyncio.to_thread(
-            self.ledger.checked, [p.session_id for p in picked], [p.session_id for p in changed]
-        )
+        # Hot from now on: sessions the index mirrored that changed (a first sync is not a change).
+        hot = [p.session_id for p in changed if p.signature is not None]
+        await asyncio.to_thread(self.ledger.checked, [p.session_id for p in picked], hot)
         changed_ids = {p.session_id for p in changed}
         for p in picked:
             # Another model synced it last: its new generation is built in the background.
@@ -313,6 +313,8 @@ class Follower:
             retry_after = min(s.follow_retry_max_s, s.follow_retry_after_s * 2**retries)
         model = self.coordinator.processor.model_name
         await asyncio.to_thread(self.ledger.synced, session_id, waiting.signature, retry_after, model)
+        if report.processed_photos or report.pruned_photos:  # work found: an active session, hot
+            await asyncio.to_thread(self.ledger.mark_hot, session_id)
         fresh = self._syncing[session_id].fresh
         samples = await asyncio.to_thread(self._lag_samples, session_id, since, waiting.previous_check, fresh)
         await asyncio.to_thread(self.ledger.add_lag, samples, self.settings.follow_lag_window_s)

@@ -315,3 +315,20 @@ def test_the_mirror_report_says_who_follows_and_the_lag(world: World) -> None:
         assert report["following"] and report["follower"] == follower.name
 
     sync_test(body)
+
+
+def test_hot_sessions_are_the_ones_with_work(world: World) -> None:
+    idle = world.writer.add_session("Без новых фото")
+    busy = world.writer.add_session("С новыми фото")
+
+    async def body() -> None:
+        follower = world.follower()
+        await follower.follow_once()  # both found and mirrored: nothing to index, neither is hot
+        hot = world.ledger.pick(3600, 10, 0)
+        assert {p.session_id for p in hot} == set()
+        add_face_photos(world.writer, world.storage, busy, 1, prefix="h")
+        await follower.follow_once()  # the sweep of 100 finds it; now it is hot
+        assert {p.session_id for p in world.ledger.pick(3600, 10, 0)} == {busy}
+        assert idle in world.ledger.known_sessions()
+
+    sync_test(body)
