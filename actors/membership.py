@@ -240,4 +240,4 @@ class PoolMembers:
         bundles = [resource_bundle(self.settings)] * count
         await asyncio.to_thread(request_resources, bundles=bundles)
         self._requested = count
-        log.info("pool: asked the cluster for room for %d embedding actors", count)
+        log.debug("pool: asked the cluster for room for %d embedding actors", count)

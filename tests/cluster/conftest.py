@@ -134,8 +134,8 @@ def ledger_count(store: VectorStore, catalog: Catalog) -> int:
 
 
 def assert_every_photo_once(store: VectorStore, catalog: Catalog) -> None:
-    """Each photo has one ledger row, indexed, and exactly the faces it holds (one here): none
-    lost, none doubled."""
+    """Each photo has one ledger row, indexed, and exactly the face rows its ledger row
+    counts (at least one: every photo holds a face): none lost, none doubled."""
     ids = [p.id for p in catalog.photos]
     with store.engine.connect() as conn:
         ledger = conn.execute(
@@ -151,7 +151,7 @@ def assert_every_photo_once(store: VectorStore, catalog: Catalog) -> None:
     assert len(ledger) == len(ids), f"{len(ids) - len(ledger)} photos lost"
     assert {row.status for row in ledger} == {"indexed"}, {row.status for row in ledger}
     per_photo = dict(faces)
-    assert all(per_photo.get(row.photo_id) == row.face_count == 1 for row in ledger), "a photo doubled"
+    assert all(per_photo.get(row.photo_id) == row.face_count >= 1 for row in ledger), "a photo doubled"
 
 
 def pool_actors(namespace: str) -> dict[str, dict[str, Any]]:

@@ -4,12 +4,15 @@ costs no photo and doubles none. Each test prints its figures (``-s`` shows them
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import ray
+from ray import serve
 from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -18,6 +21,8 @@ from actors.writer import IndexWriter
 from facepass.demo.storage import PhotoStorage
 from facepass.index.store import VectorStore
 from facepass.settings import Settings
+from jobs.local_head import free_port
+from serve_app import build_app
 from tests.cluster.conftest import (
     Catalog,
     assert_every_photo_once,
@@ -156,8 +161,10 @@ def test_a_lost_node_holding_the_writer_costs_nothing(
     assert ray.get(writer.node_id.remote(), timeout=60) == target
     figures = run_and_lose_a_node(cluster, cluster_settings, slow_storage, store, tmp_path, "writer")
     assert figures["loss_to_done_s"] < 240
-    moved = pool_actors(cluster_settings.ray_namespace)[WRITER_NAME]["node_id"]
-    assert moved == cluster.head_node.node_id, "a new writer, on the head node"
+    # The pool made a new writer at its first failed write (on the head), unless no write
+    # failed (the loss between two batches): then the next pool makes it.
+    writer_now = pool_actors(cluster_settings.ray_namespace).get(WRITER_NAME)
+    assert writer_now is None or writer_now["node_id"] == cluster.head_node.node_id
 
 
 def test_a_node_that_joins_gets_an_actor_and_work(
@@ -167,10 +174,11 @@ def test_a_node_that_joins_gets_an_actor_and_work(
     store: VectorStore,
     tmp_path: Path,
 ) -> None:
-    catalog = make_catalog(cluster_settings, slow_storage, sessions=4, per_session=30)
+    catalog = make_catalog(cluster_settings, slow_storage, sessions=4, per_session=60)
     total = len(catalog.photos)
     job = start_bulk_job(job_env(cluster_settings, catalog, cluster.address), tmp_path)
-    wait_until(lambda: ledger_count(store, catalog) >= 0.2 * total or job.process.poll() is not None, 240)
+    # Early: a new actor loads its model (~5-10 s here) while the warm ones go on.
+    wait_until(lambda: ledger_count(store, catalog) >= 0.05 * total or job.process.poll() is not None, 240)
     before = ledger_count(store, catalog)
     rate_before = before / (time.monotonic() - job.started)
     joined = cluster.add_node(num_cpus=1)
@@ -240,3 +248,50 @@ def test_a_drained_node_gets_no_new_batches_and_its_work_finishes_or_moves(
     print(f"\ndrained node: {settled} photos done before the drain settled, {at_deadline} at the deadline")
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
+
+
+def test_a_route_call_finishes_on_what_is_left_when_a_node_goes(
+    cluster: Cluster,
+    cluster_settings: Settings,
+    slow_storage: PhotoStorage,
+    store: VectorStore,
+) -> None:
+    """The route on Ray Serve (proxy on the head), a blocking call for a 40-photo session,
+    a worker node (an embedding actor) removed without notice in the middle."""
+    catalog = make_catalog(cluster_settings, slow_storage, sessions=1, per_session=40)
+    settings = cluster_settings.model_copy(
+        update={
+            "cloud_dsn": catalog.dsn,
+            "http_port": free_port(),
+            "pool_refresh_s": 2.0,
+            "embed_actors": None,
+        }
+    )
+    serve.start(http_options={"host": settings.http_host, "port": settings.http_port, "location": "HeadOnly"})
+    try:
+        serve.run(build_app(settings), name="facepass", route_prefix="/")
+        url = f"http://{settings.http_host}:{settings.http_port}/api/v1/faces/force-reindex-session/"
+        answer: list[httpx.Response] = []
+        call = threading.Thread(
+            target=lambda: answer.append(
+                httpx.post(url + str(catalog.sessions[0]), headers=settings.api_headers(), timeout=400)
+            )
+        )
+        call.start()
+        wait_until(lambda: ledger_count(store, catalog) >= 10 or not call.is_alive(), 240)
+        assert call.is_alive(), "the call ended before the loss"
+        actors = pool_actors(settings.ray_namespace)
+        nodes = worker_nodes(cluster)
+        victim = next(i["node_id"] for n, i in actors.items() if n != WRITER_NAME and i["node_id"] in nodes)
+        t_loss = time.monotonic()
+        cluster.remove_node(nodes[victim], allow_graceful=False)
+        call.join(300)
+        assert answer and answer[0].status_code == 200, answer[0].text if answer else "no answer"
+        body = answer[0].json()
+        assert body["successful_photos"] == 40 and body["failed_photos"] == 0, body["errors"]
+        assert_every_photo_once(store, catalog)
+        print(f"\nroute call: node lost, call done {time.monotonic() - t_loss:.1f}s later")
+    finally:
+        serve.shutdown()  # type: ignore[no-untyped-call]
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()

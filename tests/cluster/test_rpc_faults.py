@@ -1,8 +1,10 @@
 """Faults below the actors: Ray's own RPC failure injection (``RAY_testing_rpc_failure``,
 the way Ray's chaos tests use it) on every actor call of the pool and the writer
-(``PushTask``: requests lost before they run, and replies lost after they ran). The bulk
-job still indexes every photo once: a lost reply means the batch ran and maybe committed,
-and its retry writes the same rows again."""
+(``PushTask``: requests lost before they run, and replies lost after they ran), in the
+processes that make those calls: the bulk job's driver, and the Serve replica that runs a
+route call. The run still indexes every photo once: a lost reply means the batch ran and
+maybe committed, and its retry writes the same rows again. (Injected cluster-wide, the same
+rate also breaks Serve's own control calls: ``serve.run`` fails with ActorUnavailableError.)"""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from facepass.demo.storage import PhotoStorage
 from facepass.index.store import VectorStore
 from facepass.settings import Settings
 from jobs.local_head import free_port
-from serve_app import build_app
+from serve_app import FacePassIngress
 from tests.cluster.conftest import (
     assert_every_photo_once,
     job_env,
@@ -46,12 +48,12 @@ ENV = {"RAY_testing_rpc_failure": RPC_FAILURE}
 
 @pytest.fixture(scope="module")
 def faulty_cluster() -> Iterator[Cluster]:
-    cluster = start_cluster(2, env=ENV)
+    cluster = start_cluster(2)
     ray.init(address=cluster.address)
     try:
         yield cluster
     finally:
-        stop_cluster(cluster, ENV)
+        stop_cluster(cluster)
 
 
 def test_the_bulk_job_indexes_every_photo_once_under_rpc_failures(
@@ -78,15 +80,17 @@ def test_a_route_call_indexes_every_photo_once_under_rpc_failures(
     slow_storage: PhotoStorage,
     store: VectorStore,
 ) -> None:
-    """The route on Ray Serve, on the same faulty cluster: the Serve app's own calls (the
-    controller's, the proxy's) go through the same lossy PushTask."""
+    """The route on Ray Serve, its replica's calls to the pool and the writer lossy."""
     catalog = make_catalog(cluster_settings, slow_storage, sessions=1, per_session=16)
     settings = cluster_settings.model_copy(
         update={"cloud_dsn": catalog.dsn, "http_port": free_port(), "pool_refresh_s": 2.0}
     )
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
     try:
-        serve.run(build_app(settings), name="facepass", route_prefix="/")
+        # The replica's own process makes the pool's and the writer's calls: inject there.
+        options = {"num_cpus": 0, "runtime_env": {"env_vars": ENV}}
+        app = FacePassIngress.options(ray_actor_options=options).bind(settings)  # type: ignore[attr-defined]
+        serve.run(app, name="facepass", route_prefix="/")
         url = f"http://{settings.http_host}:{settings.http_port}/api/v1/faces/force-reindex-session/"
         response = httpx.post(url + str(catalog.sessions[0]), headers=settings.api_headers(), timeout=400)
         assert response.status_code == 200, response.text
