@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray.exceptions import ActorUnavailableError, GetTimeoutError
 
 from facepass.cluster.pool_plan import NodeInfo, Slot, plan_pool, resource_bundle
 from facepass.settings import Settings
@@ -197,15 +198,22 @@ class PoolMembers:
         member.probing = True
 
         async def ping() -> None:
-            try:
-                info = await member.handle.info.remote()
-            except Exception as exc:  # dead for good: leave the pool (a later look may recreate it)
-                log.warning("pool: actor %s is gone (%s)", member.name, type(exc).__name__)
-                if self.members.get(member.name) is member:
-                    self.members = {k: v for k, v in self.members.items() if v is not member}
-                return
-            finally:
+            for attempt in range(60):
+                try:
+                    info = await member.handle.info.remote()
+                    break
+                except (ActorUnavailableError, GetTimeoutError):  # restarting: ask again
+                    await asyncio.sleep(min(5.0, 0.5 * (attempt + 1)))
+                except Exception as exc:  # dead for good: leave the pool (a later look may remake it)
+                    log.warning("pool: actor %s is gone (%s)", member.name, type(exc).__name__)
+                    member.probing = False
+                    if self.members.get(member.name) is member:
+                        self.members = {k: v for k, v in self.members.items() if v is not member}
+                    return
+            else:
                 member.probing = False
+                return
+            member.probing = False
             if self.members.get(member.name) is member:
                 member.node_id = member.slot.node_id or str(info.get("node_id") or "") or None
                 member.ready = True
