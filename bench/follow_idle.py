@@ -68,7 +68,7 @@ async def measure(settings: Settings, storage: PhotoStorage, minutes: float, ses
         if time.monotonic() - started > 600:
             raise RuntimeError("the catalog was not mirrored within 10 minutes")
     await asyncio.sleep(settings.follow_interval_s * 2)
-    hits, calls, cycles = sum(storage.hits.values()), CountingEmbedder.calls, follower.totals
+    hits, calls, syncs = sum(storage.hits.values()), CountingEmbedder.calls, follower.totals.sessions_synced
     checked_before = follower._cycles
     await asyncio.sleep(minutes * 60)
     result = {
@@ -77,7 +77,7 @@ async def measure(settings: Settings, storage: PhotoStorage, minutes: float, ses
         "cycles": follower._cycles - checked_before,
         "downloads": sum(storage.hits.values()) - hits,
         "model_calls": CountingEmbedder.calls - calls,
-        "syncs_total": cycles.sessions_synced,
+        "syncs": follower.totals.sessions_synced - syncs,  # plans (catalog reads), not downloads
         "last_cycle_ms": round(follower.last.duration_ms, 2),
         "last_cycle_catalog_ms": round(follower.last.catalog_ms, 2),
     }

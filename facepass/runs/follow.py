@@ -71,6 +71,7 @@ class _Waiting:
 @dataclass(slots=True)
 class _Syncing:
     detected: float
+    signature: Signature | None = None  # what the sync under way mirrors
     planned: int = 0
     done: int = 0
     prune_pending: int = 0
@@ -216,6 +217,9 @@ class Follower:
             log.info("session %s left the catalog: %d photos left the index", session_id, result.photos)
 
     def _wait(self, followed: FollowedSession, signature: Signature, model: str) -> None:
+        syncing = self._syncing.get(followed.session_id)
+        if syncing is not None and syncing.signature == signature and not followed.retry_due:
+            return  # the sync under way mirrors exactly this: nothing to add after it
         previous = self._waiting.get(followed.session_id)
         detected = previous.detected if previous else time.time()
         first_or_rebuild = followed.signature is None or followed.model_name not in (None, model)
@@ -233,7 +237,7 @@ class Follower:
             if session_id in self._syncing:
                 continue
             waiting = self._waiting.pop(session_id)
-            self._syncing[session_id] = _Syncing(detected=waiting.detected)
+            self._syncing[session_id] = _Syncing(detected=waiting.detected, signature=waiting.signature)
             task = asyncio.create_task(self._sync(session_id, waiting))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
