@@ -114,7 +114,14 @@ def run_follow_bench(
     storage = PhotoStorage().start()
     cloud_dsn, writer = new_catalog_database(base, prefix="bench_follow")
     settings = base.model_copy(
-        update={"cloud_dsn": cloud_dsn, "storage_url": storage.url, "follow": True, "http_port": free_port()}
+        update={
+            "cloud_dsn": cloud_dsn,
+            "storage_url": storage.url,
+            "follow": True,
+            "http_port": free_port(),
+            # a fixed pool of this machine's size, as bench.run measures (BenchService names its actors)
+            "embed_actors": base.embed_actors or base.local_pool_size(),
+        }
     )
     store = VectorStore(settings.local_dsn, pool_size=1)
     catalog = _Catalog(writer, storage)
