@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray.exceptions import ActorUnavailableError, GetTimeoutError
 
 from facepass.cluster.pool_plan import NodeInfo, Slot, plan_pool, resource_bundle
 from facepass.settings import Settings
@@ -167,7 +168,13 @@ class PoolMembers:
             if member.draining and not was_draining:
                 log.warning("pool: node %s drains; actor %s gets no new work", member.node_id, name)
             if name not in wanted and not member.draining:
-                del members[name]  # over the maximum, or a stopgap no longer needed: it idles out
+                del members[name]  # over the maximum: it idles out
+                if member.slot.node_id is None and not self.settings.fixed_pool:
+                    # A stopgap placed anywhere while no node had room: it holds what a pinned
+                    # actor of its node needs (measured: a GPU node's pinned actor then never
+                    # placed). The nodes are there now: it goes.
+                    log.info("pool: stopgap actor %s gives its place to a pinned one", name)
+                    ray.kill(member.handle, no_restart=True)
         fresh: list[Member] = []
         for slot in slots:
             if slot.name in members:
@@ -197,15 +204,22 @@ class PoolMembers:
         member.probing = True
 
         async def ping() -> None:
-            try:
-                info = await member.handle.info.remote()
-            except Exception as exc:  # dead for good: leave the pool (a later look may recreate it)
-                log.warning("pool: actor %s is gone (%s)", member.name, type(exc).__name__)
-                if self.members.get(member.name) is member:
-                    self.members = {k: v for k, v in self.members.items() if v is not member}
-                return
-            finally:
+            for attempt in range(60):
+                try:
+                    info = await member.handle.info.remote()
+                    break
+                except (ActorUnavailableError, GetTimeoutError):  # restarting: ask again
+                    await asyncio.sleep(min(5.0, 0.5 * (attempt + 1)))
+                except Exception as exc:  # dead for good: leave the pool (a later look may remake it)
+                    log.warning("pool: actor %s is gone (%s)", member.name, type(exc).__name__)
+                    member.probing = False
+                    if self.members.get(member.name) is member:
+                        self.members = {k: v for k, v in self.members.items() if v is not member}
+                    return
+            else:
                 member.probing = False
+                return
+            member.probing = False
             if self.members.get(member.name) is member:
                 member.node_id = member.slot.node_id or str(info.get("node_id") or "") or None
                 member.ready = True

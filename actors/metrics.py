@@ -5,11 +5,14 @@ Ray prefixes them with ``ray_`` in Prometheus: ``ray_facepass_photos_total`` etc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
+from typing import Any
 
 from ray.util import metrics
 
 from facepass.models import PhotoOutcome
+from facepass.runs.lanes import Lane
 
 _MS_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 
@@ -30,14 +33,18 @@ class ReindexMetrics:
             "facepass_write_seconds", "Index write (one transaction) per photo", boundaries=_MS_BUCKETS
         )
         self.in_flight = metrics.Gauge("facepass_photos_in_flight", "Photos handed to the pool, not done")
-        self.session_progress = metrics.Gauge(
-            "facepass_session_progress",
-            "Fraction of a session's planned photos done",
-            tag_keys=("session_id",),
+        # Bounded by design: one series per lane, never one per session.
+        self.queued = metrics.Gauge(
+            "facepass_photos_queued", "Photos waiting in the pool's queue, by lane", tag_keys=("lane",)
         )
-        self.session_remaining = metrics.Gauge(
-            "facepass_session_photos_remaining", "Planned photos not done yet", tag_keys=("session_id",)
+        self.lane_in_flight = metrics.Gauge(
+            "facepass_lane_photos_in_flight", "Photos sent to the actors, by lane", tag_keys=("lane",)
         )
+        self.runs_active = metrics.Gauge("facepass_runs_active", "Session runs under way in this process")
+        self.runs_remaining = metrics.Gauge(
+            "facepass_runs_photos_remaining", "Planned photos not done yet, over the runs of this process"
+        )
+        self._remaining: dict[str, int] = {}  # runs under way in this process only: bounded
 
     def record(self, outcome: PhotoOutcome) -> None:
         self.photos.inc(1, tags={"outcome": outcome.status.value})
@@ -50,10 +57,23 @@ class ReindexMetrics:
         if outcome.write_ms:
             self.write.observe(outcome.write_ms / 1000)
 
+    def set_queue(self, in_flight: int, queued: int, lanes: Mapping[Lane, int]) -> None:
+        self.in_flight.set(in_flight + queued)
+        for lane, photos in lanes.items():
+            self.lane_in_flight.set(photos, tags={"lane": lane.name.lower()})
+
+    def set_queued(self, lane: Lane, photos: int) -> None:
+        self.queued.set(photos, tags={"lane": lane.name.lower()})
+
     def progress(self, session_id: str, done: int, planned: int) -> None:
-        tags = {"session_id": session_id}
-        self.session_progress.set(done / planned if planned else 1.0, tags=tags)
-        self.session_remaining.set(planned - done, tags=tags)
+        """A run's progress, folded into two gauges (a series per session would grow without
+        bound: 100,000 sessions, 100,000 series)."""
+        if done >= planned:
+            self._remaining.pop(session_id, None)
+        else:
+            self._remaining[session_id] = planned - done
+        self.runs_active.set(len(self._remaining))
+        self.runs_remaining.set(sum(self._remaining.values()))
 
 
 @cache
@@ -78,3 +98,73 @@ class AccessMetrics:
 def access_metrics() -> AccessMetrics:
     """Created on the first refused call, in the replica (never at import)."""
     return AccessMetrics()
+
+
+class FollowMetrics:
+    """The follower's figures; every series is one number, or one per model generation."""
+
+    def __init__(self) -> None:
+        self.is_follower = metrics.Gauge("facepass_follow_is_follower", "1 in the process that follows")
+        self.cycle = metrics.Histogram(
+            "facepass_follow_cycle_seconds", "One follow cycle (checks, not syncs)", boundaries=_MS_BUCKETS
+        )
+        self.catalog = metrics.Histogram(
+            "facepass_follow_catalog_seconds", "The catalog's share of one cycle", boundaries=_MS_BUCKETS
+        )
+        self.checked = metrics.Counter("facepass_follow_sessions_checked_total", "Session signatures read")
+        self.changed = metrics.Counter("facepass_follow_sessions_changed_total", "Sessions found changed")
+        self.photos_pending = metrics.Gauge("facepass_follow_photos_pending", "Photos planned, not indexed")
+        self.sessions_pending = metrics.Gauge(
+            "facepass_follow_sessions_pending", "Changed sessions not synced"
+        )
+        self.deletions_pending = metrics.Gauge("facepass_follow_deletions_pending", "Deletions not applied")
+        self.oldest_pending = metrics.Gauge(
+            "facepass_follow_oldest_pending_seconds", "Age of the oldest change not yet mirrored"
+        )
+        self.lag = metrics.Gauge(
+            "facepass_follow_lag_seconds",
+            "Catalog commit -> searchable over the window",
+            tag_keys=("quantile",),
+        )
+        self.generation = metrics.Gauge(
+            "facepass_generation_sessions",
+            "Sessions by model generation state",
+            tag_keys=("generation", "state"),
+        )
+
+    def cycle_done(self, stats: Mapping[str, float], pending: Mapping[str, float]) -> None:
+        self.is_follower.set(1)
+        self.cycle.observe(stats["duration_ms"] / 1000)
+        self.catalog.observe(stats["catalog_ms"] / 1000)
+        if stats["sessions_checked"]:  # a Ray counter refuses an increment of 0
+            self.checked.inc(stats["sessions_checked"])
+        if stats["sessions_changed"]:
+            self.changed.inc(stats["sessions_changed"])
+        self.photos_pending.set(pending["photos_pending"])
+        self.sessions_pending.set(pending["sessions_pending"])
+        self.deletions_pending.set(pending["deletions_pending"])
+        self.oldest_pending.set(pending["oldest_pending_age_s"])
+
+    def generations(self, progress: list[dict[str, Any]]) -> None:
+        """Sessions per generation: a handful of series (the models in the index), never per session."""
+        for g in progress:
+            state = "current" if g.get("current") else "previous"
+            self.generation.set(
+                g.get("sessions", 0), tags={"generation": str(g["generation"]), "state": state}
+            )
+            if g.get("current"):
+                self.generation.set(
+                    g.get("sessions_building", 0),
+                    tags={"generation": str(g["generation"]), "state": "building"},
+                )
+
+    def lag_window(self, p50: float | None, p95: float | None) -> None:
+        if p50 is not None:
+            self.lag.set(p50, tags={"quantile": "0.5"})
+        if p95 is not None:
+            self.lag.set(p95, tags={"quantile": "0.95"})
+
+
+@cache
+def follow_metrics() -> FollowMetrics:
+    return FollowMetrics()

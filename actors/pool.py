@@ -38,6 +38,7 @@ from facepass.cluster.pool_plan import EMBEDDER_PREFIX, Slot, fixed_slot_name
 from facepass.errors import PoolUnavailable, WorkerLost
 from facepass.index.store import PruneResult
 from facepass.models import DetectedFace, Fence, PhotoOutcome, PhotoRef, PhotoStatus
+from facepass.runs.lanes import Lane, LaneGate
 from facepass.settings import Settings
 from facepass.vision.faces import ModelPack
 
@@ -68,6 +69,8 @@ def decoder_actor_name(i: int) -> str:
 
 
 WRITER_NAME = "facepass-index-writer"
+
+_Queued = tuple[PhotoRef, "asyncio.Future[PhotoOutcome]"]
 
 
 def _control_options(settings: Settings) -> dict[str, Any]:
@@ -125,10 +128,7 @@ class EmbeddingPool:
         self._writer_check: asyncio.Future[None] | None = None
         # The first plan now (actors start loading their models at once), probes on first use.
         self._fresh: list[Member] | None = self.members.apply(_nodes_or_none(), busy=True)
-        self._slots: _Window | None = None
-        self._queue: list[tuple[PhotoRef, asyncio.Future[PhotoOutcome]]] = []
-        self._dispatch_scheduled = False
-        self._batches: set[asyncio.Future[None]] = set()
+        self._init_lanes()
 
     def _make_writer(self) -> Any:
         return IndexWriter.options(  # type: ignore[attr-defined]
@@ -183,10 +183,40 @@ class EmbeddingPool:
         """Handles of the actors that take work now."""
         return [m.handle for m in self.members.usable()]
 
+    def _init_lanes(self) -> None:
+        """The queue: one per lane; background work only where the gate leaves room."""
+        self._slots: dict[Lane, _Window] = {}
+        self._queues: dict[Lane, list[_Queued]] = {lane: [] for lane in Lane}
+        self._dispatch_scheduled = False
+        self._batches: set[asyncio.Future[None]] = set()
+        self.gate = LaneGate(background_cap=1, background_floor=1)
+        self._size_gate()
+
+    def _size_gate(self) -> None:
+        """The background's share follows the pool's size (nodes join and leave)."""
+        per_actor = min(
+            self.settings.background_photos_in_flight_per_actor, self.settings.photos_in_flight_per_actor
+        )
+        self.gate.background_cap = self._size() * per_actor
+        self.gate.background_floor = min(self.gate.background_cap, self.settings.actor_batch_photos)
+
+    def _size(self) -> int:
+        return max(len(self.members.usable()), self.members.planned, 1)
+
     @property
     def capacity(self) -> int:
-        size = max(len(self.members.usable()), self.members.planned, 1)
-        return size * self.settings.photos_in_flight_per_actor
+        return self._size() * self.settings.photos_in_flight_per_actor
+
+    def lane_capacity(self, lane: Lane) -> int:
+        """Photos a caller of the lane keeps handed in at once."""
+        if lane is Lane.INTERACTIVE:
+            return self.capacity
+        self._size_gate()
+        return self.gate.background_cap
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self._queues.values())
 
     @property
     def model_name(self) -> str:
@@ -196,39 +226,67 @@ class EmbeddingPool:
     def in_flight(self) -> int:
         return sum(m.in_flight for m in self.members.members.values())
 
-    async def process(self, photo: PhotoRef) -> PhotoOutcome:
+    async def process(self, photo: PhotoRef, lane: Lane = Lane.INTERACTIVE) -> PhotoOutcome:
         """One photo's outcome. Photos handed in together travel together: they are
         queued and sent to an actor in batches of ``actor_batch_photos`` (one call to the
-        actor and one to the writer per batch, results passed on by ObjectRef)."""
-        if self._slots is None:
-            self._slots = _Window(lambda: self.capacity)
+        actor and one to the writer per batch, results passed on by ObjectRef).
+        Interactive photos go first; background ones when the gate leaves room."""
+        slots = self._slots.get(lane)
+        if slots is None:
+            slots = self._slots[lane] = _Window(lambda: self.capacity)
         self._start_members()
         self.members.last_busy = time.monotonic()
         metrics = reindex_metrics()
-        async with self._slots:
+        async with slots:
             future: asyncio.Future[PhotoOutcome] = asyncio.get_running_loop().create_future()
-            self._queue.append((photo, future))
-            if len(self._queue) >= self.settings.actor_batch_photos:
+            self._queues[lane].append((photo, future))
+            if lane is Lane.INTERACTIVE:
+                self.gate.last_interactive = time.monotonic()
+            if len(self._queues[lane]) >= self.settings.actor_batch_photos:
                 self._dispatch()
-            elif not self._dispatch_scheduled:
+            else:
                 # Photos handed in during this turn of the event loop join the batch.
-                self._dispatch_scheduled = True
-                asyncio.get_running_loop().call_soon(self._dispatch)
-            metrics.in_flight.set(self.in_flight + len(self._queue))
+                self._schedule_dispatch()
+            metrics.set_queue(self.in_flight, self.queued, self.gate.in_flight)
+            metrics.set_queued(lane, len(self._queues[lane]))
             outcome = await future
         metrics.record(outcome)
         return outcome
 
+    def _schedule_dispatch(self, delay: float = 0.0) -> None:
+        loop = asyncio.get_running_loop()
+        if delay > 0:
+            loop.call_later(delay, self._dispatch)
+        elif not self._dispatch_scheduled:
+            self._dispatch_scheduled = True
+            loop.call_soon(self._dispatch)
+
     def _dispatch(self) -> None:
         self._dispatch_scheduled = False
         size = self.settings.actor_batch_photos
-        while self._queue:
-            batch, self._queue = self._queue[:size], self._queue[size:]
-            task = asyncio.ensure_future(self._process_batch(batch))
-            self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
+        interactive = self._queues[Lane.INTERACTIVE]
+        while interactive:
+            batch, self._queues[Lane.INTERACTIVE] = interactive[:size], interactive[size:]
+            interactive = self._queues[Lane.INTERACTIVE]
+            self._launch(batch, Lane.INTERACTIVE)
+        self._size_gate()
+        background = self._queues[Lane.BACKGROUND]
+        while background:
+            room = self.gate.background_room()
+            if room <= 0:
+                break
+            take = min(size, room)
+            batch, self._queues[Lane.BACKGROUND] = background[:take], background[take:]
+            background = self._queues[Lane.BACKGROUND]
+            self._launch(batch, Lane.BACKGROUND)
 
-    async def _process_batch(self, batch: list[tuple[PhotoRef, asyncio.Future[PhotoOutcome]]]) -> None:
+    def _launch(self, batch: list[_Queued], lane: Lane) -> None:
+        self.gate.started(lane, len(batch))
+        task = asyncio.ensure_future(self._process_batch(batch, lane))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _process_batch(self, batch: list[_Queued], lane: Lane = Lane.INTERACTIVE) -> None:
         photos = [photo for photo, _ in batch]
         try:
             outcomes = await self._run_batch(photos)
@@ -237,10 +295,22 @@ class EmbeddingPool:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            reindex_metrics().in_flight.set(self.in_flight + len(self._queue))
+            self.gate.finished(lane, len(batch))
+            self._after_lane_work(lane)
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():  # its caller may have been cancelled
                 future.set_result(outcome)
+
+    def _after_lane_work(self, lane: Lane) -> None:
+        """Room for background work again: now, and once a person's grace has passed."""
+        metrics = reindex_metrics()
+        metrics.set_queue(self.in_flight, self.queued, self.gate.in_flight)
+        for each in Lane:
+            metrics.set_queued(each, len(self._queues[each]))
+        if self._queues[Lane.BACKGROUND]:
+            self._schedule_dispatch()
+            if lane is Lane.INTERACTIVE:
+                self._schedule_dispatch(self.gate.grace_s)
 
     async def _run_batch(self, photos: list[PhotoRef]) -> list[PhotoOutcome]:
         """The batch's outcomes; on a lost actor (or writer, or node) it goes to a live actor,
@@ -333,8 +403,17 @@ class EmbeddingPool:
         )
 
     async def embed_image(self, data: bytes) -> list[DetectedFace]:
-        """Faces of one uploaded image, on the least busy actor (typed errors propagate)."""
+        """Faces of one uploaded image (a selfie: interactive), on the least busy actor
+        (typed errors propagate)."""
         self._start_members()
+        self.gate.started(Lane.INTERACTIVE, 1)
+        try:
+            return await self._embed_image(data)
+        finally:
+            self.gate.finished(Lane.INTERACTIVE, 1)
+            self._after_lane_work(Lane.INTERACTIVE)
+
+    async def _embed_image(self, data: bytes) -> list[DetectedFace]:
         tried: set[str] = set()
         for _ in range(self.settings.max_attempts):
             member = await self.members.wait_pick(tried, 30.0)

@@ -51,6 +51,8 @@ import sqlalchemy as sa
 from bench.baselines import make_embedder, run_limit, run_seed_loop
 from bench.cpu import watch_postgres
 from bench.data import DATA_VERSION, SyntheticSession, SyntheticStorage
+from bench.follow import bar_lines as follow_bar_lines
+from bench.follow import run_follow_bench
 from bench.memory import driver_maxrss_mb
 from bench.models import run_accuracy, run_model_comparison
 from bench.orchestration import orchestration_figures, run_orchestration
@@ -156,6 +158,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy every pipeline process during (c); adds some load"
     )
+    parser.add_argument(
+        "--follow-groups", type=int, default=25, help="bench.follow: groups of 2 photos (0: skip)"
+    )
+    parser.add_argument("--follow-backlog", type=int, default=2000, help="bench.follow: backlog photos")
+    parser.add_argument("--follow-idle-s", type=float, default=60, help="bench.follow: idle window")
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error("--n must be >= 1")
@@ -230,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         storage_url=storage.url,
         http_port=args.http_port or free_port(),
         ray_namespace=f"facepass-bench-{uuid.uuid4().hex[:8]}",
+        follow=False,  # the pipeline runs measure the route alone; bench.follow measures following
     )
     # The bench measures a pool of a known size (and stands in for its actors by name).
     base = base.model_copy(update={"embed_actors": base.local_pool_size()})
@@ -557,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
             summary["rerun_indexed_photos"] = rerun_large.session_photos
         summary |= writer_figures | search_figures | orch_figures | model_figures
         summary |= _fast_vs_fp32_pipeline(fp32_pipeline, rounds, low)
+        follow_figures = _follow_bench(settings, args)
+        summary |= follow_figures
         payload = summary | common | {"runs": [r.to_json() for r in runs]}
         chart = write_chart(
             out / f"bench-{stamp}.png",
@@ -567,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
         payload["chart"] = str(chart) if chart else None
         path = write_json(out / f"bench-{stamp}.json", payload)
         _print_summary(payload, low, high)
+        if follow_figures:
+            for line in follow_bar_lines(follow_figures):
+                _say(line)
     _say(f"wall time: {wall_s:.1f} s; driver peak RSS (getrusage): {common['driver_peak_rss_mb']} MB")
     _say(str(path))
     return 0
@@ -616,6 +629,15 @@ def _fast_vs_fp32_pipeline(fp32: RunResult | None, rounds: list[Round], low: flo
         "pipeline_fast_vs_fp32": round(first / fp32.photos_per_s, 3),
         "pipeline_fast_vs_fp32_median_round": round(median / fp32.photos_per_s, 3),
     }
+
+
+def _follow_bench(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """Follow lag and interactive-first under a backlog (bench.follow), on a service of its own."""
+    if args.follow_groups <= 0:
+        return {}
+    _say("\nfollow mode: lag, and interactive work under a background backlog (bench.follow)")
+    base = settings.model_copy(update={"ray_namespace": f"facepass-bench-{uuid.uuid4().hex[:8]}"})
+    return run_follow_bench(base, args.follow_groups, args.follow_backlog, args.follow_idle_s)
 
 
 def _say_profile(run: RunResult, top: int = 3) -> None:

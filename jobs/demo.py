@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     storage = PhotoStorage().start()
-    settings = resolve_databases(Settings(storage_url=storage.url))
+    # Follow off: the demo shows the seed's call doing the work (13 found, 3 indexed, 10 processed);
+    # with the follower on, it would have indexed the session before the call.
+    settings = resolve_databases(Settings(storage_url=storage.url, follow=False))
     print(f"Embedded/configured databases ready; photos served at {storage.url}")
     scenario = build_seed_scenario(settings, storage)
     print(

@@ -31,7 +31,8 @@ from facepass.index.store import PruneResult, VectorStore
 from facepass.models import Fence, PhotoOutcome, PhotoRef
 from facepass.runs.bulk import BulkHooks, BulkReindexer, BulkSummary
 from facepass.runs.job_store import SqlJobRegistry
-from facepass.runs.reindex import ReindexCoordinator, ReindexMode, SessionRun
+from facepass.runs.lanes import Lane, LaneProcessor
+from facepass.runs.reindex import PhotoProcessor, ReindexCoordinator, ReindexMode, SessionRun
 from facepass.runs.session_lock import SessionLocks
 from facepass.runs.session_runs import SessionRuns
 from facepass.settings import Settings
@@ -79,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     if not ray.is_initialized():  # a program may call main() from inside its own Ray driver
         ray.init(address=args.address, namespace=settings.ray_namespace, log_to_driver=False)
 
-    processor = PlanOnly(settings) if args.dry_run else EmbeddingPool(settings)
+    # Background lane: the bulk job keeps at most FACEPASS_BACKGROUND_PHOTOS_IN_FLIGHT_PER_ACTOR
+    # photos in each actor, so a person's call or selfie waits behind few of its photos.
+    pool = None if args.dry_run else EmbeddingPool(settings)
+    processor: PhotoProcessor = PlanOnly(settings) if pool is None else LaneProcessor(pool, Lane.BACKGROUND)
     catalog, store = CloudCatalog(settings.cloud_dsn), VectorStore(settings.local_dsn)
     store.create_schema()
     coordinator = ReindexCoordinator(
@@ -119,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print("Остановлено. Следующий запуск продолжит с того же места (обработанные фото в индексе).")
         return 130
     finally:
-        if isinstance(processor, EmbeddingPool):
-            processor.release()  # no standing demand on the autoscaler once the job is over
+        if pool is not None:
+            pool.release()  # no standing demand on the autoscaler once the job is over
     bar.close()  # type: ignore[no-untyped-call]
     for line in summary.lines():
         print(line)

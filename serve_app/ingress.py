@@ -43,19 +43,27 @@ from facepass.errors import (
     Unauthorized,
 )
 from facepass.health import DatabaseProbe, diagnose, is_database_failure
+from facepass.index.follow_ledger import FollowLedger
+from facepass.index.generations import Generations
 from facepass.index.search import DEFAULT_THRESHOLD, find_photos, selfie_face
 from facepass.index.store import VectorStore, face_embeddings, indexed_photos
+from facepass.models import DetectedFace
+from facepass.runs.follow import mirror_report
+from facepass.runs.follow_lock import FollowerLock
 from facepass.runs.job_store import SqlJobRegistry
 from facepass.runs.reindex import ReindexCoordinator, ReindexMode
 from facepass.runs.session_lock import SessionLocks
 from facepass.runs.session_runs import SessionRuns
 from facepass.settings import Settings
+from facepass.vision.generation_packs import GenerationPacks
 from serve_app import auth
 from serve_app.auth import API_KEY
+from serve_app.follow import ReplicaFollower
 from serve_app.runs import RouteRuns
 from serve_app.schemas import (
     HealthResponse,
     JobAccepted,
+    MirrorResponse,
     ReindexResponse,
     SearchResponse,
     error_responses,
@@ -157,6 +165,12 @@ class FacePassIngress:
             self._start()
         except sqlalchemy.exc.DBAPIError as exc:  # serve anyway: 503s that say why, until it is back
             log.warning("local index not ready at start (%s); will retry on the next call", exc.orig)
+        self.generation_packs = GenerationPacks(settings)  # earlier packs, loaded on first use
+        self._follower_lock = FollowerLock(settings.local_dsn)  # asks who follows (never takes it here)
+        self.follower: ReplicaFollower | None = None
+        if settings.follow:
+            self.follower = ReplicaFollower(settings, self.catalog, self.store, self.runs, self._ready_pool)
+            self.follower.start()  # every replica tries; the follower lock lets one follow
 
     def _start(self) -> ReindexCoordinator:
         """The local schema, then the pool (its writer needs the schema): once, when the index answers."""
@@ -180,6 +194,29 @@ class FacePassIngress:
         if self._coordinator is not None:
             return self._coordinator
         return await asyncio.to_thread(self._start)
+
+    async def _embed_selfie(self, model: str, data: bytes) -> list[DetectedFace]:
+        """The pool's model (interactive lane) for the current generation; an earlier
+        generation's pack, loaded in this replica, for a session not switched yet."""
+        assert self.pool is not None
+        if model != self.pool.model_name:
+            faces = await asyncio.to_thread(self.generation_packs.embed_bytes, model, data)
+            if faces is not None:
+                return faces
+            log.warning("search: generation %s has no pack here; the selfie uses the current model", model)
+        return await self.pool.embed_image(data)
+
+    async def _ready_pool(self) -> EmbeddingPool:
+        await self._ready()
+        assert self.pool is not None
+        return self.pool
+
+    def __del__(self) -> None:
+        """Serve calls this when the replica stops: the follower ends (its lock goes with its
+        connection, and another replica takes over)."""
+        follower = getattr(self, "follower", None)
+        if follower is not None:
+            follower.request_stop()
 
     @asynccontextmanager
     async def _database_errors(self) -> AsyncIterator[None]:
@@ -263,8 +300,12 @@ class FacePassIngress:
             await self._ready()
             session = await asyncio.to_thread(self.catalog.require_enabled_session, session_id)
             assert self.pool is not None  # _ready() made it
+            # The generation this session is searched in (the previous one until the session
+            # is complete in the current model), and the selfie embedded by its model.
+            generations = Generations(self.store.engine, self.pool.model_name)
+            model = await asyncio.to_thread(generations.search_model, session_id)
             try:
-                face = selfie_face(await self.pool.embed_image(data))
+                face = selfie_face(await self._embed_selfie(model, data))
             except NoFaceDetected as exc:
                 raise SelfieHasNoFace() from exc
             except NotAnImage as exc:
@@ -279,7 +320,7 @@ class FacePassIngress:
                 face,
                 limit,
                 threshold,
-                self.pool.model_name,
+                model,
             )
         return {
             "session_id": str(session_id),
@@ -298,6 +339,24 @@ class FacePassIngress:
                 for m in matches
             ],
         }
+
+    @api.get(
+        "/api/v1/faces/mirror",
+        response_model=MirrorResponse,
+        summary="How the index follows the catalog: who follows, last cycle, pending work, lag",
+        dependencies=API_KEY,
+        responses=error_responses(401, 503),
+    )
+    async def mirror(self) -> dict[str, Any]:
+        async with self._database_errors():
+            await self._ready()  # the schema (its follow tables) exists
+            assert self.pool is not None
+            ledger = FollowLedger(self.store.engine)
+            report = await asyncio.to_thread(mirror_report, self.settings, ledger, self._follower_lock)
+            if not report["generations"]:  # no follower has counted them yet (follow off)
+                generations = Generations(self.store.engine, self.pool.model_name)
+                report["generations"] = await asyncio.to_thread(generations.progress)
+            return report
 
     @api.get(
         "/healthz",

@@ -134,3 +134,31 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         else:
             responses[status] = {"model": model, "description": _MEANING[status]}
     return responses
+
+
+class LagWindow(BaseModel):
+    p50_s: float | None
+    p95_s: float | None
+    max_s: float | None
+    samples: int
+    window_s: float
+
+
+class MirrorResponse(BaseModel):
+    """The follower's state (``GET /api/v1/faces/mirror``), from whichever replica answers."""
+
+    follow_enabled: bool
+    following: bool  # a follower holds the lock and wrote its state recently
+    follower: str | None  # who follows: replica, host, pid
+    follower_lock_pid: int | None  # the database backend holding the follower lock
+    following_since: float | None
+    state_age_s: float | None
+    last_cycle: dict[str, Any] | None
+    sessions_pending: int
+    photos_pending: int
+    deletions_pending: int
+    oldest_pending_age_s: float
+    lag: LagWindow  # catalog commit -> searchable
+    sessions: dict[str, int]
+    totals: dict[str, Any]
+    generations: list[dict[str, Any]] = Field(default_factory=list)

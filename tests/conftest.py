@@ -41,6 +41,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory, storage: PhotoStorage) ->
         embed_actors=2,
         photos_in_flight_per_actor=4,
         download_timeout_s=5,
+        follow=False,  # tests that follow turn it on in their own settings
     )
     resolved = resolve_databases(base)
     writer = CatalogWriter(resolved.cloud_dsn or "")

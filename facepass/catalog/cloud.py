@@ -27,6 +27,7 @@ class CatalogSchema:
     photo_filename: str = "filename"
     photo_path: str = "preview_path"
     photo_deleted: str = "deleted_at"
+    photo_created: str = "created_at"
 
     def tables(self) -> tuple[sa.TableClause, sa.TableClause]:
         sessions = sa.table(

@@ -249,7 +249,10 @@ WITH ledger AS (
 ), photos AS (
     SELECT photo_id, l.status, l.face_count, l.model_name AS ledger_model,
            coalesce(f.n, 0) AS n, coalesce(f.stale_rows, 0) AS stale_rows,
-           coalesce(f.bad_norm_rows, 0) AS bad_norm_rows
+           coalesce(f.bad_norm_rows, 0) AS bad_norm_rows,
+           -- rows of the ledger's model (a photo keeps an older generation's rows until retired)
+           CASE WHEN l.model_name = :model THEN coalesce(f.n - f.stale_rows, 0)
+                ELSE coalesce(f.n, 0) END AS n_ledger
     FROM ledger l FULL JOIN faces f USING (photo_id)
 )
 SELECT
@@ -265,7 +268,7 @@ SELECT
     ) AS stale,
     array_agg(photo_id) FILTER (WHERE status IS NULL) AS orphan,
     array_agg(photo_id) FILTER (
-        WHERE status IS NOT NULL AND (face_count <> n OR (status = 'indexed') <> (n > 0))
+        WHERE status IS NOT NULL AND (face_count <> n_ledger OR (status = 'indexed') <> (n_ledger > 0))
     ) AS mismatch,
     array_agg(photo_id) FILTER (WHERE bad_norm_rows > 0) AS bad_norm
 FROM photos

@@ -55,7 +55,8 @@ face_embeddings = sa.Table(
     ),
     sa.Column("model_name", sa.Text, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-    sa.UniqueConstraint("photo_id", "face_index", name="face_embeddings_photo_face_key"),
+    # Unique per model (migration 0004): a new model's rows are written beside the old ones.
+    sa.UniqueConstraint("photo_id", "model_name", "face_index", name="face_embeddings_photo_model_face_key"),
 )
 
 indexed_photos = sa.Table(
@@ -250,7 +251,8 @@ class VectorStore:
                         [r.model_name for r in results],
                     ),
                 )
-                cur.execute("DELETE FROM face_embeddings WHERE photo_id = ANY(%s)", (ids,))
+                # Only this model's rows: an older generation stays searchable until retired.
+                cur.execute(_FACES_DELETE, (ids, [r.model_name for r in results]))
                 with cur.copy(_FACES_COPY) as copy:
                     copy.set_types(_FACES_COPY_TYPES)
                     for r in results:
@@ -374,6 +376,10 @@ ON CONFLICT (photo_id) DO UPDATE SET
     error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message,
     model_name = EXCLUDED.model_name, processed_at = now()
 """
+_FACES_DELETE = (
+    "DELETE FROM face_embeddings f USING unnest(%s::uuid[], %s::text[]) AS r(photo_id, model_name) "
+    "WHERE f.photo_id = r.photo_id AND f.model_name = r.model_name"
+)
 _FACES_COPY = (
     "COPY face_embeddings (session_id, photo_id, face_index, bbox_x1, bbox_y1, bbox_x2, bbox_y2, "
     "det_score, embedding, model_name) FROM STDIN (FORMAT BINARY)"

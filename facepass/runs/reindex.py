@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from facepass.catalog.cloud import CloudCatalog
+from facepass.index.generations import Generations
 from facepass.index.store import PruneResult, VectorStore
 from facepass.models import Fence, LedgerStatus, PhotoOutcome, PhotoRef, SessionInfo
 from facepass.runs import report as words
@@ -175,6 +176,9 @@ class ReindexCoordinator:
 
     async def finish(self, run: SessionRun) -> ReindexReport:
         report = run.report
+        # A session complete in the current model switches to it: its older vectors go now.
+        generations = Generations(self.store.engine, report.model_name)
+        await asyncio.to_thread(generations.retire, report.session_id)
         # What search sees: the current model's vectors of the session (deleted photos were pruned).
         report.final_embedding_count = await asyncio.to_thread(
             self.store.count_embeddings, report.session_id, report.model_name

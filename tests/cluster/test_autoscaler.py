@@ -120,7 +120,7 @@ def test_demand_brings_gpu_nodes_up_to_the_maximum_and_idle_takes_them_away(
     tmp_path: Path,
 ) -> None:
     assert worker_count() == 0
-    catalog = make_catalog(cluster_settings, slow_storage, sessions=3, per_session=15)
+    catalog = make_catalog(cluster_settings, slow_storage, sessions=4, per_session=25)
     env = job_env(
         cluster_settings,
         catalog,

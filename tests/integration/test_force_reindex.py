@@ -243,7 +243,8 @@ def test_killed_embedding_actor_loses_no_photo_and_duplicates_nothing(
     deadline = time.monotonic() + 60
     while True:
         health = httpx.get(f"{service.base_url}/healthz", timeout=60).json()
-        if health["ok"] or time.monotonic() > deadline:
+        whole = health["ok"] and len(health["pool"]["actors"]) == 2
+        if whole or time.monotonic() > deadline:
             break
         time.sleep(1)
     assert health["ok"] is True, health

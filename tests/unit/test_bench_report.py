@@ -109,3 +109,27 @@ def test_chart_is_one_readable_figure(tmp_path: Path) -> None:
     assert path is not None
     width, height = Image.open(path).size
     assert 1500 <= width <= 1700 and 600 <= height <= 1000
+
+
+def test_follow_figures_are_printed_against_their_bars() -> None:
+    from bench.follow import bar_lines
+
+    figures = {
+        "follow_lag_photos": 50,
+        "follow_lag_p50_s": 1.0,
+        "follow_lag_p95_s": 1.1,
+        "interactive_idle_s": 1.5,
+        "backlog_photos": 2000,
+        "interactive_under_backlog_s": 6.0,
+        "interactive_under_backlog_ratio": 4.0,
+        "interactive_under_backlog_bar_s": 5.0,
+        "search_idle_p95_ms": 100.0,
+        "search_under_backlog_p95_ms": 200.0,
+        "search_under_backlog_bar_ms": 700.0,
+        "idle_s": 60,
+        "idle_downloads": 0,
+        "idle_photos_processed": 0,
+    }
+    lines = bar_lines(figures)
+    assert "meets the bar" in lines[0] and "MISSES the bar" in lines[1] and "meets the bar" in lines[2]
+    assert "0 downloads" in lines[3] and "meets the bar" in lines[3]

@@ -1,0 +1,90 @@
+"""Model generations in the index: a model change leaves no gap in search.
+
+A generation is the vectors of one model (``model_name`` on every face row). When
+the pack changes, the new generation is built beside the old one (a photo's rows
+of one model replace only that model's rows; migration 0004), session by session.
+A session is *complete* in the current model when no ledger row of it was written
+by another model (a permanent failure never reached a model and does not count).
+Until then search compares the selfie with the session's previous generation,
+embedded by that generation's model; once complete, search switches to the
+current model and the session's older vectors are removed (``retire``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+
+_STALE = sa.text(
+    "SELECT count(*) FROM indexed_photos WHERE session_id = :sid AND model_name <> :model "
+    "AND status <> 'failed'"
+)
+_PREVIOUS = sa.text(
+    "SELECT model_name FROM face_embeddings WHERE session_id = :sid AND model_name <> :model "
+    "GROUP BY model_name ORDER BY count(*) DESC LIMIT 1"
+)
+_RETIRE = sa.text(
+    "DELETE FROM face_embeddings WHERE session_id = :sid AND model_name <> :model "
+    "AND NOT EXISTS (SELECT 1 FROM indexed_photos WHERE session_id = :sid AND model_name <> :model "
+    "AND status <> 'failed')"
+)
+_PROGRESS = sa.text(
+    "SELECT model_name, count(*) FILTER (WHERE status <> 'failed'), count(DISTINCT session_id) "
+    "FROM indexed_photos GROUP BY model_name"
+)
+_BUILDING = sa.text(
+    "SELECT count(DISTINCT session_id) FROM indexed_photos WHERE model_name <> :model AND status <> 'failed'"
+)
+
+
+class Generations:
+    def __init__(self, engine: sa.Engine, current_model: str) -> None:
+        self.engine = engine
+        self.current = current_model
+
+    def complete(self, session_id: uuid.UUID) -> bool:
+        with self.engine.connect() as conn:
+            return not conn.scalar(_STALE, {"sid": session_id, "model": self.current})
+
+    def search_model(self, session_id: uuid.UUID) -> str:
+        """The generation a search of this session compares with (and embeds the selfie by)."""
+        with self.engine.connect() as conn:
+            stale = conn.scalar(_STALE, {"sid": session_id, "model": self.current})
+            if not stale:
+                return self.current
+            previous = conn.scalar(_PREVIOUS, {"sid": session_id, "model": self.current})
+        return str(previous) if previous else self.current
+
+    def retire(self, session_id: uuid.UUID) -> int:
+        """Remove the session's vectors of older models, if (and only if) it is complete in
+        the current one: one statement, so a half-built session never loses its old vectors."""
+        with self.engine.begin() as conn:
+            result = conn.execute(_RETIRE, {"sid": session_id, "model": self.current})
+        return int(result.rowcount or 0)
+
+    def progress(self) -> list[dict[str, Any]]:
+        """Per generation: photos and sessions of the ledger; for the current one, how many
+        sessions are still being built (they search an older generation meanwhile).
+        One pass over the ledger (not over the face rows): the follower runs it now and then."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(_PROGRESS).all()
+            building = int(conn.scalar(_BUILDING, {"model": self.current}) or 0)
+        found: list[dict[str, Any]] = []
+        for model, photos, sessions in rows:
+            entry: dict[str, Any] = {
+                "generation": model,
+                "current": model == self.current,
+                "photos": int(photos),
+            }
+            entry["sessions"] = int(sessions)
+            found.append(entry)
+        current = next((g for g in found if g["current"]), None)
+        if current is None:
+            current = {"generation": self.current, "current": True, "photos": 0, "sessions": 0}
+            found.append(current)
+        current["sessions_building"] = building  # they search their previous generation meanwhile
+        total = sum(g["photos"] for g in found)
+        current["photos_done_fraction"] = round(current["photos"] / total, 4) if total else 1.0
+        return sorted(found, key=lambda g: not g["current"])
