@@ -36,7 +36,7 @@ def pack_settings(settings: Settings, model_name: str) -> Settings | None:
         roots.append(packaged_model_root())
     except RuntimeError:
         pass
-    base = settings.model_dump()
+    base = settings.model_dump() | _runtime_of(model_name, settings)
     for root in dict.fromkeys(roots):
         candidate = Settings.model_validate(
             {
@@ -48,11 +48,26 @@ def pack_settings(settings: Settings, model_name: str) -> Settings | None:
             }
         )
         try:
-            if ModelPack.from_settings(candidate).name == model_name.split("@", 1)[0]:
+            if ModelPack.from_settings(candidate).name.split("@", 1)[0] == model_name.split("@", 1)[0]:
                 return candidate
         except RuntimeError:  # not under this root
             continue
     return None
+
+
+def _runtime_of(model_name: str, settings: Settings) -> dict[str, object]:
+    """The runtime settings that made ``model_name``: the fp32 pack (no suffix) on ONNX Runtime,
+    ``@ov-<precision>[-det]`` (the CPU fast path) on OpenVINO; on GPU actors, where OpenVINO
+    does not run, the plain build stands in (its vectors agree to within 0.9995 cosine)."""
+    _, _, variant = model_name.partition("@")
+    if not variant.startswith("ov-") or settings.uses_gpu:
+        return {"model_runtime": "onnxruntime"}
+    precision, _, detector = variant[3:].partition("-")
+    return {
+        "model_runtime": "openvino",
+        "openvino_precision": precision if precision in ("f32", "bf16") else "f32",
+        "openvino_detector": detector == "det",
+    }
 
 
 class GenerationPacks:
