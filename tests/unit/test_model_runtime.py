@@ -65,3 +65,19 @@ def test_runtime_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("FACEPASS_MODEL_RUNTIME", "tensorrt")
     with pytest.raises(ValueError):
         Settings()
+
+
+def test_an_earlier_generation_is_rebuilt_with_its_runtime() -> None:
+    """A selfie during a change of generation is embedded by the pack that made the rows:
+    the fast path's name rebuilds OpenVINO, the fp32 name ONNX Runtime."""
+    from facepass.vision.faces import ModelPack
+    from facepass.vision.generation_packs import pack_settings
+
+    fast, fp32 = "model/scrfd_500m_bnkps+w600k_mbf@ov-f32", "model/scrfd_500m_bnkps+w600k_mbf"
+    found_fast = pack_settings(Settings(model_runtime="onnxruntime"), fast)
+    found_fp32 = pack_settings(Settings(), fp32)
+    assert found_fast is not None and found_fp32 is not None
+    assert ModelPack.from_settings(found_fast).name == fast
+    assert ModelPack.from_settings(found_fp32).name == fp32
+    on_gpu = pack_settings(Settings(gpus_per_actor=1), fast)  # OpenVINO does not run there
+    assert on_gpu is not None and effective_runtime(on_gpu) == "onnxruntime"
