@@ -4,7 +4,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := PYTHONPATH=$(CURDIR) $(UV) run --frozen
 
-.PHONY: install demo demo-bulk test unit integration cluster-test lint format bench bench-smoke serve clean
+.PHONY: install demo demo-bulk test unit integration cluster-test lint format bench bench-smoke bench-gpu serve clean
 
 install:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -29,6 +29,13 @@ bench-smoke: install
 	$(RUN) python -m bench.run --n 12 --latency-ms 20,50 --seed-loop-sample 6 --limit-sample 12 --rerun-n 2000 \
 		--writer-photos 500 --search-sessions 3 --search-session-faces 2000 --search-big-faces 0 --orch-n 200 \
 		--paired-rounds 1 --follow-groups 5 --follow-backlog 300 --follow-idle-s 5
+
+# On a GPU node: photos/s of one GPU with photos batched through the model and without
+# (`make bench-gpu GPU_ARGS="--packs model,buffalo_l --batches 1,8,16,32"`). Not run here (no GPU).
+GPU_ARGS ?=
+bench-gpu:
+	$(UV) sync --frozen --extra gpu
+	$(RUN) --extra gpu python -m bench.gpu $(GPU_ARGS)
 
 serve: install
 	$(RUN) serve run serve_app:app

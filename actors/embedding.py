@@ -69,9 +69,14 @@ class EmbeddingActor:
             return await self.pipeline.run(photo)
 
     async def process_batch(self, photos: list[PhotoRef]) -> list[PhotoResult]:
-        """Several photos in one call (one Ray round trip); their downloads overlap."""
+        """Several photos in one call (one Ray round trip); their downloads overlap, and with
+        model batching (FACEPASS_MODEL_BATCH_PHOTOS, auto on GPU) they share model calls."""
         with self._working():
-            results = list(await asyncio.gather(*(self.process(photo) for photo in photos)))
+            if self.pipeline.model_batch <= 1:
+                results = list(await asyncio.gather(*(self.process(photo) for photo in photos)))
+            else:
+                with self._trim.photo():
+                    results = await self.pipeline.run_batch(photos)
         self._photos_done += len(results)
         return results
 
@@ -82,7 +87,11 @@ class EmbeddingActor:
 
     async def embed_decoded_batch(self, decoded: list[DecodedPhoto]) -> list[PhotoResult]:
         with self._working():
-            results = list(await asyncio.gather(*(self.embed_decoded(d) for d in decoded)))
+            if self.pipeline.model_batch <= 1:
+                results = list(await asyncio.gather(*(self.embed_decoded(d) for d in decoded)))
+            else:
+                with self._trim.photo():
+                    results = await self.pipeline.embed_decoded_batch(decoded)
         self._photos_done += len(results)
         return results
 
@@ -103,4 +112,6 @@ class EmbeddingActor:
             "providers_active": embedder.active_providers,
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "intra_op_threads": embedder.threads,
+            "runtime": embedder.runtime,
+            "model_batch_photos": self.pipeline.model_batch,
         }

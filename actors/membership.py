@@ -168,7 +168,13 @@ class PoolMembers:
             if member.draining and not was_draining:
                 log.warning("pool: node %s drains; actor %s gets no new work", member.node_id, name)
             if name not in wanted and not member.draining:
-                del members[name]  # over the maximum, or a stopgap no longer needed: it idles out
+                del members[name]  # over the maximum: it idles out
+                if member.slot.node_id is None and not self.settings.fixed_pool:
+                    # A stopgap placed anywhere while no node had room: it holds what a pinned
+                    # actor of its node needs (measured: a GPU node's pinned actor then never
+                    # placed). The nodes are there now: it goes.
+                    log.info("pool: stopgap actor %s gives its place to a pinned one", name)
+                    ray.kill(member.handle, no_restart=True)
         fresh: list[Member] = []
         for slot in slots:
             if slot.name in members:

@@ -24,12 +24,14 @@ from facepass.models import DetectedFace, PhotoRef, PhotoResult
 from facepass.settings import Settings
 from facepass.vision.faces import FaceEmbedder
 from facepass.vision.images import UrlPolicy, decode_image
+from facepass.vision.pipeline import model_batch_photos
 
 CHUNK = 32  # photos built (untimed) before each timed stretch of the limit run
 
 
-def make_embedder(settings: Settings, threads: int) -> FaceEmbedder:
-    embedder = FaceEmbedder(settings.model_copy(update={"ort_intra_op_threads": threads}))
+def make_embedder(settings: Settings, threads: int, **update: object) -> FaceEmbedder:
+    """The model with ``threads`` intra-op threads (and any other setting, e.g. the runtime)."""
+    embedder = FaceEmbedder(settings.model_copy(update={"ort_intra_op_threads": threads, **update}))
     return embedder.load()
 
 
@@ -40,11 +42,37 @@ def faces_of(embedder: FaceEmbedder, data: bytes, max_pixels: int) -> list[Detec
         return []
 
 
+def faces_of_photos(
+    embedder: FaceEmbedder, datas: list[bytes], max_pixels: int, batch: int
+) -> list[list[DetectedFace]]:
+    """Decode + embed, ``batch`` photos per model call (1: one photo at a time, as an actor
+    with model batching off does). The actor's default batch is ``model_batch_photos``."""
+    if batch <= 1:
+        return [faces_of(embedder, data, max_pixels) for data in datas]
+    found: list[list[DetectedFace]] = []
+    for start in range(0, len(datas), batch):
+        images = [decode_image(data, max_pixels) for data in datas[start : start + batch]]
+        found.extend(embedder.embed_batch(images))
+    return found
+
+
+def pack_label(embedder: FaceEmbedder) -> str:
+    """``fp32`` for the ONNX Runtime pack, else the generation's suffix (``ov-f32``)."""
+    name = embedder.model_name
+    return name.rsplit("@", 1)[1] if "@" in name else "fp32"
+
+
+def default_batch(embedder: FaceEmbedder) -> int:
+    return model_batch_photos(embedder.settings)
+
+
 def run_limit(
     files: LazyPhotoFiles,
     n: int,
     embedders: dict[str, FaceEmbedder],
     settings: Settings,
+    batches: dict[str, int] | None = None,
+    chunk_photos: int = CHUNK,
 ) -> tuple[dict[str, RunResult], list[list[DetectedFace]]]:
     """decode_image + FaceEmbedder.embed, sequential, on bytes already in memory.
 
@@ -56,33 +84,45 @@ def run_limit(
     precomputed results that the writer and orchestration benchmarks replay.
     """
     max_pixels = settings.max_image_pixels
+    batch = {key: (batches or {}).get(key) or default_batch(e) for key, e in embedders.items()}
     for embedder in embedders.values():
         faces_of(embedder, files.photo(0), max_pixels)  # ONNX Runtime's first call is slow: not timed
     faces: list[list[DetectedFace]] = []
     first = next(iter(embedders))
     elapsed = dict.fromkeys(embedders, 0.0)
+    cpu = dict.fromkeys(embedders, 0.0)  # CPU seconds of this process: less moved by other load
     found = dict.fromkeys(embedders, 0)
     with RssSampler({"driver": os.getpid()}) as memory, OtherLoad() as load:
-        for start in range(0, n, CHUNK):
-            chunk = [files.photo(i) for i in range(start, min(n, start + CHUNK))]
+        for start in range(0, n, chunk_photos):
+            chunk = [files.photo(i) for i in range(start, min(n, start + chunk_photos))]
             for key, embedder in embedders.items():
-                t0 = time.perf_counter()
-                found_faces = [faces_of(embedder, data, max_pixels) for data in chunk]
+                t0, c0 = time.perf_counter(), time.process_time()
+                found_faces = faces_of_photos(embedder, chunk, max_pixels, batch[key])
                 elapsed[key] += time.perf_counter() - t0
+                cpu[key] += time.process_time() - c0
                 found[key] += sum(len(f) for f in found_faces)
                 if key == first:
                     faces.extend(found_faces)
     runs = {
         key: RunResult(
             kind="limit",
-            label=f"(a) limit: bare model, 1 process, {embedder.threads} ORT threads, bytes in memory",
+            label=(
+                f"(a) limit: bare model {pack_label(embedder)}, 1 process, {embedder.threads} threads, "
+                f"{batch[key]} photo(s) per call, bytes in memory"
+            ),
             photos=n,
             faces=found[key],
             seconds=elapsed[key],
             session_photos=n,
             memory=memory.summary(),
             load=load.figures(),
-            extra={"ort_threads": embedder.threads, "config": key},
+            extra={
+                "ort_threads": embedder.threads,
+                "config": key,
+                "model_name": embedder.model_name,
+                "model_batch_photos": batch[key],
+                "cpu_s": round(cpu[key], 3),
+            },
         )
         for key, embedder in embedders.items()
     }

@@ -177,8 +177,61 @@ def write_json(path: Path, payload: dict[str, Any]) -> Path:
     return path
 
 
-def write_chart(path: Path, runs: list[RunResult], title: str) -> Path | None:
-    """Bars of photos/s and faces/s per run. matplotlib is optional: without it, no chart."""
+# Keys with a bar: (key, label, direction, bar). The chart plots each against its bar.
+BARS: tuple[tuple[str, str, str, float], ...] = (
+    ("model_fast_vs_fp32", "bare model: fast / fp32", ">=", 2.0),
+    ("pipeline_fast_vs_fp32", "route: default CPU config / fp32", ">=", 1.8),
+    ("pipeline_vs_side_by_side", "route / fast model side by side", ">=", 0.9),
+    ("pipeline_vs_ideal_pool", "route / ideal pool", ">=", 0.85),
+    ("latency_hidden", "latency hidden (high / low latency)", ">=", 0.95),
+    ("pipeline_vs_seed_loop", "route / seed loop", ">=", 5.0),
+    ("accuracy_embedding_cos_p1", "accuracy: cosine p1 vs fp32", ">=", 0.98),
+    ("search_recall_at_20", "search recall@20", ">=", 0.99),
+    ("search_p99_ms", "search p99 ms (10k faces)", "<=", 30.0),
+    ("rerun_indexed_s", "rerun of 10k indexed, s", "<=", 2.0),
+    ("writer_photos_per_s", "writer photos/s", ">=", 3000.0),
+    ("orchestration_photos_per_s", "orchestration photos/s", ">=", 300.0),
+)
+# Photos/s of the real model, bare and through the route: one scale.
+RATES: tuple[tuple[str, str, str], ...] = (
+    ("model_fp32_photos_per_s", "bare fp32, 1 thread", "#7f7f7f"),
+    ("model_fast_photos_per_s", "bare fast, 1 thread", "#2ca02c"),
+    ("model_fast_batched_photos_per_s", "bare fast, batched", "#98df8a"),
+    ("side_by_side_sum", "2 bare default processes side by side", "#bcbd22"),
+    ("ideal_pool_photos_per_s", "ideal pool (bare x actors)", "#dbdb8d"),
+    ("pipeline_fp32_photos_per_s", "route, fp32 pack @100 ms", "#aec7e8"),
+    ("pipeline_photos_per_s", "route, default @100 ms", "#1f77b4"),
+    ("pipeline_photos_per_s_high_latency", "route, default @500 ms", "#17becf"),
+    ("seed_loop_photos_per_s", "seed loop @500 ms", "#d62728"),
+)
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def chart_rates(summary: dict[str, Any]) -> list[tuple[str, float, str]]:
+    """(label, photos/s, colour) of the real-model runs that are in the summary."""
+    values = dict(summary)
+    sums = [sum(r) for r in summary.get("side_by_side_photos_per_s") or [] if r]
+    if sums:
+        values["side_by_side_sum"] = sorted(sums)[(len(sums) - 1) // 2]
+    return [(label, v, color) for key, label, color in RATES if (v := _number(values.get(key))) is not None]
+
+
+def chart_bars(summary: dict[str, Any]) -> list[tuple[str, float, float, str]]:
+    """(label, value, bar, direction) of the keys with a bar that are in the summary."""
+    return [
+        (label, value, bar, direction)
+        for key, label, direction, bar in BARS
+        if (value := _number(summary.get(key))) is not None
+    ]
+
+
+def write_chart(path: Path, summary: dict[str, Any], title: str) -> Path | None:
+    """One figure, ~1,600 px wide: every key with a bar as a share of its bar (1.0 = at the
+    bar; green at or past it, red short of it), and photos/s of the bare models and of the
+    route on one linear scale. matplotlib is optional: without it, no chart."""
     try:
         import matplotlib
 
@@ -187,30 +240,65 @@ def write_chart(path: Path, runs: list[RunResult], title: str) -> Path | None:
     except ImportError:
         print("note: matplotlib is not installed; the PNG chart is skipped")
         return None
-    shown = [r for r in runs if not r.kind.startswith("pipeline_rerun")]
-    labels = []
-    for run in shown:
-        name = {"limit": "limit (a)", "seed_loop": "seed loop (b)", "pipeline": "ours (c)"}.get(
-            run.kind, run.kind
+    bars, rates = chart_bars(summary), chart_rates(summary)
+    latencies = summary.get("latency_ms") or [100, 500]
+    low, high = f"{min(latencies):g} ms", f"{max(latencies):g} ms"
+    rates = [(label.replace("100 ms", low).replace("500 ms", high), v, c) for label, v, c in rates]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13.3, 7.0), gridspec_kw={"width_ratios": [1.1, 1]})
+    shares = [(v / b if d == ">=" else b / v) if v else 0.0 for _, v, b, d in bars]
+    y = list(range(len(bars)))[::-1]
+    colors = ["#2ca02c" if share >= 1.0 else "#d62728" for share in shares]
+    left.barh(y, shares, color=colors, height=0.6)
+    left.axvline(1.0, color="black", linewidth=1)
+    left.set_yticks(y, [label for label, *_ in bars], fontsize=10)
+    limit = max([1.6, *[min(share, 3.0) for share in shares]]) * 1.25
+    left.set_xlim(0, limit)
+    for yy, share, (_, value, bar, direction) in zip(y, shares, bars, strict=True):
+        text = (
+            f"{value:,.0f} ({direction} {bar:,.0f})" if bar >= 100 else f"{value:.4g} ({direction} {bar:g})"
         )
-        if run.latency_ms is not None:
-            name += f"\n{run.latency_ms:g} ms"
-        if run.extrapolated:
-            name += "\n(sample)"
-        labels.append(name)
-    colors = {"limit": "#7f7f7f", "seed_loop": "#d62728", "pipeline": "#1f77b4"}
-    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.6 * len(shown) * 2), 4.8))
-    for ax, metric, unit in ((axes[0], "photos_per_s", "photos/s"), (axes[1], "faces_per_s", "faces/s")):
-        values = [getattr(r, metric) for r in shown]
-        bars = ax.bar(range(len(shown)), values, color=[colors.get(r.kind, "#999999") for r in shown])
-        ax.set_xticks(range(len(shown)), labels, fontsize=8)
-        ax.set_ylabel(unit)
-        ax.set_title(unit)
-        for bar, value in zip(bars, values, strict=True):
-            top = (bar.get_x() + bar.get_width() / 2, bar.get_height())
-            ax.annotate(f"{value:.2f}", top, ha="center", va="bottom", fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        inside = share > limit * 0.7  # a long (or cut) bar carries its text inside
+        left.annotate(
+            text,
+            (min(share, limit), yy),
+            xytext=(-4 if inside else 4, 0),
+            textcoords="offset points",
+            ha="right" if inside else "left",
+            va="center",
+            fontsize=9,
+            color="white" if inside else "black",
+        )
+    left.set_xlabel("share of the bar (1.0 = at the bar; for <= keys: bar / value)")
+    left.set_title("Keys against their bars", fontsize=12)
+    ry = list(range(len(rates)))[::-1]
+    right.barh(ry, [v for _, v, _ in rates], color=[c for _, _, c in rates], height=0.6)
+    right.set_yticks(ry, [label for label, _, _ in rates], fontsize=10)
+    for yy, (_, value, _) in zip(ry, rates, strict=True):
+        right.annotate(
+            f"{value:.1f}", (value, yy), xytext=(4, 0), textcoords="offset points", va="center", fontsize=9
+        )
+    top = max([v for _, v, _ in rates], default=1.0)
+    right.set_xlim(0, top * 1.18)
+    right.set_xlabel("photos/s (real model)")
+    right.set_title("Real model: bare and through the route", fontsize=12)
+    notes = []
+    if summary.get("accuracy_face_pairs") is not None:
+        notes.append(
+            f"accuracy vs fp32 on {summary['accuracy_face_pairs']} face pairs: cos p1 "
+            f"{summary.get('accuracy_embedding_cos_p1')}, "
+            f"faces missed {summary.get('accuracy_faces_missed')}, "
+            f"extra {summary.get('accuracy_extra_faces')}, top-20 swaps {summary.get('accuracy_top20_swaps')}"
+        )
+    if summary.get("batched_vs_one_by_one") is not None:
+        notes.append(
+            f"batched vs one by one (bare): fast {summary['batched_vs_one_by_one']}, "
+            f"fp32 {summary.get('batched_vs_one_by_one_fp32')}"
+        )
+    if summary.get("orchestration_photos_per_s") is not None:
+        notes.append(f"orchestration (stand-in model): {summary['orchestration_photos_per_s']:.0f} photos/s")
+    fig.suptitle(title, fontsize=13)
+    fig.text(0.01, 0.01, "   |   ".join(notes), fontsize=9)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.96))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

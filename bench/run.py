@@ -54,6 +54,7 @@ from bench.data import DATA_VERSION, SyntheticSession, SyntheticStorage
 from bench.follow import bar_lines as follow_bar_lines
 from bench.follow import run_follow_bench
 from bench.memory import driver_maxrss_mb
+from bench.models import run_accuracy, run_model_comparison
 from bench.orchestration import orchestration_figures, run_orchestration
 from bench.report import Round, peak_by_process, summarize, write_chart, write_json
 from bench.results import RunResult
@@ -73,6 +74,7 @@ from facepass.demo.scenario import CatalogWriter
 from facepass.index.store import VectorStore
 from facepass.settings import Settings
 from facepass.vision.faces import FaceEmbedder
+from facepass.vision.pipeline import model_batch_photos
 
 
 def _latencies(text: str) -> list[float]:
@@ -139,6 +141,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--orch-in-flight", type=int, default=64, help="photos in flight per actor in the orchestration run"
     )
     parser.add_argument("--orch-batch", type=int, default=8, help="(d) photos per actor call")
+    parser.add_argument(
+        "--model-sample",
+        type=int,
+        default=240,
+        help="photos of the fp32-vs-fast bare-model comparison (0 = skip it and the fp32 pipeline)",
+    )
     parser.add_argument("--memory-check", action="store_true", help="only (c), at N and 4N: peak RSS of both")
     parser.add_argument(
         "--no-spool",
@@ -165,6 +173,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _machine() -> dict[str, Any]:
     import onnxruntime
+    import openvino
     import ray
 
     return {
@@ -173,6 +182,8 @@ def _machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "ray": ray.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "openvino": openvino.__version__,
+        "openvino_cpu_capabilities": list(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
         "ort_providers_available": onnxruntime.get_available_providers(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
@@ -273,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     writer_figures: dict[str, Any] = {}
     search_figures: dict[str, Any] = {}
     orch_figures: dict[str, Any] = {}
+    model_figures: dict[str, Any] = {}
+    fp32_pipeline: RunResult | None = None
     service: BenchService | None = None
     built_before_runs = 0
     try:
@@ -297,6 +310,27 @@ def main(argv: list[str] | None = None) -> int:
                 _say(run.line())
             limit = limits["all_cores"]
             limit_actor = limits.get("actor_threads", limit)
+            if args.model_sample:
+                model_n = min(args.model_sample, n)
+                model_runs, model_figures, fp32_model, fast_model = run_model_comparison(
+                    storage.lazy_files, model_n, settings, settings.intra_op_threads()
+                )
+                for run in model_runs:
+                    runs.append(run)
+                    _say(run.line())
+                _say(
+                    f"bare model, {model_n} photos: fast/fp32 {model_figures['model_fast_vs_fp32']}, "
+                    f"default CPU config/fp32 {model_figures['model_default_vs_fp32']}, batched/one by one "
+                    f"{model_figures['batched_vs_one_by_one']} "
+                    f"(fp32: {model_figures['batched_vs_one_by_one_fp32']})"
+                )
+                t_acc = time.perf_counter()
+                model_figures |= run_accuracy(fp32_model, fast_model)
+                _say(
+                    f"accuracy gate ({time.perf_counter() - t_acc:.0f} s): "
+                    + ", ".join(f"{k}={v}" for k, v in model_figures.items() if k.startswith("accuracy_"))
+                )
+                del fp32_model, fast_model
             sample = min(args.seed_loop_sample or n, n)
             for latency in latencies:
                 storage.latency_s = latency / 1000
@@ -367,6 +401,13 @@ def main(argv: list[str] | None = None) -> int:
                 _say(orch_run.line())
                 _say_profile(orch_run)
 
+        if args.model_sample and not args.memory_check:
+            fp32_pipeline, fp32_ids = _run_fp32_pipeline(
+                settings, storage, catalog_writer, session, n, low, args
+            )
+            session_ids += fp32_ids
+            runs.append(fp32_pipeline)
+            _say(fp32_pipeline.line())
         _say("starting Ray + Serve + the pool ...")
         t0 = time.perf_counter()
         service = BenchService(settings, ray_logs=args.ray_logs).start()
@@ -490,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
             "ort_threads_per_actor": settings.intra_op_threads(),
             "baseline_ort_threads": threads,
             "det_size": settings.det_size,
+            "model_runtime": settings.model_runtime,
+            "model_batch_photos": model_batch_photos(settings),
             "model": runs[-1].extra.get("model_name") if runs else None,
         },
         "machine": machine,
@@ -520,12 +563,16 @@ def main(argv: list[str] | None = None) -> int:
             summary["rerun_indexed_small_s"] = summary["rerun_indexed_s"]
             summary["rerun_indexed_s"] = round(rerun_large.seconds, 3)
             summary["rerun_indexed_photos"] = rerun_large.session_photos
-        summary |= writer_figures | search_figures | orch_figures
+        summary |= writer_figures | search_figures | orch_figures | model_figures
+        summary |= _fast_vs_fp32_pipeline(fp32_pipeline, rounds, low)
         follow_figures = _follow_bench(settings, args)
         summary |= follow_figures
         payload = summary | common | {"runs": [r.to_json() for r in runs]}
         chart = write_chart(
-            out / f"bench-{stamp}.png", runs, f"FacePass throughput, N={n}, {machine['cpus']} CPUs"
+            out / f"bench-{stamp}.png",
+            summary,
+            f"FacePass throughput, N={n}, {machine['cpus']} CPUs; "
+            f"default CPU pack {summary.get('model_fast_name')}",
         )
         payload["chart"] = str(chart) if chart else None
         path = write_json(out / f"bench-{stamp}.json", payload)
@@ -536,6 +583,52 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"wall time: {wall_s:.1f} s; driver peak RSS (getrusage): {common['driver_peak_rss_mb']} MB")
     _say(str(path))
     return 0
+
+
+def _run_fp32_pipeline(
+    settings: Settings,
+    storage: SyntheticStorage,
+    catalog_writer: CatalogWriter,
+    session: SyntheticSession,
+    n: int,
+    latency: float,
+    args: argparse.Namespace,
+) -> tuple[RunResult, list[str]]:
+    """(c) at the lowest latency once with the fp32 pack (FACEPASS_MODEL_RUNTIME=onnxruntime),
+    just before the default configuration's rounds: the route's "before" of the fast path."""
+    fp32_settings = settings.model_copy(update={"model_runtime": "onnxruntime"})
+    _say("starting Ray + Serve + the pool with the fp32 pack (ONNX Runtime) ...")
+    service = BenchService(fp32_settings, ray_logs=args.ray_logs).start()
+    ids: list[str] = []
+    try:
+        storage.latency_s = 0.0
+        warm_n = min(n, settings.local_pool_size() * settings.photos_in_flight_per_actor)
+        _, warm_id = run_pipeline(service, catalog_writer, session.names_paths(warm_n), 0.0, "warm-up fp32")
+        ids.append(str(warm_id))
+        storage.latency_s = latency / 1000
+        run, sid = run_pipeline(
+            service, catalog_writer, session.names_paths(n), latency, "(c) ours, fp32 pack (ONNX Runtime)"
+        )
+        ids.append(str(sid))
+    finally:
+        service.stop()
+    run.kind = "pipeline_fp32"
+    return run, ids
+
+
+def _fast_vs_fp32_pipeline(fp32: RunResult | None, rounds: list[Round], low: float) -> dict[str, Any]:
+    """The route with the default CPU configuration over the fp32 route: against the first
+    round's run (minutes apart, the closest in time) and against the median round's."""
+    if fp32 is None or not rounds or not fp32.photos_per_s:
+        return {}
+    first = rounds[0].pipelines[low].photos_per_s
+    ordered = sorted(r.pipelines[low].photos_per_s for r in rounds)
+    median = ordered[(len(ordered) - 1) // 2]
+    return {
+        "pipeline_fp32_photos_per_s": round(fp32.photos_per_s, 3),
+        "pipeline_fast_vs_fp32": round(first / fp32.photos_per_s, 3),
+        "pipeline_fast_vs_fp32_median_round": round(median / fp32.photos_per_s, 3),
+    }
 
 
 def _follow_bench(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -631,6 +724,25 @@ def _print_summary(p: dict[str, Any], low: float, high: float) -> None:
         _say(
             f"  diagnostic: c@{low:g} / {p['settings']['embed_actors']} bare-model processes side by side: "
             f"{_fmt(p['pipeline_vs_side_by_side'])} (rounds {p['pipeline_vs_side_by_side_rounds']})"
+        )
+    if p.get("model_fast_vs_fp32") is not None:
+        _say(
+            f"model_fast_vs_fp32 (bare, {p['model_fast_name']} / {p['model_fp32_name']}): "
+            f"{_fmt(p['model_fast_vs_fp32'])}; default CPU config: {_fmt(p['model_default_vs_fp32'])}; "
+            f"batched_vs_one_by_one: {_fmt(p['batched_vs_one_by_one'])}"
+        )
+        _say(
+            f"accuracy vs fp32: cos p1 {_fmt(p.get('accuracy_embedding_cos_p1'))}, faces missed "
+            f"{_fmt(p.get('accuracy_faces_missed'))}, extra {_fmt(p.get('accuracy_extra_faces'))}, "
+            f"top-20 swaps "
+            f"{_fmt(p.get('accuracy_top20_swaps'))}, gate passed {_fmt(p.get('accuracy_gate_passed'))}"
+        )
+    if p.get("pipeline_fast_vs_fp32") is not None:
+        _say(
+            f"pipeline_fast_vs_fp32 (c@{low:g}, default CPU config / fp32 pack): "
+            f"{_fmt(p['pipeline_fast_vs_fp32'])} "
+            f"(median round: {_fmt(p['pipeline_fast_vs_fp32_median_round'])}; "
+            f"fp32 route {_fmt(p['pipeline_fp32_photos_per_s'])} photos/s)"
         )
     _say(f"pipeline_vs_seed_loop (c@{high:g} / b@{high:g}): {_fmt(p['pipeline_vs_seed_loop'])}")
     _say(

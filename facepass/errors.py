@@ -111,6 +111,12 @@ class DatabaseSchemaMissing(DatabaseError):
     code = "database_schema_missing"
 
 
+class ModelLoadError(FacePassError):
+    """The model pack cannot be loaded as configured (a runtime or precision this node lacks)."""
+
+    code = "model_load_error"
+
+
 # --- photo level ---------------------------------------------------------------
 class PhotoError(FacePassError):
     """A failure of one photo; goes into the report, never fails the request."""

@@ -8,7 +8,7 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -115,6 +115,21 @@ class Settings(BaseSettings):
     recognizer_file: str | None = None
     det_size: int = Field(default=640, ge=64)
     det_thresh: float = Field(default=0.5, gt=0, lt=1)
+
+    # Model runtime and batching (issue 16). model_runtime "auto": the CPU fast path on CPU
+    # actors (recognizer on OpenVINO, detector input fitted to the photo's aspect; its own model
+    # generation "<pack>@ov-<precision>"), ONNX Runtime (CUDA) on GPU actors; "onnxruntime":
+    # the fp32 pack everywhere; "openvino": CPU only. The detector stays on ONNX Runtime unless
+    # openvino_detector (measured slower on OpenVINO here, on a CPU without AVX-512).
+    model_runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"
+    openvino_precision: Literal["f32", "bf16"] = "f32"  # bf16 only where the CPU has it
+    openvino_detector: bool = False
+    # Photos per model batch: recognition over all their faces in one call. 0: auto:
+    # actor_batch_photos on GPU, 1 on CPU (batched measured no faster there).
+    model_batch_photos: int = Field(default=0, ge=0)
+    # Photos per detector call inside a model batch (one padded input). 0: auto: the whole
+    # model batch on GPU, 1 on CPU (batched detection measured slower there).
+    detector_batch_photos: int = Field(default=0, ge=0)
 
     # Downloads.
     download_timeout_s: float = Field(default=30.0, gt=0)

@@ -52,7 +52,8 @@ def fixed_slot_name(i: int) -> str:
 
 
 def node_slot_name(node_id: str, k: int) -> str:
-    return f"{EMBEDDER_PREFIX}{node_id[:16]}-{k}"
+    # The whole node id: a prefix is not unique (the fake autoscaler's ids share 50 'f's).
+    return f"{EMBEDDER_PREFIX}{node_id}-{k}"
 
 
 def room_on(node: NodeInfo, settings: Settings) -> int:

@@ -1,7 +1,9 @@
-"""Face detection + ArcFace embedding with InsightFace's own model classes.
+"""Face detection + ArcFace embedding: SCRFD and ArcFace ONNX files of a model pack.
 
-Models load from the pack folder on disk; nothing is downloaded. All faces of a
-photo go through the recognizer as one batch.
+Models load from the pack folder on disk; nothing is downloaded. The runtime
+(ONNX Runtime or OpenVINO) comes from the settings (``runtimes.py``). Several
+photos go through the detector as one batch, and all their faces through the
+recognizer as one batch; alignment is InsightFace's ``norm_crop``.
 """
 
 from __future__ import annotations
@@ -11,15 +13,26 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import cv2
 import numpy as np
+import numpy.typing as npt
 
 from facepass.errors import NoFaceDetected
 from facepass.models import EMBEDDING_DIM, DetectedFace
-from facepass.settings import CUDA_PROVIDER, Settings
+from facepass.settings import Settings
+from facepass.vision.detector import ScrfdDetector
 from facepass.vision.heap import keep_buffers_in_heap
 from facepass.vision.images import BgrImage
+from facepass.vision.runtimes import (
+    ONNXRUNTIME,
+    OPENVINO,
+    ModelSession,
+    detector_runtime,
+    effective_runtime,
+    generation_suffix,
+    open_session,
+)
 
 log = logging.getLogger(__name__)
 # insightface's face_align calls a scikit-image API that is deprecated, not wrong.
@@ -41,14 +54,15 @@ _RECOGNIZERS = ("w600k_r50.onnx", "glintr100.onnx", "w600k_mbf.onnx")
 class ModelPack:
     detector: Path
     recognizer: Path
-    name: str  # stored with every embedding: "<pack>/<detector>+<recognizer>"
+    name: str  # stored with every embedding: "<pack>/<detector>+<recognizer>[@<runtime>]"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelPack:
         folder = settings.model_dir
         detector = cls._pick(folder, settings.detector_file, _DETECTORS, "detector")
         recognizer = cls._pick(folder, settings.recognizer_file, _RECOGNIZERS, "recognizer")
-        name = f"{settings.model_name}/{detector.stem}+{recognizer.stem}"
+        # The runtime's suffix (the CPU fast path: "@ov-f32") makes it a generation of its own.
+        name = f"{settings.model_name}/{detector.stem}+{recognizer.stem}{generation_suffix(settings)}"
         return cls(detector=detector, recognizer=recognizer, name=name)
 
     @staticmethod
@@ -61,17 +75,28 @@ class ModelPack:
 
 
 class FaceEmbedder:
-    """``load()`` is idempotent; ``embed()`` returns every face, L2-normalized."""
+    """``load()`` is idempotent; ``embed()`` returns every face of a photo, L2-normalized;
+    ``embed_batch()`` does the same for several photos with one detector call and one
+    recognizer call (all their faces together)."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.runtime = effective_runtime(settings)
         self.pack = ModelPack.from_settings(settings)
-        self.requested_providers = settings.onnx_providers()
+        # What each network asks for: ORT's providers (the detector, and the recognizer of the
+        # fp32 pack), "OpenVINO" for a network on the OpenVINO runtime.
+        onnx = settings.onnx_providers()
+        detector = onnx if detector_runtime(settings) == ONNXRUNTIME else ["OpenVINO"]
+        recognizer = onnx if self.runtime == ONNXRUNTIME else ["OpenVINO"]
+        self.requested_providers = list(dict.fromkeys(detector + recognizer))
         self.det_size = settings.det_size
         self.det_thresh = settings.det_thresh
         self.threads = settings.intra_op_threads()
+        # Photos per detector call (0: all photos of a batch in one call). Auto: per photo on CPU.
+        self.detector_batch = settings.detector_batch_photos or (0 if settings.uses_gpu else 1)
         self.active_providers: list[str] = []
-        self._detector: Any = None
-        self._recognizer: Any = None
+        self._detector: ScrfdDetector | None = None
+        self._recognizer: ArcFaceRecognizer | None = None
         self._lock = threading.Lock()
 
     @property
@@ -86,32 +111,22 @@ class FaceEmbedder:
 
     def _load(self) -> None:
         import onnxruntime
-        from insightface.model_zoo import model_zoo
 
         onnxruntime.set_default_logger_severity(3)  # the batch-shape warning is noise
         keep_buffers_in_heap()  # per-inference tensors: no mmap/munmap (page faults) per photo
-        if CUDA_PROVIDER in self.requested_providers and hasattr(onnxruntime, "preload_dlls"):
-            # CUDA/cuDNN from the `gpu` extra's nvidia-* wheels (site-packages): a GPU node
-            # then needs only the driver. Without them ORT prints why and falls back to CPU.
-            onnxruntime.preload_dlls(cuda=True, cudnn=True)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        # The arena keeps the largest batch's memory forever (a 22-face photo: +90 MB per actor).
-        options.enable_cpu_mem_arena = False
-        kwargs = {"providers": self.requested_providers, "sess_options": options}
-        detector = model_zoo.get_model(str(self.pack.detector), **kwargs)
-        recognizer = model_zoo.get_model(str(self.pack.recognizer), **kwargs)
-        if getattr(detector, "taskname", None) != "detection":
-            raise RuntimeError(f"{self.pack.detector} is not a face detector")
-        if getattr(recognizer, "taskname", None) != "recognition":
-            raise RuntimeError(f"{self.pack.recognizer} is not a recognition model")
-        detector.prepare(0, input_size=(self.det_size, self.det_size), det_thresh=self.det_thresh)
-        recognizer.prepare(0)
-        self.active_providers = list(detector.session.get_providers())
+        detector_session = open_session(
+            self.pack.detector, self.settings, self.threads, detector_runtime(self.settings)
+        )
+        recognizer_session = open_session(self.pack.recognizer, self.settings, self.threads)
+        # The fast path's detector input keeps the photo's aspect (less padding to convolve).
+        fit = self.runtime == OPENVINO
+        detector = ScrfdDetector(detector_session, self.det_size, self.det_thresh, fit=fit)
+        recognizer = ArcFaceRecognizer(recognizer_session, self.pack.recognizer)
+        self.active_providers = list(dict.fromkeys(detector_session.providers + recognizer_session.providers))
         log.info(
-            "model %s loaded; providers requested %s, in use %s; %d intra-op threads",
-            self.pack.name,
+            "model %s loaded (%s); providers requested %s, in use %s; %d intra-op threads",
+            self.model_name,
+            self.runtime,
             self.requested_providers,
             self.active_providers,
             self.threads,
@@ -120,25 +135,67 @@ class FaceEmbedder:
 
     def embed(self, image: BgrImage) -> list[DetectedFace]:
         """Every face in the image; raises NoFaceDetected when there is none."""
+        [faces] = self.embed_batch([image])
+        if not faces:
+            raise NoFaceDetected()
+        return faces
+
+    def embed_batch(self, images: list[BgrImage]) -> list[list[DetectedFace]]:
+        """The faces of each image ([] for an image without a face), in the images' order."""
         from insightface.utils import face_align
 
         self.load()
-        bboxes, kpss = self._detector.detect(image, max_num=0)
-        if bboxes is None or bboxes.shape[0] == 0 or kpss is None:
-            raise NoFaceDetected()
-        size = int(self._recognizer.input_size[0])
-        crops = [face_align.norm_crop(image, landmark=kps, image_size=size) for kps in kpss]
-        raw = np.asarray(self._recognizer.get_feat(crops), dtype=np.float32)
-        raw = raw.reshape(len(crops), -1)
+        assert self._detector is not None and self._recognizer is not None
+        step = max(1, self.detector_batch) if self.detector_batch else len(images) or 1
+        found = [
+            d
+            for at in range(0, len(images), step)
+            for d in self._detector.detect_batch(images[at : at + step])
+        ]
+        size = self._recognizer.input_size
+        crops = [
+            face_align.norm_crop(image, landmark=kps, image_size=size)
+            for image, detections in zip(images, found, strict=True)
+            for kps in detections.landmarks
+        ]
+        unit = self._recognizer.embed(crops)
+        faces: list[list[DetectedFace]] = []
+        at = 0
+        for detections in found:
+            faces.append(
+                [
+                    DetectedFace(
+                        bbox=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+                        det_score=float(b[4]),
+                        embedding=unit[at + i],
+                    )
+                    for i, b in enumerate(detections.boxes)
+                ]
+            )
+            at += len(detections)
+        return faces
+
+
+class ArcFaceRecognizer:
+    """ArcFace: aligned crops in, one L2-normalized 512-d vector per crop, one call per batch."""
+
+    def __init__(self, session: ModelSession, path: Path) -> None:
+        import onnx
+
+        self.session = session
+        graph = onnx.load(str(path), load_external_data=False).graph
+        self.input_size = int(graph.input[0].type.tensor_type.shape.dim[2].dim_value or 112)
+        # InsightFace's rule: a graph that normalizes its own input wants raw pixels.
+        ops = {node.op_type for node in graph.node[:8]}
+        self.mean, self.std = (0.0, 1.0) if {"Sub", "Mul"} <= ops else (127.5, 127.5)
+
+    def embed(self, crops: list[BgrImage]) -> npt.NDArray[np.float32]:
+        if not crops:
+            return np.empty((0, EMBEDDING_DIM), dtype=np.float32)
+        size = (self.input_size, self.input_size)
+        blob = cv2.dnn.blobFromImages(crops, 1.0 / self.std, size, (self.mean,) * 3, swapRB=True)
+        raw = self.session.run(np.ascontiguousarray(blob, dtype=np.float32))[0].reshape(len(crops), -1)
         if raw.shape[1] != EMBEDDING_DIM:
             raise RuntimeError(f"recognizer gives {raw.shape[1]}-d embeddings, need {EMBEDDING_DIM}")
         norms = np.linalg.norm(raw, axis=1, keepdims=True)
-        unit = raw / np.maximum(norms, 1e-12)
-        return [
-            DetectedFace(
-                bbox=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
-                det_score=float(b[4]),
-                embedding=unit[i].astype(np.float32),
-            )
-            for i, b in enumerate(bboxes)
-        ]
+        return np.asarray(raw / np.maximum(norms, 1e-12), dtype=np.float32)

@@ -36,23 +36,41 @@ def pack_settings(settings: Settings, model_name: str) -> Settings | None:
         roots.append(packaged_model_root())
     except RuntimeError:
         pass
-    base = settings.model_dump()
-    for root in dict.fromkeys(roots):
-        candidate = Settings.model_validate(
-            {
-                **base,
-                "model_root": root,
-                "model_name": pack,
-                "detector_file": f"{detector}.onnx",
-                "recognizer_file": f"{recognizer}.onnx",
-            }
-        )
-        try:
-            if ModelPack.from_settings(candidate).name == model_name.split("@", 1)[0]:
+    base = settings.model_dump() | _runtime_of(model_name)
+    for exact in (True, False):  # the generation's own runtime first, then its plain build
+        for root in dict.fromkeys(roots):
+            candidate = Settings.model_validate(
+                {
+                    **(base if exact else settings.model_dump() | {"model_runtime": "onnxruntime"}),
+                    "model_root": root,
+                    "model_name": pack,
+                    "detector_file": f"{detector}.onnx",
+                    "recognizer_file": f"{recognizer}.onnx",
+                }
+            )
+            try:
+                name = ModelPack.from_settings(candidate).name
+            except RuntimeError:  # not under this root
+                continue
+            if name == (model_name if exact else model_name.split("@", 1)[0]):
                 return candidate
-        except RuntimeError:  # not under this root
-            continue
     return None
+
+
+def _runtime_of(model_name: str) -> dict[str, object]:
+    """The runtime settings that give a generation's suffix: none is the fp32 ONNX Runtime
+    pack; ``@ov-<precision>[-det]`` the OpenVINO fast path (``facepass.vision.runtimes``)."""
+    _, at, variant = model_name.partition("@")
+    if not at:
+        return {"model_runtime": "onnxruntime"}
+    if variant.startswith("ov-"):
+        precision, _, det = variant[3:].partition("-")
+        return {
+            "model_runtime": "openvino",
+            "openvino_precision": precision,
+            "openvino_detector": det == "det",
+        }
+    return {}
 
 
 class GenerationPacks:

@@ -126,6 +126,16 @@ def start_bulk_job(env: dict[str, str], tmp: Path, *args: str) -> BulkJob:
     return BulkJob(process, summary, log, time.monotonic())
 
 
+def wait_for_progress(job: BulkJob, store: VectorStore, catalog: Catalog, fraction: float) -> int:
+    """Photos committed once ``fraction`` of the catalog is (the job must still be running)."""
+    total = len(catalog.photos)
+    wait_until(
+        lambda: ledger_count(store, catalog) >= fraction * total or job.process.poll() is not None, 240
+    )
+    assert job.process.poll() is None, job.log_path.read_text()[-3000:]
+    return ledger_count(store, catalog)
+
+
 def ledger_count(store: VectorStore, catalog: Catalog) -> int:
     query = sa.select(sa.func.count()).select_from(indexed_photos)
     query = query.where(indexed_photos.c.session_id.in_(catalog.sessions))

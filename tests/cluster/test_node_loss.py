@@ -33,6 +33,7 @@ from tests.cluster.conftest import (
     start_bulk_job,
     start_cluster,
     stop_cluster,
+    wait_for_progress,
     wait_until,
 )
 
@@ -66,9 +67,7 @@ def run_and_lose_a_node(
     catalog: Catalog = make_catalog(settings, storage, sessions=4, per_session=15)
     total = len(catalog.photos)
     job = start_bulk_job(job_env(settings, catalog, cluster.address), tmp_path)
-    wait_until(lambda: ledger_count(store, catalog) >= 0.3 * total or job.process.poll() is not None, 240)
-    assert job.process.poll() is None, job.log_path.read_text()[-3000:]
-    done_before, t_loss = ledger_count(store, catalog), time.monotonic()
+    done_before, t_loss = wait_for_progress(job, store, catalog, 0.3), time.monotonic()
     rate_before = done_before / (t_loss - job.started)
     actors = pool_actors(settings.ray_namespace)
     nodes = worker_nodes(cluster)
@@ -178,8 +177,7 @@ def test_a_node_that_joins_gets_an_actor_and_work(
     total = len(catalog.photos)
     job = start_bulk_job(job_env(cluster_settings, catalog, cluster.address), tmp_path)
     # Early: a new actor loads its model (~5-10 s here) while the warm ones go on.
-    wait_until(lambda: ledger_count(store, catalog) >= 0.05 * total or job.process.poll() is not None, 240)
-    before = ledger_count(store, catalog)
+    before = wait_for_progress(job, store, catalog, 0.05)
     rate_before = before / (time.monotonic() - job.started)
     joined = cluster.add_node(num_cpus=1)
 
@@ -225,8 +223,7 @@ def test_a_drained_node_gets_no_new_batches_and_its_work_finishes_or_moves(
     total = len(catalog.photos)
     env = job_env(cluster_settings, catalog, cluster.address, FACEPASS_DRAIN_MARGIN_S="5")
     job = start_bulk_job(env, tmp_path)
-    wait_until(lambda: ledger_count(store, catalog) >= 0.2 * total or job.process.poll() is not None, 240)
-    assert job.process.poll() is None, job.log_path.read_text()[-3000:]
+    wait_for_progress(job, store, catalog, 0.2)
     actors = pool_actors(cluster_settings.ray_namespace)
     nodes = worker_nodes(cluster)
     name, info = next((n, i) for n, i in actors.items() if n != WRITER_NAME and i["node_id"] in nodes)

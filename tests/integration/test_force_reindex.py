@@ -169,7 +169,8 @@ def test_group_photo_gives_one_row_per_face_matching_insightface(
     with store.engine.connect() as conn:
         rows = conn.execute(query).mappings().all()
     assert sorted(r["face_index"] for r in rows) == list(range(6))
-    assert {r["model_name"] for r in rows} == {"model/scrfd_500m_bnkps+w600k_mbf"}
+    # The CPU default: the OpenVINO fast path (issue 16), a model generation of its own.
+    assert {r["model_name"] for r in rows} == {"model/scrfd_500m_bnkps+w600k_mbf@ov-f32"}
     stored = np.stack([np.asarray(r["embedding"], dtype=np.float32) for r in rows])
     np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-5)
 
@@ -179,7 +180,9 @@ def test_group_photo_gives_one_row_per_face_matching_insightface(
         ref = min(reference, key=lambda f: float(np.linalg.norm(_centre(f.bbox) - centre)))
         ref_vec = ref.embedding / np.linalg.norm(ref.embedding)
         assert float(vec @ ref_vec) >= 0.999
-        assert abs(row["det_score"] - float(ref.det_score)) < 1e-3
+        # The CPU default is the fast path (detector input fitted to the photo's aspect): the
+        # score moves by up to ~0.01 from InsightFace's padded square (the fp32 pack: < 1e-6).
+        assert abs(row["det_score"] - float(ref.det_score)) < 0.01
 
 
 def _centre(bbox: np.ndarray) -> np.ndarray:
@@ -299,8 +302,9 @@ def test_health_reports_the_cpu_choice_and_docs_are_served(service: Service) -> 
     body = health.json()
     assert body["cloud_db"] == "ok" and body["local_db"] == "ok" and body["pool"]["writer"] is True
     for actor in body["pool"]["actors"]:
-        assert actor["providers_requested"] == ["CPUExecutionProvider"]
-        assert actor["providers_active"] == ["CPUExecutionProvider"]
+        assert actor["providers_requested"] == ["CPUExecutionProvider", "OpenVINO"]
+        assert actor["providers_active"] == ["CPUExecutionProvider", "OpenVINO CPU (f32)"]
+        assert actor["runtime"] == "openvino"
         assert actor["gpu_ids"] == []
     assert httpx.get(f"{service.base_url}/docs", timeout=30).status_code == 200
     spec = httpx.get(f"{service.base_url}/openapi.json", timeout=30).json()

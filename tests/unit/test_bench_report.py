@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from bench.report import Round, summarize
 from bench.results import RunResult
 
@@ -57,6 +61,54 @@ def test_without_rounds_the_ratios_are_the_unpaired_ones() -> None:
     assert summary["pipeline_vs_ideal_pool"] == summary["pipeline_vs_ideal_pool_unpaired"] == 0.9
     assert summary["pipeline_vs_ideal_pool_rounds"] == []
     assert summary["latency_hidden"] == 1.0
+
+
+def _figures() -> dict[str, object]:
+    return {
+        "model_fast_vs_fp32": 1.3,
+        "pipeline_fast_vs_fp32": 1.25,
+        "pipeline_vs_side_by_side": 0.92,
+        "pipeline_vs_ideal_pool": 0.86,
+        "latency_hidden": 0.99,
+        "pipeline_vs_seed_loop": 13.0,
+        "accuracy_embedding_cos_p1": 0.99999,
+        "accuracy_face_pairs": 264,
+        "accuracy_faces_missed": 0,
+        "search_p99_ms": 20.0,
+        "writer_photos_per_s": 6600.0,
+        "orchestration_photos_per_s": 732.0,
+        "model_fp32_photos_per_s": 10.0,
+        "model_fast_photos_per_s": 13.0,
+        "side_by_side_photos_per_s": [[12.0, 11.0], [10.0, 11.0], [13.0, 12.0]],
+        "pipeline_photos_per_s": 21.0,
+        "seed_loop_photos_per_s": 1.6,
+        "batched_vs_one_by_one": 1.1,
+    }
+
+
+def test_chart_holds_each_key_against_its_bar_and_the_rates_on_one_scale() -> None:
+    from bench.report import chart_bars, chart_rates
+
+    bars = {label: (value, bar, direction) for label, value, bar, direction in chart_bars(_figures())}
+    assert bars["bare model: fast / fp32"] == (1.3, 2.0, ">=")
+    assert bars["search p99 ms (10k faces)"] == (20.0, 30.0, "<=")
+    assert "rerun of 10k indexed, s" not in bars  # not in this summary: not drawn
+    rates = {label: value for label, value, _ in chart_rates(_figures())}
+    assert rates["2 bare default processes side by side"] == 23.0  # the median round's sum
+    assert rates["bare fp32, 1 thread"] == 10.0 and rates["route, default @100 ms"] == 21.0
+    assert all(value < 100 for value in rates.values())  # the orchestration run is not on this scale
+
+
+def test_chart_is_one_readable_figure(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from bench.report import write_chart
+
+    path = write_chart(tmp_path / "bench.png", _figures(), "test")
+    assert path is not None
+    width, height = Image.open(path).size
+    assert 1500 <= width <= 1700 and 600 <= height <= 1000
 
 
 def test_follow_figures_are_printed_against_their_bars() -> None:

@@ -40,6 +40,11 @@ def test_below_the_minimum_floating_slots_ask_for_room() -> None:
     assert plan_pool([HEAD], Settings(pool_min_actors=0)) == []
 
 
+def test_slot_names_stay_apart_when_node_ids_share_a_prefix() -> None:
+    nodes = [NodeInfo("f" * 50 + "000001", cpus=1, gpus=0), NodeInfo("f" * 50 + "000002", cpus=1, gpus=0)]
+    assert len({s.name for s in plan_pool(nodes, Settings())}) == 2
+
+
 def test_a_draining_node_offers_no_room() -> None:
     draining = NodeInfo("d" * 56, cpus=4, gpus=0, drain_deadline_s=1e9)
     assert room_on(draining, Settings()) == 0
