@@ -142,6 +142,8 @@ def run_follow_bench(
 
         # idle: nothing changes in the catalog; nothing may be downloaded or embedded
         if idle_s > 0:
+            # The follower writes its totals once a cycle: let the last sync's reach /mirror first.
+            time.sleep(2 * settings.follow_interval_s + 1)
             hits, processed = sum(storage.hits.values()), _processed(service, settings)
             time.sleep(idle_s)
             result["idle_s"] = idle_s
