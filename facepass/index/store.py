@@ -181,6 +181,15 @@ class VectorStore:
                 current = conn.execute(_FENCE_OF_SESSION, {"sid": fence.session_id}).scalar()
                 if current is not None and current > fence.token:
                     raise Fenced(f"token {fence.token}, the session's is {current}")
+            # Ledger rows first, as a write takes them (its upsert): a write of one of these
+            # photos in flight commits before the deletes below see its faces, never after them
+            # (that left face rows without a ledger row when a second writer raced a prune).
+            conn.execute(
+                sa.select(indexed_photos.c.photo_id)
+                .where(indexed_photos.c.photo_id.in_(ids))
+                .order_by(indexed_photos.c.photo_id)
+                .with_for_update()
+            ).all()
             gone_faces = list(
                 conn.scalars(
                     sa.delete(face_embeddings)
