@@ -47,10 +47,8 @@ lint: install
 
 # The multi-node tier (tests/cluster: several Ray nodes on this machine, node loss, drain, RPC
 # faults, the autoscaler) runs in a process of its own: it builds and stops its own clusters.
-# Integration before unit, in one session (one embedded PostgreSQL): some unit tests leave
-# rows (legacy embeddings) that the integration tier's consistency check would count.
 test: install lint
-	$(RUN) bash scripts/pytest.sh tests/integration tests/unit
+	$(RUN) bash scripts/pytest.sh tests/unit tests/integration
 	$(RUN) bash scripts/pytest.sh tests/cluster
 
 unit: install
