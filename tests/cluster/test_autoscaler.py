@@ -36,6 +36,8 @@ from tests.cluster.conftest import (
     wait_until,
 )
 
+pytestmark = pytest.mark.scaling
+
 GPU_WORKER = {
     "resources": {"CPU": 1, "GPU": 1},
     "node_config": {},

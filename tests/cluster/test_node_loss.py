@@ -166,6 +166,7 @@ def test_a_lost_node_holding_the_writer_costs_nothing(
     assert writer_now is None or writer_now["node_id"] == cluster.head_node.node_id
 
 
+@pytest.mark.scaling
 def test_a_node_that_joins_gets_an_actor_and_work(
     cluster: Cluster,
     cluster_settings: Settings,
