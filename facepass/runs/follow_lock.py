@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 from facepass.db import with_driver
+from facepass.runs.session_lock import try_advisory_lock
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +53,10 @@ class FollowerLock:
         """True if this process is (now) the follower; never waits."""
         if self._conn is not None:
             return True
-        conn = self._engine.connect()
-        try:
-            row = conn.execute(
-                sa.text("SELECT pg_try_advisory_lock(:key), pg_backend_pid()"), {"key": FOLLOWER_LOCK_KEY}
-            ).one()
-        except BaseException:
-            conn.close()
-            raise
-        if not row[0]:
-            conn.close()
+        taken = try_advisory_lock(self._engine, FOLLOWER_LOCK_KEY)
+        if taken is None:
             return False
-        self._conn, self.backend_pid = conn, int(row[1])
+        self._conn, self.backend_pid = taken
         return True
 
     def still_held(self) -> bool:

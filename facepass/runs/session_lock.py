@@ -84,6 +84,21 @@ class HeldSession:
             conn.close()
 
 
+def try_advisory_lock(engine: sa.Engine, key: int) -> tuple[sa.Connection, int] | None:
+    """``pg_try_advisory_lock(key)`` on a new connection of ``engine``: the connection that
+    holds it and its server pid, or None at once (connection closed) if another holds it."""
+    conn = engine.connect()
+    try:
+        row = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key), pg_backend_pid()"), {"key": key}).one()
+    except BaseException:
+        conn.close()
+        raise
+    if not row[0]:
+        conn.close()
+        return None
+    return conn, int(row[1])
+
+
 class SessionLocks:
     """Take, test and release the per-session run locks in one database."""
 
@@ -105,17 +120,10 @@ class SessionLocks:
     def try_acquire(self, session_id: uuid.UUID) -> HeldSession | None:
         """The session's lock on a new connection, or None at once if another connection holds it."""
         key = session_lock_key(session_id)
-        conn = self._locks.connect()
-        try:
-            row = conn.execute(
-                sa.text("SELECT pg_try_advisory_lock(:key), pg_backend_pid()"), {"key": key}
-            ).one()
-        except BaseException:
-            conn.close()
-            raise
-        if not row[0]:
-            conn.close()
+        taken = try_advisory_lock(self._locks, key)
+        if taken is None:
             return None
+        conn, backend_pid = taken
         try:
             # A new token for the session, under its lock: from now on, writes of any earlier
             # run of it are refused (its UPDATE waits for a write that holds the old token).
@@ -123,7 +131,7 @@ class SessionLocks:
         except BaseException:
             conn.close()  # frees the lock
             raise
-        return HeldSession(session_id, key, int(row[1]), conn, int(token))
+        return HeldSession(session_id, key, backend_pid, conn, int(token))
 
     def holder(self, session_id: uuid.UUID) -> int | None:
         """The server pid of the connection holding the session's lock, or None if it is free.
