@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -67,7 +67,6 @@ class Member:
     probing: bool = False
     in_flight: int = 0
     drain_deadline_s: float | None = None
-    lost_at: float = field(default=0.0)
 
     @property
     def name(self) -> str:
@@ -124,7 +123,6 @@ class PoolMembers:
     def lost(self, member: Member) -> None:
         """A call on it failed as if the actor were gone: no work until it answers again."""
         member.ready = False
-        member.lost_at = time.monotonic()
         self._probe(member)
 
     # --- keeping in step with the cluster ------------------------------------------------

@@ -31,7 +31,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.decoder import ImageDecoderActor
 from actors.embedding import EmbeddingActor
-from actors.membership import Member, PoolMembers, head_node_id
+from actors.membership import Member, PoolMembers, cluster_nodes, head_node_id
 from actors.metrics import reindex_metrics
 from actors.writer import IndexWriter
 from facepass.cluster.pool_plan import EMBEDDER_PREFIX, Slot, fixed_slot_name
@@ -127,7 +127,7 @@ class EmbeddingPool:
         self.writer = self._make_writer()
         self._writer_check: asyncio.Future[None] | None = None
         # The first plan now (actors start loading their models at once), probes on first use.
-        self._fresh: list[Member] | None = self.members.apply(_nodes_or_none(), busy=True)
+        self._fresh: list[Member] | None = self.members.apply(cluster_nodes(), busy=True)
         self._init_lanes()
 
     def _make_writer(self) -> Any:
@@ -461,12 +461,6 @@ class EmbeddingPool:
         """Kill the detached actors (tests and the demo clean up with this)."""
         for handle in [*(m.handle for m in self.members.members.values()), *self.decoders, self.writer]:
             ray.kill(handle, no_restart=True)
-
-
-def _nodes_or_none() -> list[Any]:
-    from actors.membership import cluster_nodes
-
-    return cluster_nodes()
 
 
 def kill_pool_actors(settings: Settings) -> None:
