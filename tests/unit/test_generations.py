@@ -125,7 +125,10 @@ def test_search_finds_the_same_photos_at_every_step_of_a_model_change(
                 assert found == before  # at every moment: the same photos
                 if photo is not plan.todo[-1]:
                     assert model == old_model  # the old generation answers until the new is complete
-                    assert models_of(store, sid) == {old_model, new_model}
+                    # Both generations side by side (a photo without faces adds no new row, and
+                    # the plan's order is not fixed, so the new one may not show yet).
+                    assert old_model in models_of(store, sid) <= {old_model, new_model}
+            assert models_of(store, sid) == {old_model, new_model}  # before the switch: both
             report = await coordinator.finish(run)  # complete: switch, old vectors go
             assert report.final_embedding_count == store.count_embeddings(sid)
         finally:
