@@ -125,6 +125,14 @@ class PoolMembers:
         member.ready = False
         self._probe(member)
 
+    def busy(self) -> bool:
+        """Work handed in lately, or still out at an actor (a batch may wait long on a slow
+        bucket: the pool is busy all that time, and keeps asking for its maximum)."""
+        now = time.monotonic()
+        if any(m.in_flight for m in self.members.values()):
+            self.last_busy = now
+        return now - self.last_busy < max(self.settings.pool_refresh_s * 2, 10.0)
+
     # --- keeping in step with the cluster ------------------------------------------------
     def maybe_sync(self, *, force: bool = False) -> None:
         """Look at the cluster again if it is time (never more than one look at once)."""
@@ -136,7 +144,7 @@ class PoolMembers:
     async def sync(self) -> None:
         try:
             nodes = await asyncio.to_thread(cluster_nodes)
-            busy = time.monotonic() - self.last_busy < max(self.settings.pool_refresh_s * 2, 10.0)
+            busy = self.busy()
             adopted = await asyncio.to_thread(self.apply, nodes, busy)
             for member in adopted:
                 self._probe(member)

@@ -22,6 +22,8 @@ class PhotoStorage:
         self.hits: Counter[str] = Counter()
         self.latency_s = latency_s
         self.bytes_per_s = bytes_per_s
+        self._open = threading.Event()  # cleared: requests wait (hold/release)
+        self._open.set()
         self._server = _Server((host, port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -37,11 +39,19 @@ class PhotoStorage:
     def remove(self, path: str) -> None:
         self.files.pop(path, None)
 
+    def hold(self) -> None:
+        """Requests wait from now until ``release()`` (a stalled bucket, for tests)."""
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
     def start(self) -> PhotoStorage:
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        self._open.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -60,6 +70,7 @@ class PhotoStorage:
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 path = unquote(urlsplit(self.path).path).lstrip("/")
                 storage.hits[path] += 1
+                storage._open.wait()
                 if storage.latency_s:
                     time.sleep(storage.latency_s)
                 data = storage.files.get(path)

@@ -17,6 +17,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from facepass.index.store import check_fence
+from facepass.models import Fence
+
 _STALE = sa.text(
     "SELECT count(*) FROM indexed_photos WHERE session_id = :sid AND model_name <> :model "
     "AND status <> 'failed'"
@@ -57,10 +60,13 @@ class Generations:
             previous = conn.scalar(_PREVIOUS, {"sid": session_id, "model": self.current})
         return str(previous) if previous else self.current
 
-    def retire(self, session_id: uuid.UUID) -> int:
+    def retire(self, session_id: uuid.UUID, fence: Fence | None = None) -> int:
         """Remove the session's vectors of older models, if (and only if) it is complete in
-        the current one: one statement, so a half-built session never loses its old vectors."""
+        the current one: one statement, so a half-built session never loses its old vectors.
+        With a fence, only while no newer run holds the session (else ``Fenced``): a runner
+        of another pack that lost its lock cannot take away the vectors search answers from."""
         with self.engine.begin() as conn:
+            check_fence(conn, fence)
             result = conn.execute(_RETIRE, {"sid": session_id, "model": self.current})
         return int(result.rowcount or 0)
 

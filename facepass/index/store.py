@@ -177,10 +177,7 @@ class VectorStore:
         if not ids:
             return PruneResult(0, 0)
         with self.engine.begin() as conn:
-            if fence is not None:
-                current = conn.execute(_FENCE_OF_SESSION, {"sid": fence.session_id}).scalar()
-                if current is not None and current > fence.token:
-                    raise Fenced(f"token {fence.token}, the session's is {current}")
+            check_fence(conn, fence)
             # Ledger rows first, as a write takes them (its upsert): a write of one of these
             # photos in flight commits before the deletes below see its faces, never after them
             # (that left face rows without a ledger row when a second writer raced a prune).
@@ -377,6 +374,18 @@ class VectorStore:
 
 _FENCES_FOR_SHARE = "SELECT session_id, token FROM session_fences WHERE session_id = ANY(%s) FOR SHARE"
 _FENCE_OF_SESSION = sa.text("SELECT token FROM session_fences WHERE session_id = :sid FOR SHARE")
+
+
+def check_fence(conn: sa.Connection, fence: Fence | None) -> None:
+    """Raise ``Fenced`` if a newer run holds the fence's session. Share-locks the session's
+    fence row for the rest of the transaction: a new token waits until it commits."""
+    if fence is None:
+        return
+    current = conn.execute(_FENCE_OF_SESSION, {"sid": fence.session_id}).scalar()
+    if current is not None and current > fence.token:
+        raise Fenced(f"token {fence.token}, the session's is {current}")
+
+
 _LEDGER_UPSERT = """
 INSERT INTO indexed_photos (photo_id, session_id, status, face_count, error_code, error_message, model_name)
 SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[])

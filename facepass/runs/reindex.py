@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from facepass.catalog.cloud import CloudCatalog
+from facepass.errors import Fenced
 from facepass.index.generations import Generations
 from facepass.index.store import PruneResult, VectorStore
 from facepass.models import Fence, LedgerStatus, PhotoOutcome, PhotoRef, SessionInfo
@@ -71,6 +72,7 @@ class SessionRun:
 
     report: ReindexReport
     started: float = field(default_factory=time.perf_counter)
+    fence: Fence | None = None  # the plan's, once begun
 
     @property
     def remaining(self) -> int:
@@ -147,6 +149,7 @@ class ReindexCoordinator:
 
     def begin(self, run: SessionRun, plan: ReindexPlan) -> None:
         report = run.report
+        run.fence = plan.fence
         report.session_name = plan.session.name
         report.total_photos = plan.total_photos
         report.skipped_photos = plan.skipped_photos
@@ -178,7 +181,10 @@ class ReindexCoordinator:
         report = run.report
         # A session complete in the current model switches to it: its older vectors go now.
         generations = Generations(self.store.engine, report.model_name)
-        await asyncio.to_thread(generations.retire, report.session_id)
+        try:
+            await asyncio.to_thread(generations.retire, report.session_id, run.fence)
+        except Fenced:  # a newer run holds the session: it retires them when it is complete
+            log.warning("session %s: a newer run holds it; its older vectors stay", report.session_id)
         # What search sees: the current model's vectors of the session (deleted photos were pruned).
         report.final_embedding_count = await asyncio.to_thread(
             self.store.count_embeddings, report.session_id, report.model_name

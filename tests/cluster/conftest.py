@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,30 @@ def wait_until(condition: Any, timeout_s: float, step_s: float = 0.5) -> float:
             raise AssertionError(f"not within {timeout_s}s")
         time.sleep(step_s)
     return time.monotonic() - start
+
+
+def embedder_ready_on(namespace: str, node_id: str) -> bool:
+    """An embedding actor on ``node_id`` answers (its model is loaded)."""
+    from actors.pool import WRITER_NAME
+
+    actors = pool_actors(namespace)
+    return any(name != WRITER_NAME and info.get("node_id") == node_id for name, info in actors.items())
+
+
+@contextmanager
+def held(storage: PhotoStorage) -> Iterator[None]:
+    """The storage stalls for a while (requests wait, none fails: the job's download timeout
+    is long, see ``HOLD_ENV``): a run lasts until a joining node's actor is ready, however
+    long its model load takes on this host (5-30 s on 2 busy cores)."""
+    storage.hold()
+    try:
+        yield
+    finally:
+        storage.release()
+
+
+# A job whose storage may be held: downloads wait rather than time out.
+HOLD_ENV = {"FACEPASS_DOWNLOAD_TIMEOUT_S": "300"}
 
 
 @pytest.fixture(scope="module")

@@ -28,11 +28,15 @@ from facepass.settings import Settings
 from jobs.local_head import VENV_BIN, ensure_ray_token, project_env
 from tests.cluster.conftest import (
     FAST_HEALTH,
+    HOLD_ENV,
     assert_every_photo_once,
+    embedder_ready_on,
+    held,
     job_env,
     make_catalog,
     pool_actors,
     start_bulk_job,
+    wait_for_progress,
     wait_until,
 )
 
@@ -88,12 +92,16 @@ class FakeAutoscalingCluster(AutoscalingCluster):
         return config
 
 
-def worker_count() -> int:
-    return sum(
-        1
+def worker_nodes() -> list[str]:
+    return [
+        node["NodeID"]
         for node in ray.nodes()  # type: ignore[no-untyped-call]
         if node["Alive"] and "node:__internal_head__" not in node["Resources"]
-    )
+    ]
+
+
+def worker_count() -> int:
+    return len(worker_nodes())
 
 
 @pytest.fixture(scope="module")
@@ -130,11 +138,21 @@ def test_demand_brings_gpu_nodes_up_to_the_maximum_and_idle_takes_them_away(
         FACEPASS_GPUS_PER_ACTOR="1",
         FACEPASS_POOL_MIN_ACTORS="1",
         FACEPASS_POOL_MAX_ACTORS="2",
-        FACEPASS_POOL_IDLE_EXIT_S="10",
+        FACEPASS_POOL_IDLE_EXIT_S="20",
+        **HOLD_ENV,
     )
     started = time.monotonic()
     job = start_bulk_job(env, tmp_path)
-    up_s = wait_until(lambda: worker_count() == 2 or job.process.poll() is not None, 240, step_s=1)
+    wait_for_progress(job, store, catalog, 0.05)  # the first node is up and its actor works
+    # The storage stalls until both nodes' actors answer and the pool has looked twice more:
+    # the run cannot end before the second node is usable, whatever the host's load.
+    with held(slow_storage):
+        wait_until(lambda: worker_count() == 2, 240, step_s=1)
+        up_s = time.monotonic() - started
+        ns = cluster_settings.ray_namespace
+        wait_until(lambda: all(embedder_ready_on(ns, node) for node in worker_nodes()), 120, step_s=1)
+        time.sleep(2 * 2 + 1)  # the pool looks every 2 s here (job_env)
+    assert job.process.poll() is None, "the run outlasted the second node's actor load"
     code, summary, log = job.wait(timeout_s=400)
     assert code == 0, log[-4000:]
     assert summary["photos_successful"] == len(catalog.photos)

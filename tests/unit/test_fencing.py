@@ -12,6 +12,7 @@ import uuid
 import pytest
 
 from facepass.errors import Fenced
+from facepass.index.generations import Generations
 from facepass.index.store import VectorStore
 from facepass.models import Fence, PhotoStatus
 from facepass.runs.session_lock import SessionLocks
@@ -90,3 +91,23 @@ def test_a_new_token_waits_for_a_write_of_the_old_run_in_flight(
         assert not took, "the new token must wait for the write in flight"
     thread.join(10)
     assert took and took[0] >= 0.5
+
+
+def test_a_fenced_off_run_cannot_retire_a_generation(locks: SessionLocks, store: VectorStore) -> None:
+    """A runner that lost its lock cannot take away the vectors search answers from: its
+    retire of the session's older generation is refused while a newer run holds it."""
+    sid = uuid.uuid4()
+    old_run = locks.try_acquire(sid)
+    assert old_run is not None
+    kept = photo(sid, "kept.jpg")
+    for model in ("gen-old", "gen-new"):  # the photo in both generations: complete in gen-new
+        store.write_results([dataclasses.replace(indexed(kept, 1), model_name=model)])
+    old_run.release()
+    new_run = locks.try_acquire(sid)
+    assert new_run is not None
+    with pytest.raises(Fenced):
+        Generations(store.engine, "gen-new").retire(sid, Fence(sid, old_run.fence))
+    assert {r.model_name for r in rows_of(store, kept.id)} == {"gen-old", "gen-new"}  # nothing removed
+    assert Generations(store.engine, "gen-new").retire(sid, Fence(sid, new_run.fence)) == 1
+    assert {r.model_name for r in rows_of(store, kept.id)} == {"gen-new"}
+    new_run.release()

@@ -73,3 +73,19 @@ def test_pick_spreads_by_load_and_avoids_what_failed() -> None:
     assert second is not None and second is not first
     assert members.pick({second.name}) is first
     assert members.pick({first.name, second.name}) is not None  # all tried: any again
+
+
+def test_work_still_out_counts_as_busy() -> None:
+    """A batch waiting long (a slow bucket) keeps the pool busy: it goes on making actors for
+    nodes that join and asking the autoscaler for its maximum."""
+    members, _ = members_for(Settings())
+    members.apply([node(0)], busy=True)
+    ready_all(members)
+    members.last_busy = time.monotonic() - 3600  # nothing handed in for an hour
+    assert not members.busy()
+    member = members.pick(set())
+    assert member is not None
+    member.in_flight = 4  # ... but a batch is still out
+    assert members.busy()
+    member.in_flight = 0
+    assert members.busy()  # idle counts from the end of the work, not from the hand-in
