@@ -83,9 +83,14 @@ class Member:
 
 
 class PoolMembers:
-    def __init__(self, settings: Settings, make_actor: Callable[[Slot], Any]) -> None:
+    def __init__(
+        self, settings: Settings, make_actor: Callable[[Slot], Any], model_name: str | None = None
+    ) -> None:
         self.settings = settings
         self._make_actor = make_actor
+        # The model this pool's actors must hold. The actors are detached and outlive a
+        # deployment: after a pack change, one found under its name may hold the old model.
+        self.model_name = model_name
         self.members: dict[str, Member] = {}
         self.planned = 0  # slots in the last plan
         self._ready = asyncio.Event()
@@ -204,6 +209,9 @@ class PoolMembers:
         except ValueError:
             return None
 
+    def replace_actor(self, handle: Any) -> None:
+        ray.kill(handle, no_restart=True)
+
     def _probe(self, member: Member) -> None:
         if member.probing:
             return
@@ -226,6 +234,14 @@ class PoolMembers:
                 member.probing = False
                 return
             member.probing = False
+            held = info.get("model_name")
+            if self.model_name is not None and held != self.model_name:
+                # Made by an earlier deployment with another pack: it goes, the next look
+                # makes the slot's actor again with this pool's settings.
+                log.warning("pool: actor %s holds %s, not %s: replaced", member.name, held, self.model_name)
+                self.members = {k: v for k, v in self.members.items() if v is not member}
+                self.replace_actor(member.handle)
+                return
             if self.members.get(member.name) is member:
                 member.node_id = member.slot.node_id or str(info.get("node_id") or "") or None
                 member.ready = True

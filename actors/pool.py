@@ -113,7 +113,7 @@ class EmbeddingPool:
             "get_if_exists": True,
             "max_restarts": -1,
         }
-        self.members = PoolMembers(settings, self._make_actor)
+        self.members = PoolMembers(settings, self._make_actor, self._model_name)
         self.decoders = [
             ImageDecoderActor.options(  # type: ignore[attr-defined]
                 name=decoder_actor_name(i),

@@ -4,6 +4,7 @@ the rules in between are plain code."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -89,3 +90,30 @@ def test_work_still_out_counts_as_busy() -> None:
     assert members.busy()
     member.in_flight = 0
     assert members.busy()  # idle counts from the end of the work, not from the hand-in
+
+
+def test_an_actor_holding_another_model_is_replaced_not_used() -> None:
+    """Detached actors outlive a deployment: after a pack change the actor found under a
+    slot's name may hold the old model. It gets no work and goes; the next look remakes it."""
+
+    class Actor:
+        def __init__(self, model: str) -> None:
+            self.model = model
+            self.info = self
+
+        async def remote(self) -> dict[str, Any]:
+            return {"model_name": self.model, "node_id": node(0).node_id}
+
+    async def probe(model_held: str) -> tuple[PoolMembers, list[Any]]:
+        members = PoolMembers(Settings(), lambda slot: Actor(model_held), model_name="pack-b")
+        killed: list[Any] = []
+        members.replace_actor = killed.append  # type: ignore[method-assign]
+        for member in members.apply([node(0)], busy=True):
+            members._probe(member)
+        await asyncio.sleep(0.05)
+        return members, killed
+
+    members, killed = asyncio.run(probe("pack-a"))
+    assert killed and members.usable() == [] and members.members == {}
+    members, killed = asyncio.run(probe("pack-b"))
+    assert not killed and len(members.usable()) == 1
