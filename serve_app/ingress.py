@@ -45,7 +45,7 @@ from facepass.errors import (
 from facepass.health import DatabaseProbe, diagnose, is_database_failure
 from facepass.index.follow_ledger import FollowLedger
 from facepass.index.generations import Generations
-from facepass.index.search import DEFAULT_THRESHOLD, find_photos, selfie_face
+from facepass.index.search import DEFAULT_THRESHOLD, PhotoMatch, find_photos, selfie_face
 from facepass.index.store import VectorStore, face_embeddings, indexed_photos
 from facepass.models import DetectedFace
 from facepass.runs.follow import mirror_report
@@ -304,24 +304,13 @@ class FacePassIngress:
             # is complete in the current model), and the selfie embedded by its model.
             generations = Generations(self.store.engine, self.pool.model_name)
             model = await asyncio.to_thread(generations.search_model, session_id)
-            try:
-                face = selfie_face(await self._embed_selfie(model, data))
-            except NoFaceDetected as exc:
-                raise SelfieHasNoFace() from exc
-            except NotAnImage as exc:
-                raise SelfieNotAnImage(f"Не удалось декодировать изображение: {exc.detail}") from exc
-            except PhotoError as exc:  # too many pixels
-                raise SelfieTooLarge(exc.detail) from exc
-            matches = await asyncio.to_thread(
-                find_photos,
-                self.store,
-                self.catalog,
-                session_id,
-                face,
-                limit,
-                threshold,
-                model,
-            )
+            face, matches = await self._search_in(model, data, session_id, limit, threshold)
+            if not matches and model != generations.current:
+                # The session may have switched between the choice and the query (its old
+                # vectors go in one statement): nothing found in a generation that is gone.
+                now = await asyncio.to_thread(generations.search_model, session_id)
+                if now != model:
+                    face, matches = await self._search_in(now, data, session_id, limit, threshold)
         return {
             "session_id": str(session_id),
             "session_name": session.name,
@@ -339,6 +328,23 @@ class FacePassIngress:
                 for m in matches
             ],
         }
+
+    async def _search_in(
+        self, model: str, data: bytes, session_id: uuid.UUID, limit: int, threshold: float
+    ) -> tuple[DetectedFace, list[PhotoMatch]]:
+        """The selfie embedded by ``model`` and the session's photos it finds in that generation."""
+        try:
+            face = selfie_face(await self._embed_selfie(model, data))
+        except NoFaceDetected as exc:
+            raise SelfieHasNoFace() from exc
+        except NotAnImage as exc:
+            raise SelfieNotAnImage(f"Не удалось декодировать изображение: {exc.detail}") from exc
+        except PhotoError as exc:  # too many pixels
+            raise SelfieTooLarge(exc.detail) from exc
+        matches = await asyncio.to_thread(
+            find_photos, self.store, self.catalog, session_id, face, limit, threshold, model
+        )
+        return face, matches
 
     @api.get(
         "/api/v1/faces/mirror",

@@ -24,9 +24,13 @@ _STALE = sa.text(
     "SELECT count(*) FROM indexed_photos WHERE session_id = :sid AND model_name <> :model "
     "AND status <> 'failed'"
 )
-_PREVIOUS = sa.text(
-    "SELECT model_name FROM face_embeddings WHERE session_id = :sid AND model_name <> :model "
-    "GROUP BY model_name ORDER BY count(*) DESC LIMIT 1"
+# The fullest generation of a session that is not complete in the current model: the one
+# with the most face rows (the current one wins a tie). Mid-rebuild that is the old one; and a
+# replica still on the old pack (a rolling update) keeps answering from its own, complete one,
+# not from the new generation's first photos.
+_FULLEST = sa.text(
+    "SELECT model_name FROM face_embeddings WHERE session_id = :sid "
+    "GROUP BY model_name ORDER BY count(*) DESC, model_name = :model DESC LIMIT 1"
 )
 _RETIRE = sa.text(
     "DELETE FROM face_embeddings WHERE session_id = :sid AND model_name <> :model "
@@ -57,8 +61,8 @@ class Generations:
             stale = conn.scalar(_STALE, {"sid": session_id, "model": self.current})
             if not stale:
                 return self.current
-            previous = conn.scalar(_PREVIOUS, {"sid": session_id, "model": self.current})
-        return str(previous) if previous else self.current
+            fullest = conn.scalar(_FULLEST, {"sid": session_id, "model": self.current})
+        return str(fullest) if fullest else self.current
 
     def retire(self, session_id: uuid.UUID, fence: Fence | None = None) -> int:
         """Remove the session's vectors of older models, if (and only if) it is complete in

@@ -117,7 +117,8 @@ def test_a_model_change_leaves_no_gap_in_search(
         while models_of(store, sid) != {new_model}:
             assert len(states) < 600, "the new generation was not built"
             states.append(frozenset(models_of(store, sid)))
-            assert search(sid) == before  # at every moment: the same photos
+            found = search(sid)
+            assert found == before, f"search {len(states)}: {found} in {set(states[-1])}"  # the same photos
     finally:
         storage.latency_s = 0.0
     assert search(sid) == before

@@ -146,3 +146,22 @@ def test_an_unknown_pack_is_not_found(settings: Settings) -> None:
     assert pack_settings(settings, "nowhere/det_x+rec_y") is None
     assert pack_settings(settings, "not a generation name") is None
     assert GenerationPacks(settings).embed_bytes("nowhere/det_x+rec_y", SELFIE) is None
+
+
+def test_a_replica_still_on_the_old_pack_answers_from_the_complete_old_generation(
+    store: VectorStore,
+) -> None:
+    """Mid-rebuild (a rolling update): the new generation holds two photos of five. A replica
+    on the new pack and one still on the old pack both search the old, complete generation."""
+    import dataclasses
+
+    from tests.unit.test_store import indexed, photo
+
+    sid = uuid.uuid4()
+    refs = [photo(sid, f"{i}.jpg") for i in range(5)]
+    store.write_results([dataclasses.replace(indexed(r, 1), model_name="gen-a") for r in refs])
+    store.write_results([dataclasses.replace(indexed(r, 1), model_name="gen-b") for r in refs[:2]])
+    assert Generations(store.engine, "gen-b").search_model(sid) == "gen-a"
+    assert Generations(store.engine, "gen-a").search_model(sid) == "gen-a"
+    store.write_results([dataclasses.replace(indexed(r, 1), model_name="gen-b") for r in refs[2:]])
+    assert Generations(store.engine, "gen-b").search_model(sid) == "gen-b"  # complete: switched
