@@ -96,6 +96,7 @@ class PoolMembers:
         self._ready = asyncio.Event()
         self._last_sync = 0.0
         self._sync_task: asyncio.Task[None] | None = None
+        self._looker: asyncio.Task[None] | None = None
         self._requested: int | None = None  # bundles last asked of the autoscaler
         self.last_busy = time.monotonic()
 
@@ -145,6 +146,21 @@ class PoolMembers:
         if due and (self._sync_task is None or self._sync_task.done()):
             self._last_sync = time.monotonic()
             self._sync_task = asyncio.ensure_future(self.sync())
+
+    def keep_looking(self) -> None:
+        """Look at the cluster every ``pool_refresh_s`` for as long as there is work (and until
+        the autoscaler request is back at the minimum), not only when photos are handed in: a
+        run whose batches all wait (a stalled bucket, a slow model) still sees nodes come and go."""
+        if self._looker is None or self._looker.done():
+            self._looker = asyncio.ensure_future(self._look_while_busy())
+
+    async def _look_while_busy(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.pool_refresh_s)
+            self.maybe_sync()
+            requested = self._requested
+            if not self.busy() and (requested is None or requested <= self.settings.pool_min_actors):
+                return  # the next photo handed in looks again
 
     async def sync(self) -> None:
         try:

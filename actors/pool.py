@@ -177,6 +177,7 @@ class EmbeddingPool:
                 self.members._probe(member)
             self._fresh = None
         self.members.maybe_sync()
+        self.members.keep_looking()
 
     @property
     def actors(self) -> list[Any]:

@@ -253,7 +253,7 @@ def decode_image(data: bytes, max_pixels: int) -> BgrImage:
     except Image.DecompressionBombError as exc:  # PIL's own cap, hit while reading the header
         raise ImageTooLarge(str(exc)) from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise NotAnImage(f"unreadable header: {exc}") from exc
+        raise NotAnImage(f"unreadable header ({len(data)} bytes, starts {data[:8].hex()}): {exc}") from exc
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if image is None or image.size == 0:

@@ -16,7 +16,7 @@ from ray import serve
 from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.pool import WRITER_NAME
+from actors.pool import WRITER_NAME, kill_pool_actors
 from actors.writer import IndexWriter
 from facepass.demo.storage import PhotoStorage
 from facepass.index.store import VectorStore
@@ -182,18 +182,20 @@ def test_a_node_that_joins_gets_an_actor_and_work(
     actor answers and the pool has had two looks more, so the run cannot end before the new
     actor is ready, however long its model load takes on this host."""
     namespace = cluster_settings.ray_namespace
+    # The actors keep the settings of the job that made them: this job's (a download timeout
+    # longer than the stall) need actors of its own.
+    kill_pool_actors(cluster_settings)
+    wait_until(lambda: not pool_actors(namespace), 60)
     catalog = make_catalog(cluster_settings, slow_storage, sessions=4, per_session=20)
     total = len(catalog.photos)
     job = start_bulk_job(job_env(cluster_settings, catalog, cluster.address, **HOLD_ENV), tmp_path)
-    before = wait_for_progress(job, store, catalog, 0.05)
-    rate_before = before / (time.monotonic() - job.started)
+    wait_for_progress(job, store, catalog, 0.05)
     with held(slow_storage):
         joined = cluster.add_node(num_cpus=1)
         t_join = time.monotonic()
         ready_s = wait_until(lambda: embedder_ready_on(namespace, joined.node_id), 120, step_s=1)
         time.sleep(2 * 2 + 1)  # the pool looks every 2 s here (job_env): it has seen the actor answer
     assert job.process.poll() is None, "the run outlasted the new actor's load"
-    after_ready = ledger_count(store, catalog)
 
     def new_actor_busy() -> bool:
         actors = pool_actors(namespace)
@@ -201,20 +203,17 @@ def test_a_node_that_joins_gets_an_actor_and_work(
             i.get("node_id") == joined.node_id and i.get("photos_done", 0) > 0 for i in actors.values()
         )
 
-    wait_until(lambda: new_actor_busy() or job.process.poll() is not None, 60, step_s=1)
-    join_to_work_s = time.monotonic() - t_join
+    work_s = wait_until(lambda: new_actor_busy() or job.process.poll() is not None, 60, step_s=1)
     assert new_actor_busy(), "the new node's actor processed photos"
-    t_used = time.monotonic()
     code, summary, log = job.wait(timeout_s=300)
     assert code == 0, log[-4000:]
     assert summary["photos_successful"] == total, summary
     assert_every_photo_once(store, catalog)
-    rate_after = (total - after_ready) / max(time.monotonic() - t_used, 1e-6)
     print(
-        f"\nnode joined: its actor answered after {ready_s:.1f}s, had work {join_to_work_s:.1f}s after "
-        f"the join; photos/s before {rate_before:.2f}, after (5 workers) {rate_after:.2f}"
+        f"\nnode joined: its actor answered (made, model loaded) {ready_s:.1f}s after the join; "
+        f"it had processed photos {work_s:.1f}s after the storage resumed"
     )
-    assert join_to_work_s < 60
+    assert time.monotonic() - t_join < 240 and ready_s < 60
 
 
 def drain(cluster: Cluster, node_id: str, deadline_s: float) -> None:

@@ -117,3 +117,34 @@ def test_an_actor_holding_another_model_is_replaced_not_used() -> None:
     assert killed and members.usable() == [] and members.members == {}
     members, killed = asyncio.run(probe("pack-b"))
     assert not killed and len(members.usable()) == 1
+
+
+def test_the_pool_keeps_looking_while_batches_wait() -> None:
+    """No photo handed in for a while (every batch waits on a stalled bucket): the pool still
+    looks at the cluster every refresh period, and stops once idle."""
+
+    async def run() -> tuple[int, int]:
+        members, _ = members_for(Settings(pool_refresh_s=0.05, pool_request_resources=False))
+        looks = 0
+
+        async def sync() -> None:
+            nonlocal looks
+            looks += 1
+
+        members.sync = sync  # type: ignore[method-assign]
+        members.apply([node(0)], busy=True)
+        ready_all(members)
+        member = members.pick(set())
+        assert member is not None
+        member.in_flight = 4
+        members.keep_looking()
+        await asyncio.sleep(1.2)  # about 20 refresh periods, not one photo handed in
+        while_busy = looks
+        member.in_flight = 0
+        members.last_busy = time.monotonic() - 3600
+        await asyncio.sleep(0.5)
+        return while_busy, looks
+
+    while_busy, after = asyncio.run(run())
+    assert while_busy >= 3
+    assert after - while_busy <= 2  # idle: it stopped
