@@ -45,13 +45,11 @@ lint: install
 	$(RUN) ruff format --check .
 	$(RUN) mypy
 
-# The multi-node tier (tests/cluster: several Ray nodes on this machine, node loss, drain, RPC
-# faults, the autoscaler) runs in a process of its own: it builds and stops its own clusters.
-# make test leaves out the "scaling" tests (node join, autoscaler): their timing on this 2-core
-# host failed one run of three; make cluster-test runs them all.
+# The multi-node tier (tests/cluster: several Ray nodes on this machine, node loss, drain, join,
+# RPC faults, the autoscaler) runs in a process of its own: it builds and stops its own clusters.
 test: install lint
 	$(RUN) bash scripts/pytest.sh tests/unit tests/integration
-	$(RUN) bash scripts/pytest.sh tests/cluster -m "not scaling"
+	$(RUN) bash scripts/pytest.sh tests/cluster
 
 unit: install
 	$(RUN) bash scripts/pytest.sh tests/unit
