@@ -129,7 +129,7 @@ class PoolMembers:
     def lost(self, member: Member) -> None:
         """A call on it failed as if the actor were gone: no work until it answers again."""
         member.ready = False
-        self._probe(member)
+        self.probe(member)
 
     def busy(self) -> bool:
         """Work handed in lately, or still out at an actor (a batch may wait long on a slow
@@ -168,7 +168,7 @@ class PoolMembers:
             busy = self.busy()
             adopted = await asyncio.to_thread(self.apply, nodes, busy)
             for member in adopted:
-                self._probe(member)
+                self.probe(member)
             await self._ask_autoscaler(busy)
         except Exception:  # a failed look is retried at the next one; work goes on
             log.exception("pool: looking at the cluster failed")
@@ -228,7 +228,8 @@ class PoolMembers:
     def replace_actor(self, handle: Any) -> None:
         ray.kill(handle, no_restart=True)
 
-    def _probe(self, member: Member) -> None:
+    def probe(self, member: Member) -> None:
+        """Ping it (in the background): it gets work once it answers with this pool's model."""
         if member.probing:
             return
         member.probing = True

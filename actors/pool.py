@@ -174,7 +174,7 @@ class EmbeddingPool:
         """Inside the event loop: ping the actors made in __init__, then look now and then."""
         if self._fresh is not None:
             for member in self._fresh:
-                self.members._probe(member)
+                self.members.probe(member)
             self._fresh = None
         self.members.maybe_sync()
         self.members.keep_looking()

@@ -109,7 +109,7 @@ def test_an_actor_holding_another_model_is_replaced_not_used() -> None:
         killed: list[Any] = []
         members.replace_actor = killed.append  # type: ignore[method-assign]
         for member in members.apply([node(0)], busy=True):
-            members._probe(member)
+            members.probe(member)
         await asyncio.sleep(0.05)
         return members, killed
 
