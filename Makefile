@@ -3,6 +3,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := PYTHONPATH=$(CURDIR) $(UV) run --frozen
+# Ray's uv hook (on by default) sees `uv run` among a driver's ancestors and makes every new
+# worker `uv run` in an uploaded copy of the project, which builds a venv there while other
+# workers already import from it: measured, fresh actors failed photos with
+# "No module named 'skimage.transform._geometric'" and PIL "cannot identify image file" (its
+# JPEG plugin import failed half-way). Workers use the project's venv, as cluster.yaml's nodes do.
+export RAY_ENABLE_UV_RUN_RUNTIME_ENV := 0
 
 .PHONY: install demo demo-bulk test unit integration cluster-test lint format bench bench-smoke bench-gpu serve clean
 

@@ -37,6 +37,7 @@ def project_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         **os.environ,
         "PATH": f"{VENV_BIN}{os.pathsep}{path}" if path else str(VENV_BIN),
         "RAY_AUTH_MODE": "token",
+        "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",  # workers run the project's venv (see Makefile)
         **(extra or {}),
     }
 

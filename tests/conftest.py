@@ -8,6 +8,8 @@ import os
 # Ray >= 2.59 runs local clusters with token auth; a client must be in token mode
 # before ray is imported (its config is read at import time).
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# No `uv run` hook for workers (a venv built under running workers broke their imports; Makefile).
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 import uuid  # noqa: E402
 from collections.abc import Iterator
