@@ -201,7 +201,7 @@ class PoolMembers:
                     # actor of its node needs (measured: a GPU node's pinned actor then never
                     # placed). The nodes are there now: it goes.
                     log.info("pool: stopgap actor %s gives its place to a pinned one", name)
-                    ray.kill(member.handle, no_restart=True)
+                    self.kill_actor(member.handle)
         fresh: list[Member] = []
         for slot in slots:
             if slot.name in members:
@@ -225,7 +225,8 @@ class PoolMembers:
         except ValueError:
             return None
 
-    def replace_actor(self, handle: Any) -> None:
+    def kill_actor(self, handle: Any) -> None:
+        """For good (no restart): a later look makes the slot's actor again if it is wanted."""
         ray.kill(handle, no_restart=True)
 
     def probe(self, member: Member) -> None:
@@ -257,7 +258,7 @@ class PoolMembers:
                 # makes the slot's actor again with this pool's settings.
                 log.warning("pool: actor %s holds %s, not %s: replaced", member.name, held, self.model_name)
                 self.members = {k: v for k, v in self.members.items() if v is not member}
-                self.replace_actor(member.handle)
+                self.kill_actor(member.handle)
                 return
             if self.members.get(member.name) is member:
                 member.node_id = member.slot.node_id or str(info.get("node_id") or "") or None

@@ -110,19 +110,18 @@ class PhotoPipeline:
         if self.settings.uses_gpu:
             return await self.embed_decoded(await self.loader.load(photo))
         result = PhotoResult(photo=photo, model_name=self.model_name)
-        t0 = time.perf_counter()
+        data = await self._fetch(result)
+        if data is None:
+            return result
+        t1 = time.perf_counter()
+        loop = asyncio.get_running_loop()
         try:
-            data = await self.loader.fetcher.fetch(photo.preview_path)
-            t1 = time.perf_counter()
-            result.download_ms = (t1 - t0) * 1000
-            loop = asyncio.get_running_loop()
-            result.faces = await loop.run_in_executor(self._compute, self._decode_and_embed, data)
-            result.inference_ms = (time.perf_counter() - t1) * 1000
-        except PhotoError as exc:
-            result.fail(exc)
-        except Exception as exc:  # an unexpected library error: report it, retry next run
-            log.exception("processing %s failed", photo.filename)
-            result.fail(PhotoError(f"{type(exc).__name__}: {exc}"), code="processing_error", transient=True)
+            faces = await loop.run_in_executor(self._compute, self._decode_and_embed, data)
+        except Exception as exc:
+            _settle(result, exc)
+            return result
+        _settle(result, faces)
+        result.inference_ms = (time.perf_counter() - t1) * 1000
         return result
 
     async def run_batch(self, photos: list[PhotoRef]) -> list[PhotoResult]:
@@ -285,7 +284,7 @@ def _settle(result: PhotoResult, outcome: list[DetectedFace] | Exception) -> Non
     if isinstance(outcome, PhotoError):
         result.fail(outcome)
     elif isinstance(outcome, Exception):
-        log.error("processing %s failed: %r", result.photo.filename, outcome)
+        log.error("processing %s failed", result.photo.filename, exc_info=outcome)
         result.fail(
             PhotoError(f"{type(outcome).__name__}: {outcome}"), code="processing_error", transient=True
         )

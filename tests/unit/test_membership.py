@@ -107,7 +107,7 @@ def test_an_actor_holding_another_model_is_replaced_not_used() -> None:
     async def probe(model_held: str) -> tuple[PoolMembers, list[Any]]:
         members = PoolMembers(Settings(), lambda slot: Actor(model_held), model_name="pack-b")
         killed: list[Any] = []
-        members.replace_actor = killed.append  # type: ignore[method-assign]
+        members.kill_actor = killed.append  # type: ignore[method-assign]
         for member in members.apply([node(0)], busy=True):
             members.probe(member)
         await asyncio.sleep(0.05)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from facepass.settings import Settings
 from facepass.vision.faces import FaceEmbedder
 from facepass.vision.images import BgrImage
 from facepass.vision.pipeline import PhotoPipeline, model_batch_photos
+from tests.unit.test_pipeline import put
 
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -127,14 +127,6 @@ def test_model_batch_defaults() -> None:
     assert model_batch_photos(Settings(model_runtime="onnxruntime", model_batch_photos=3)) == 3
 
 
-def _put(storage: PhotoStorage, name: str, data: bytes | None) -> PhotoRef:
-    session_id = uuid.uuid4()
-    path = f"sessions/{session_id}/previews/{name}"
-    if data is not None:
-        storage.put(path, data)
-    return PhotoRef(uuid.uuid4(), session_id, name, path)
-
-
 def _run(pipeline: PhotoPipeline, refs: list[PhotoRef], batched: bool) -> list[PhotoResult]:
     async def go() -> list[PhotoResult]:
         try:
@@ -154,11 +146,11 @@ def test_pipeline_batch_keeps_each_photos_outcome(
     """A missing photo, a broken file and a photo without a face fail alone; the others get
     the faces they get one by one."""
     refs = [
-        _put(storage, "t1.jpg", photos.jpeg(photos.load("t1.jpg"))),
-        _put(storage, "missing.jpg", None),
-        _put(storage, "broken.jpg", b"\xff\xd8\xff\xe0" + b"\x00junk" * 100),
-        _put(storage, "mask.jpg", photos.jpeg(photos.no_face_photo())),
-        _put(storage, "gdp.jpg", photos.jpeg(photos.load("gdp.jpg"))),
+        put(storage, "t1.jpg", photos.jpeg(photos.load("t1.jpg"))),
+        put(storage, "missing.jpg", None),
+        put(storage, "broken.jpg", b"\xff\xd8\xff\xe0" + b"\x00junk" * 100),
+        put(storage, "mask.jpg", photos.jpeg(photos.no_face_photo())),
+        put(storage, "gdp.jpg", photos.jpeg(photos.load("gdp.jpg"))),
     ]
     batched_settings = settings.model_copy(update={"model_runtime": runtime, "model_batch_photos": 3})
     single_settings = settings.model_copy(update={"model_runtime": runtime, "model_batch_photos": 1})
