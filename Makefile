@@ -10,7 +10,7 @@ RUN := PYTHONPATH=$(CURDIR) $(UV) run --frozen
 # JPEG plugin import failed half-way). Workers use the project's venv, as cluster.yaml's nodes do.
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV := 0
 
-.PHONY: install demo demo-bulk test unit integration cluster-test lint format bench bench-smoke bench-gpu serve clean
+.PHONY: install demo demo-bulk test test-all unit integration slow cluster-test lint format bench bench-smoke bench-gpu serve clean
 
 install:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -51,20 +51,38 @@ lint: install
 	$(RUN) ruff format --check .
 	$(RUN) mypy
 
-# The multi-node tier (tests/cluster: several Ray nodes on this machine, node loss, drain, join,
-# RPC faults, the autoscaler) runs in a process of its own: it builds and stops its own clusters.
+# Test tiers, chosen by pytest markers (pyproject.toml), each in a pytest process of its own with
+# its own embedded PostgreSQL (no order dependence between tiers):
+#   unit         tests/unit: the core, no Ray
+#   integration  tests/integration not marked `slow`: one real Ray head + Serve + PostgreSQL over
+#                HTTP (force-reindex, API keys, search, one run per session, decode actors, metrics)
+#   slow         tests/integration marked `slow`: bulk job, follow, model change, schemathesis,
+#                audit, database edges
+#   cluster      tests/cluster (marked `cluster`): several Ray nodes on this machine, node loss,
+#                drain, join, RPC faults, the autoscaler
+# `make test` after every change (lint, unit, integration); `make test-all` (every tier; CI runs it)
+# before a commit that touches the pool, the runs or the cluster.
+PYTEST := $(RUN) bash scripts/pytest.sh
+
 test: install lint
-	$(RUN) bash scripts/pytest.sh tests/unit tests/integration
-	$(RUN) bash scripts/pytest.sh tests/cluster
+	$(PYTEST) tests/unit
+	$(PYTEST) tests/integration -m "not slow"
+
+test-all: test
+	$(PYTEST) tests/integration -m slow
+	$(PYTEST) tests/cluster
 
 unit: install
-	$(RUN) bash scripts/pytest.sh tests/unit
+	$(PYTEST) tests/unit
 
 integration: install
-	$(RUN) bash scripts/pytest.sh tests/integration
+	$(PYTEST) tests/integration -m "not slow"
+
+slow: install
+	$(PYTEST) tests/integration -m slow
 
 cluster-test: install
-	$(RUN) bash scripts/pytest.sh tests/cluster
+	$(PYTEST) tests/cluster
 
 format: install
 	$(RUN) ruff format .

@@ -67,3 +67,37 @@ def store(settings: Settings) -> Iterator[VectorStore]:
     vector_store = VectorStore(settings.local_dsn)
     yield vector_store
     vector_store.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tiers are markers (pyproject.toml): a test in tests/cluster says `cluster`, no other does;
+    the multi-node tier builds and stops clusters of its own, so it never shares a pytest process
+    with the tiers that hold one Ray head for the whole session (`make test-all` runs each tier
+    in its own process)."""
+    cluster_dir = Path(__file__).parent / "cluster"
+    misplaced = [
+        item.nodeid
+        for item in items
+        if (item.get_closest_marker("cluster") is not None) != item.path.is_relative_to(cluster_dir)
+    ]
+    if misplaced:
+        raise pytest.UsageError(
+            "the `cluster` marker is for the tests in tests/cluster, and all of them: " + ", ".join(misplaced)
+        )
+    integration_dir = Path(__file__).parent / "integration"
+    slow_elsewhere = [
+        item.nodeid
+        for item in items
+        if item.get_closest_marker("slow") is not None and not item.path.is_relative_to(integration_dir)
+    ]
+    if slow_elsewhere:
+        raise pytest.UsageError(
+            "`slow` marks integration tests (the slow tier runs tests/integration -m slow): "
+            + ", ".join(slow_elsewhere)
+        )
+    tiers = {item.get_closest_marker("cluster") is not None for item in items}
+    if len(tiers) > 1:
+        raise pytest.UsageError(
+            "the multi-node tier (tests/cluster) runs in a pytest process of its own: "
+            "`make test` (fast tiers), `make test-all` (every tier) or `make cluster-test`"
+        )

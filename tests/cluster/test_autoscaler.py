@@ -40,7 +40,7 @@ from tests.cluster.conftest import (
     wait_until,
 )
 
-pytestmark = pytest.mark.scaling
+pytestmark = [pytest.mark.cluster, pytest.mark.scaling]
 
 GPU_WORKER = {
     "resources": {"CPU": 1, "GPU": 1},

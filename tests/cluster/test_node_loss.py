@@ -40,6 +40,8 @@ from tests.cluster.conftest import (
     wait_until,
 )
 
+pytestmark = pytest.mark.cluster
+
 WORKERS = 4
 
 

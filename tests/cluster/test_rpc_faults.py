@@ -32,6 +32,8 @@ from tests.cluster.conftest import (
     stop_cluster,
 )
 
+pytestmark = pytest.mark.cluster
+
 # 10% of actor-task requests and 10% of replies lost, without end (Ray's own chaos tests
 # inject at rates of this order on single methods).
 RPC_FAILURE = json.dumps(

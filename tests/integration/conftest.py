@@ -4,8 +4,10 @@ tests submit jobs to it with the real ``ray job submit`` CLI."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -38,6 +40,21 @@ class Service:
     def get(self, path: str, **kwargs: object) -> httpx.Response:
         """GET with the key (``path`` starts with /)."""
         return httpx.get(f"{self.base_url}{path}", headers=self.headers, timeout=60, **kwargs)  # type: ignore[arg-type]
+
+
+def wait_for_ray_logs(found: Callable[[str], bool], timeout_s: float = 60) -> dict[Path, str]:
+    """Every log file of the session's Ray head (the driver's view of it), read again until one
+    of them satisfies ``found``: a replica's lines reach the files a moment after they are said."""
+    node = ray._private.worker._global_node
+    assert node is not None
+    logs = Path(node.get_session_dir_path()) / "logs"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        texts = {p: p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file()}
+        if any(found(text) for text in texts.values()):
+            return texts
+        assert time.monotonic() < deadline, "never reached a log file of the head's session"
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")

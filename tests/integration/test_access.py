@@ -4,13 +4,11 @@ open health and docs, refused calls counted in a Ray metric, keys never in any l
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import httpx
-import ray
 
 from facepass.demo.scenario import CatalogWriter
-from tests.integration.conftest import API_KEYS, Service
+from tests.integration.conftest import API_KEYS, Service, wait_for_ray_logs
 
 WRONG_KEY = "it-wrong-key-3e8d0c44"
 
@@ -60,16 +58,7 @@ def test_refused_calls_are_counted_and_no_key_reaches_a_log(service: Service) ->
         time.sleep(0 if counted else 2)
     assert counted, "ray_facepass_api_refused_total{reason=wrong} never exported"
 
-    node = ray._private.worker._global_node  # the driver's view of the head: its session folder
-    assert node is not None
-    logs = Path(node.get_session_dir_path()) / "logs"
-    deadline = time.monotonic() + 60
-    while True:  # the replica's log lines reach the files a moment later
-        texts = {p: p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file()}
-        if any("refused GET /api/v1/faces/reindex-jobs/x" in t for t in texts.values()):
-            break
-        assert time.monotonic() < deadline, "the refusal never reached the replica's log"
-        time.sleep(2)
+    texts = wait_for_ray_logs(lambda text: "refused GET /api/v1/faces/reindex-jobs/x" in text)
     for path, text in texts.items():
         for secret in [*API_KEYS, WRONG_KEY]:
             assert secret not in text, f"a key is in {path}"

@@ -6,9 +6,13 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from facepass.settings import Settings
 from jobs.local_head import LocalRayHead
 from tests.planted import Index, fresh_index, plant
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,15 +8,16 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 import sqlalchemy as sa
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from facepass.demo.scenario import CatalogWriter, add_face_photos, index_locally, new_catalog_database
+from facepass.demo.scenario import add_face_photos, index_locally, new_catalog_database
 from facepass.demo.storage import PhotoStorage
 from facepass.index.store import VectorStore, face_embeddings
 from tests.integration.conftest import Service
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = {JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED}
@@ -157,55 +158,3 @@ def test_stopped_job_resumes_and_indexes_every_photo_exactly_once(
         assert len({p for p, _ in rows}) == 60  # every photo indexed
         assert set(store.ledger(sid).values()) == {"indexed"}
     writer.close()
-
-
-def test_custom_metrics_reach_the_node_metrics_endpoint(service: Service) -> None:
-    wanted = {"ray_facepass_photos_total", "ray_facepass_faces_total", "ray_facepass_inference_seconds"}
-    deadline = time.monotonic() + 90
-    seen: set[str] = set()
-    while time.monotonic() < deadline:
-        text = httpx.get(f"{service.head.metrics_url}/metrics", timeout=10).text
-        seen = {name for name in wanted if name in text}
-        if seen == wanted:
-            break
-        time.sleep(2)
-    assert seen == wanted
-
-
-@pytest.mark.parametrize("n_photos", [6])
-def test_non_blocking_route_gives_a_job_with_progress_and_the_same_final_json(
-    service: Service, catalog_writer: CatalogWriter, storage: PhotoStorage, n_photos: int
-) -> None:
-    sid = catalog_writer.add_session("Сессия в фоне")
-    add_face_photos(catalog_writer, storage, sid, n_photos)
-    storage.latency_s = 0.2
-    try:
-        accepted = service.reindex(sid, wait="false")
-        assert accepted.status_code == 202, accepted.text
-        job = accepted.json()
-        assert job["status"] == "running" and job["status_url"].endswith(job["job_id"])
-        states = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            state = service.get(job["status_url"]).json()
-            states.append(state)
-            if state["status"] != "running":
-                break
-            time.sleep(0.3)
-    finally:
-        storage.latency_s = 0.0
-    final = states[-1]
-    assert final["status"] == "done", final
-    assert final["message"] == f"Переиндексация завершена: {n_photos}/{n_photos} новых фото"
-    assert (final["total_photos"], final["processed_photos"], final["successful_photos"]) == (n_photos,) * 3
-    assert final["final_embedding_count"] >= n_photos and final["errors"] == []
-    running = [s for s in states if s["status"] == "running" and "processed_photos" in s]
-    assert running, "progress was never visible while the job ran"
-    assert all("eta_s" in s and s["planned_photos"] == n_photos for s in running)
-    # A blocking call now answers with the same fields, and nothing left to do.
-    blocking = service.reindex(sid).json()
-    # (`joined` is said to each call: whether it shared another call's run.)
-    assert set(blocking) - {"joined"} <= set(final) and blocking["skipped_photos"] == n_photos
-    assert blocking["joined"] is False
-    assert service.get("/api/v1/faces/reindex-jobs/nope").status_code == 404
-    assert service.reindex(uuid.uuid4(), wait="false").status_code == 404

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from ray import serve
 
@@ -21,6 +22,8 @@ from facepass.index.store import VectorStore
 from facepass.settings import Settings
 from serve_app import build_app
 from tests.integration.conftest import API_KEYS, Service
+
+pytestmark = pytest.mark.slow
 
 
 @contextmanager

@@ -23,6 +23,8 @@ from facepass.settings import Settings
 from serve_app import build_app
 from tests.integration.conftest import Service
 
+pytestmark = pytest.mark.slow
+
 APP = "facepass-follow"
 PREFIX = "/follow"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -24,7 +25,7 @@ from facepass.demo.scenario import (
 from facepass.demo.storage import PhotoStorage
 from facepass.index.store import VectorStore, face_embeddings, indexed_photos
 from facepass.settings import Settings
-from tests.integration.conftest import Service
+from tests.integration.conftest import Service, wait_for_ray_logs
 
 SEED_KEYS = {
     "success", "message", "session_id", "session_name", "total_photos", "processed_photos",
@@ -69,6 +70,37 @@ def test_seed_scenario_counts_and_messages(first_run: dict[str, object], seed: S
     )
     assert first_run["final_embedding_count"] == 11
     assert isinstance(first_run["processing_time_ms"], float) and first_run["processing_time_ms"] > 0
+
+
+def test_seed_log_lines_reach_the_replica_log(first_run: dict[str, object], seed: SeedScenario) -> None:
+    """The route's run says the seed's lines, in the seed's order, in the replica's log."""
+    header = f"=== ПРИНУДИТЕЛЬНАЯ ПЕРЕИНДЕКСАЦИЯ СЕССИИ {seed.session_id} ==="
+
+    def block(text: str) -> str:  # the first run's lines, from its header to its closing time
+        start = text.find(header)
+        end = text.find("Время обработки:", start)
+        return text[start : text.find("\n", end)] if start >= 0 and end >= 0 else ""
+
+    texts = wait_for_ray_logs(lambda text: block(text) != "")
+    run = next(block(t) for t in texts.values() if block(t))
+    expected = [
+        header,
+        "Сессия валидирована: Тестовая фотосессия",
+        "Найдено 13 фото в облачной базе",
+        "Уже проиндексировано локально: 3 фото",
+        "Нужно обработать: 10 новых фото",
+        *(f"Обработка фото {i} из 10: " for i in range(1, 11)),
+        "=== ПЕРЕИНДЕКСАЦИЯ ЗАВЕРШЕНА ===",
+    ]
+    at = 0
+    for line in expected:
+        found = run.find(line, at)
+        assert found >= 0, f"{line!r} missing (or out of order) in the replica's log:\n{run}"
+        at = found
+    done = re.findall(r"✅ Фото (\S+) успешно обработано \(confidence: 0\.\d{3}\)", run)
+    assert len(done) == 8, run
+    assert "❌ Лицо не обнаружено в фото corrupted_image.jpg" in run
+    assert re.search(r"Время обработки: \d+ms", run)
 
 
 def test_second_run_is_idempotent_and_skips_the_no_face_photo(
@@ -294,6 +326,61 @@ def test_writer_killed_mid_batch_loses_nothing_and_duplicates_nothing(
     assert len(rows) == len(set(rows)) == second["final_embedding_count"]
     assert len({p for p, _ in rows}) == 32
     assert set(store.ledger(sid).values()) == {"indexed"}
+
+
+def test_custom_metrics_reach_the_node_metrics_endpoint(
+    service: Service, first_run: dict[str, object]
+) -> None:
+    """The pool's metrics of the photos the seed's run indexed reach the node's /metrics."""
+    wanted = {"ray_facepass_photos_total", "ray_facepass_faces_total", "ray_facepass_inference_seconds"}
+    deadline = time.monotonic() + 90
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{service.head.metrics_url}/metrics", timeout=10).text
+        seen = {name for name in wanted if name in text}
+        if seen == wanted:
+            break
+        time.sleep(2)
+    assert seen == wanted
+
+
+@pytest.mark.parametrize("n_photos", [6])
+def test_non_blocking_route_gives_a_job_with_progress_and_the_same_final_json(
+    service: Service, catalog_writer: CatalogWriter, storage: PhotoStorage, n_photos: int
+) -> None:
+    sid = catalog_writer.add_session("Сессия в фоне")
+    add_face_photos(catalog_writer, storage, sid, n_photos)
+    storage.latency_s = 0.2
+    try:
+        accepted = service.reindex(sid, wait="false")
+        assert accepted.status_code == 202, accepted.text
+        job = accepted.json()
+        assert job["status"] == "running" and job["status_url"].endswith(job["job_id"])
+        states = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            state = service.get(job["status_url"]).json()
+            states.append(state)
+            if state["status"] != "running":
+                break
+            time.sleep(0.3)
+    finally:
+        storage.latency_s = 0.0
+    final = states[-1]
+    assert final["status"] == "done", final
+    assert final["message"] == f"Переиндексация завершена: {n_photos}/{n_photos} новых фото"
+    assert (final["total_photos"], final["processed_photos"], final["successful_photos"]) == (n_photos,) * 3
+    assert final["final_embedding_count"] >= n_photos and final["errors"] == []
+    running = [s for s in states if s["status"] == "running" and "processed_photos" in s]
+    assert running, "progress was never visible while the job ran"
+    assert all("eta_s" in s and s["planned_photos"] == n_photos for s in running)
+    # A blocking call now answers with the same fields, and nothing left to do.
+    blocking = service.reindex(sid).json()
+    # (`joined` is said to each call: whether it shared another call's run.)
+    assert set(blocking) - {"joined"} <= set(final) and blocking["skipped_photos"] == n_photos
+    assert blocking["joined"] is False
+    assert service.get("/api/v1/faces/reindex-jobs/nope").status_code == 404
+    assert service.reindex(uuid.uuid4(), wait="false").status_code == 404
 
 
 def test_health_reports_the_cpu_choice_and_docs_are_served(service: Service) -> None:

@@ -30,6 +30,8 @@ from facepass.vision.faces import FaceEmbedder
 from serve_app import build_app
 from tests.integration.conftest import Service
 
+pytestmark = pytest.mark.slow
+
 APP = "facepass-generations"
 PREFIX = "/generations"
 SELFIE = photos.jpeg(photos.load("yaoming.jpg"))

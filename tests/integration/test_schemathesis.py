@@ -17,6 +17,8 @@ from facepass.demo.scenario import CatalogWriter, add_face_photos
 from facepass.demo.storage import PhotoStorage
 from tests.integration.conftest import API_KEYS, Service
 
+pytestmark = pytest.mark.slow
+
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 REPO = Path(__file__).resolve().parents[2]
 
