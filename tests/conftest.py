@@ -44,6 +44,11 @@ def settings(tmp_path_factory: pytest.TempPathFactory, storage: PhotoStorage) ->
         photos_in_flight_per_actor=4,
         download_timeout_s=5,
         follow=False,  # tests that follow turn it on in their own settings
+        # Tests wait on the follower's clock: cycles, session discovery and lock retries at a
+        # test's pace (the defaults are 2 s, 10 s and 5 s; the assertions are the same).
+        follow_interval_s=0.5,
+        follow_discover_interval_s=2.0,
+        follow_lock_retry_s=1.0,
     )
     resolved = resolve_databases(base)
     writer = CatalogWriter(resolved.cloud_dsn or "")

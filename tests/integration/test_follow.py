@@ -119,9 +119,9 @@ def test_the_index_follows_the_catalog_with_no_call(
     wait_for(lambda: not {first[0], first[1]} & set(store.ledger(sid)), 60)
     assert store.count_embeddings(sid) == len(store.ledger(sid))
 
-    # Idle: nothing changed, nothing is downloaded.
+    # Idle: nothing changed, nothing is downloaded, over a discovery and several cycles.
     hits = sum(storage.hits.values())
-    time.sleep(8)
+    time.sleep(followed.settings.follow_discover_interval_s + 4 * followed.settings.follow_interval_s)
     assert sum(storage.hits.values()) == hits
 
     # What was followed is searchable: the photo itself as the selfie finds it.
