@@ -18,6 +18,7 @@ import ray
 from ray import serve
 from ray.cluster_utils import Cluster
 
+from actors.pool import kill_pool_actors
 from facepass.demo.storage import PhotoStorage
 from facepass.index.store import VectorStore
 from facepass.settings import Settings
@@ -83,6 +84,10 @@ def test_a_route_call_indexes_every_photo_once_under_rpc_failures(
     store: VectorStore,
 ) -> None:
     """The route on Ray Serve, its replica's calls to the pool and the writer lossy."""
+    # The bulk job before left its pool's actors (one per worker, by node) holding both workers'
+    # CPUs until their idle exit (FACEPASS_POOL_IDLE_EXIT_S, 120 s): this route's pool (a fixed
+    # size, other names) waited that long for room to place its own. Measured: 145 s a call.
+    kill_pool_actors(cluster_settings)
     catalog = make_catalog(cluster_settings, slow_storage, sessions=1, per_session=16)
     settings = cluster_settings.model_copy(
         update={"cloud_dsn": catalog.dsn, "http_port": free_port(), "pool_refresh_s": 2.0}
