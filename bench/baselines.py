@@ -167,7 +167,9 @@ def run_seed_loop(
     catalog_writer.add_photos(session_id, names_paths)
     catalog = CloudCatalog(settings.cloud_dsn)
     store = VectorStore(settings.local_dsn, pool_size=1)
-    policy = UrlPolicy(settings.storage_url, settings.storage_allowed_hosts)
+    policy = UrlPolicy(
+        settings.storage_url, settings.storage_allowed_hosts, allowed_ports=settings.storage_allowed_ports
+    )
     download_ms = inference_ms = write_ms = 0.0
     errors: dict[str, int] = {}
     faces = 0

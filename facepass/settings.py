@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
+# Ports an absolute photo URL from the catalog may name (the storage URL's own is allowed too).
+DEFAULT_STORAGE_PORTS = (80, 443)
 
 
 def packaged_model_root() -> Path:
@@ -57,6 +59,8 @@ class Settings(BaseSettings):
     # the catalog are fetched only from these hosts.
     storage_url: str = "http://127.0.0.1:9000/"
     storage_allowed_hosts: list[str] = Field(default_factory=list)
+    # ...and only on these ports (the storage URL's own port is always allowed).
+    storage_allowed_ports: list[int] = Field(default_factory=lambda: list(DEFAULT_STORAGE_PORTS))
 
     http_host: str = "127.0.0.1"
     http_port: int = 8000

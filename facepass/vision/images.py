@@ -6,8 +6,9 @@ import asyncio
 import io
 import ipaddress
 import socket
+from collections.abc import Collection
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 import aiohttp
 import cv2
@@ -26,7 +27,7 @@ from facepass.errors import (
     StorageUnavailable,
     UrlNotAllowed,
 )
-from facepass.settings import Settings
+from facepass.settings import DEFAULT_STORAGE_PORTS, Settings
 
 BgrImage = npt.NDArray[np.uint8]
 
@@ -55,9 +56,25 @@ def sniff_format(data: bytes) -> str:
     raise NotAnImage("content is not a JPEG, PNG, WebP or BMP image")
 
 
+# NAT64's well-known prefix: 64:ff9b::a9fe:a9fe reaches 169.254.169.254 through a translator.
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def _is_public_address(address: str) -> bool:
+    """Only globally routable addresses (OWASP's SSRF sheet): ``is_global`` also leaves out
+    shared address space (100.64.0.0/10, where one cloud keeps its metadata service) and
+    the other special ranges. An IPv6 address that carries an IPv4 one (mapped, NAT64's
+    prefix, 6to4) is judged by the IPv4 one; Teredo is refused."""
     ip = ipaddress.ip_address(address)
-    return not (
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.teredo is not None:
+            return False
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return _is_public_address(str(embedded))
+    return ip.is_global and not (
         ip.is_private
         or ip.is_loopback
         or ip.is_link_local
@@ -72,14 +89,21 @@ class UrlPolicy:
 
     Relative paths resolve under the storage base URL (which the operator chose,
     so it may be on loopback). Absolute URLs come from catalog data: only
-    allow-listed hosts, and never ones that resolve to loopback, link-local or
-    private addresses.
+    allow-listed hosts, on an allowed port (``allowed_ports`` and the storage URL's
+    own), and only ones that resolve to globally routable addresses.
     """
 
-    def __init__(self, storage_url: str, allowed_hosts: list[str], resolve_dns: bool = True) -> None:
+    def __init__(
+        self,
+        storage_url: str,
+        allowed_hosts: list[str],
+        resolve_dns: bool = True,
+        allowed_ports: Collection[int] = DEFAULT_STORAGE_PORTS,
+    ) -> None:
         self.base = storage_url if storage_url.endswith("/") else storage_url + "/"
         self.allowed_hosts = {h.lower() for h in allowed_hosts}
         self.resolve_dns = resolve_dns
+        self.allowed_ports = {*allowed_ports, _port_of(urlsplit(self.base))}
 
     def url_for(self, preview_path: str) -> str:
         path = preview_path.strip()
@@ -102,6 +126,12 @@ class UrlPolicy:
             raise UrlNotAllowed(f"host {host!r} is not allow-listed")
         if parts.username or parts.password:
             raise UrlNotAllowed("credentials in URL")
+        try:
+            port = _port_of(parts)
+        except ValueError as exc:
+            raise UrlNotAllowed(f"URL {url!r} has a bad port") from exc
+        if port not in self.allowed_ports:
+            raise UrlNotAllowed(f"port {port} of host {host!r} is not allowed")
         for address in self._addresses(host):
             if not _is_public_address(address):
                 raise UrlNotAllowed(f"host {host!r} resolves to non-public address {address}")
@@ -119,6 +149,11 @@ class UrlPolicy:
         except socket.gaierror as exc:
             raise StorageUnavailable(f"cannot resolve {host}: {exc}") from exc
         return [str(info[4][0]) for info in infos]
+
+
+def _port_of(parts: SplitResult) -> int:
+    """The port a URL connects to: its own, else its scheme's."""
+    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 class RefusedAddress(OSError):
@@ -156,7 +191,9 @@ class ImageFetcher:
     """
 
     def __init__(self, settings: Settings) -> None:
-        self.policy = UrlPolicy(settings.storage_url, settings.storage_allowed_hosts)
+        self.policy = UrlPolicy(
+            settings.storage_url, settings.storage_allowed_hosts, allowed_ports=settings.storage_allowed_ports
+        )
         self._trusted = {urlsplit(settings.storage_url).hostname or ""}
         self.timeout_s = settings.download_timeout_s
         self.max_bytes = settings.max_download_bytes

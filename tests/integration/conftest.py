@@ -21,6 +21,10 @@ from serve_app import build_app
 
 # The integration tier runs closed, as a deployment should: every /api call carries a key.
 API_KEYS = ["it-current-key-5d1c7e0b", "it-previous-key-9a4f2b61"]
+# Hosts the catalog's absolute photo URLs may name: none of them may be reached all the same
+# (shared address space, NAT64 of the metadata address, a documentation address named with a
+# port not allowed). No test URL passes the policy, so nothing leaves loopback.
+CATALOG_HOSTS = ["100.64.0.1", "64:ff9b::a9fe:a9fe", "203.0.113.7"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,9 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayHead]
 
 @pytest.fixture(scope="session")
 def service(settings: Settings, ray_head: LocalRayHead) -> Iterator[Service]:
-    settings = Settings.model_validate({**settings.model_dump(), "api_key": API_KEYS})
+    settings = Settings.model_validate(
+        {**settings.model_dump(), "api_key": API_KEYS, "storage_allowed_hosts": CATALOG_HOSTS}
+    )
     ray.init(address=ray_head.gcs_address, namespace=settings.ray_namespace)
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
     serve.run(build_app(settings), name="facepass", route_prefix="/")

@@ -181,6 +181,37 @@ def test_http_errors(service: Service, catalog_writer: CatalogWriter) -> None:
     assert httpx.get(f"{service.base_url}/healthz", timeout=30).status_code == 200
 
 
+def test_catalog_urls_to_addresses_not_global_or_other_ports_are_refused(
+    service: Service, catalog_writer: CatalogWriter, storage: PhotoStorage, store: VectorStore
+) -> None:
+    """Absolute photo URLs from the catalog, on allow-listed hosts, that must never be fetched:
+    each a per-photo error in the seed's words, recorded (not retried); the session's other
+    photo is indexed."""
+    sid = catalog_writer.add_session("Ссылки из каталога")
+    storage.put(preview_path(sid, "ok.jpg"), photos.jpeg(photos.load("yaoming.jpg")))
+    refused = {
+        "cgnat.jpg": ("http://100.64.0.1/latest/meta-data/", "non-public address 100.64.0.1"),
+        "nat64.jpg": (
+            "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+            "non-public address 64:ff9b::a9fe:a9fe",
+        ),
+        "port.jpg": ("http://203.0.113.7:6379/x.jpg", "port 6379 of host '203.0.113.7' is not allowed"),
+    }
+    refs = catalog_writer.add_photos(
+        sid, [("ok.jpg", preview_path(sid, "ok.jpg"))] + [(n, url) for n, (url, _) in refused.items()]
+    )
+    body = service.reindex(sid).json()
+    assert (body["processed_photos"], body["successful_photos"], body["failed_photos"]) == (4, 1, 3), body
+    for name, (_, why) in refused.items():
+        assert any(e.startswith(f"Ошибка скачивания {name}: ") and why in e for e in body["errors"]), (
+            name,
+            body["errors"],
+        )
+    ledger = store.ledger(sid)
+    assert [ledger[r.id] for r in refs] == ["indexed", "failed", "failed", "failed"]
+    assert service.reindex(sid).json()["processed_photos"] == 0  # refused for good: not tried again
+
+
 def test_group_photo_gives_one_row_per_face_matching_insightface(
     service: Service,
     catalog_writer: CatalogWriter,

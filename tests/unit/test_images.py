@@ -108,7 +108,7 @@ def test_allow_listed_hostname_is_allowed_case_insensitive() -> None:
     ("host", "url"),
     [
         ("127.0.0.1", "http://127.0.0.1/x.jpg"),
-        ("127.0.0.1", "http://127.0.0.1:9000/x.jpg"),
+        ("127.0.0.1", "http://127.0.0.1:9000/x.jpg"),  # the storage URL's port: allowed, the address not
         ("10.0.0.5", "http://10.0.0.5/x.jpg"),
         ("192.168.1.20", "http://192.168.1.20/x.jpg"),
         ("172.16.3.4", "https://172.16.3.4/x.jpg"),
@@ -117,6 +117,17 @@ def test_allow_listed_hostname_is_allowed_case_insensitive() -> None:
         ("fe80::1", "http://[fe80::1]/x.jpg"),
         ("::ffff:127.0.0.1", "http://[::ffff:127.0.0.1]/x.jpg"),
         ("0.0.0.0", "http://0.0.0.0/x.jpg"),
+        ("100.64.0.1", "http://100.64.0.1/x.jpg"),  # shared address space (carrier-grade NAT)
+        ("100.100.100.200", "http://100.100.100.200/latest/meta-data/"),  # a cloud's metadata, in it
+        ("64:ff9b::a9fe:a9fe", "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/"),  # NAT64 of 169.254.169.254
+        ("64:ff9b::7f00:1", "http://[64:ff9b::7f00:1]/x.jpg"),  # NAT64 of 127.0.0.1
+        ("64:ff9b::a00:5", "http://[64:ff9b::a00:5]/x.jpg"),  # NAT64 of 10.0.0.5
+        ("2002:7f00:1::1", "http://[2002:7f00:1::1]/x.jpg"),  # 6to4 of 127.0.0.1
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/x.jpg"),
+        ("224.0.0.1", "http://224.0.0.1/x.jpg"),
+        ("240.0.0.1", "http://240.0.0.1/x.jpg"),
+        ("198.18.0.1", "http://198.18.0.1/x.jpg"),  # benchmarking range
+        ("fc00::1", "https://[fc00::1]/x.jpg"),
     ],
 )
 def test_allow_listed_non_public_ip_literal_is_refused(host: str, url: str) -> None:
@@ -128,6 +139,54 @@ def test_allow_listed_non_public_ip_literal_is_refused(host: str, url: str) -> N
 def test_allow_listed_public_ip_literal_is_allowed() -> None:
     policy = UrlPolicy(BASE, ["93.184.216.34"], resolve_dns=False)
     assert policy.url_for("http://93.184.216.34/x.jpg") == "http://93.184.216.34/x.jpg"
+
+
+@pytest.mark.parametrize(
+    "host", ["::ffff:93.184.216.34", "64:ff9b::5db8:d822", "2002:5db8:d822::1"]
+)  # mapped, NAT64 and 6to4 forms of 93.184.216.34: the IPv4 address they carry decides
+def test_ipv6_forms_of_a_public_ipv4_address_are_allowed(host: str) -> None:
+    url = f"https://[{host}]/x.jpg"
+    assert UrlPolicy(BASE, [host], resolve_dns=False).url_for(url) == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://cdn.example.com:8080/x.jpg",
+        "http://cdn.example.com:22/x.jpg",
+        "https://cdn.example.com:6379/x.jpg",
+        "http://cdn.example.com:443:80/x.jpg",
+        "http://cdn.example.com:99999/x.jpg",
+    ],
+)
+def test_absolute_url_on_a_port_not_allowed_is_refused(url: str) -> None:
+    with pytest.raises(UrlNotAllowed, match="port"):
+        UrlPolicy(BASE, ["cdn.example.com"], resolve_dns=False).url_for(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://cdn.example.com/x.jpg",
+        "http://cdn.example.com:80/x.jpg",
+        "https://cdn.example.com/x.jpg",
+        "http://cdn.example.com:443/x.jpg",
+        "http://cdn.example.com:9000/x.jpg",  # the storage URL's own port
+    ],
+)
+def test_absolute_url_on_an_allowed_port_passes(url: str) -> None:
+    assert UrlPolicy(BASE, ["cdn.example.com"], resolve_dns=False).url_for(url) == url
+
+
+def test_the_allowed_ports_are_a_setting() -> None:
+    settings = Settings(
+        storage_url=BASE, storage_allowed_hosts=["cdn.example.com"], storage_allowed_ports=[8443]
+    )
+    policy = UrlPolicy(BASE, settings.storage_allowed_hosts, False, settings.storage_allowed_ports)
+    assert policy.url_for("https://cdn.example.com:8443/x.jpg") == "https://cdn.example.com:8443/x.jpg"
+    with pytest.raises(UrlNotAllowed, match="port 443"):
+        policy.url_for("https://cdn.example.com/x.jpg")
+    assert Settings().storage_allowed_ports == [80, 443]
 
 
 def test_allow_listed_hostname_resolving_to_loopback_is_refused() -> None:
@@ -438,7 +497,9 @@ def test_a_dns_answer_that_changes_after_the_check_is_never_followed(monkeypatch
             return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))]
 
         monkeypatch.setattr(socket, "getaddrinfo", rebinding)
-        settings = Settings(storage_url=BASE, storage_allowed_hosts=["rebind.example"])
+        settings = Settings(  # the server's port allowed: only the address may refuse it
+            storage_url=BASE, storage_allowed_hosts=["rebind.example"], storage_allowed_ports=[port]
+        )
         fetcher = ImageFetcher(settings)
 
         async def fetch() -> bytes:
