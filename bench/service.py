@@ -88,7 +88,9 @@ class BenchService:
         last = ""
         while time.monotonic() < deadline:
             try:
-                response = self._http.get(f"{self.base_url}/healthz", timeout=30)
+                # With a key: the pool's details are for callers that hold one.
+                headers = self.settings.api_headers()
+                response = self._http.get(f"{self.base_url}/healthz", headers=headers, timeout=30)
                 pool = response.json().get("pool") if response.status_code == 200 else None
                 if isinstance(pool, dict) and pool.get("ready_actors", 0) >= pool.get("planned_actors", 1):
                     return  # every actor of the pool has its model loaded

@@ -76,4 +76,14 @@ async def require_api_key(
         raise _refuse(request, "wrong")
 
 
+def presents_valid_key(request: Request) -> bool:
+    """Whether a request carries an accepted key (always, when no key is configured), without
+    refusing or counting anything: for open routes that answer more to a key (``/healthz``)."""
+    if not _keys.required:
+        return True
+    header = request.headers.get("authorization", "")
+    bearer = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    return any(_keys.accepts(key) for key in (bearer, request.headers.get("x-api-key", "")) if key)
+
+
 API_KEY = [Depends(require_api_key)]

@@ -367,12 +367,28 @@ class FacePassIngress:
     @api.get(
         "/healthz",
         response_model=HealthResponse,
-        summary="Both databases (reachable, with their tables), every embedding actor, the writer",
+        summary="Both databases (reachable, with their tables), every embedding actor, the writer: "
+        "ok or fail per part to anyone; the details (causes, actors) to a caller with an API key",
         responses={
             503: {"model": HealthResponse, "description": "Something is not ready; the body says what"}
         },
     )
-    async def healthz(self) -> JSONResponse:
+    async def healthz(self, request: Request) -> JSONResponse:
+        checks, problems = await self._health_checks()
+        ok = all(value == "ok" for key, value in checks.items() if key != "pool") and isinstance(
+            checks["pool"], dict
+        )
+        if not auth.presents_valid_key(request):
+            # Open to load balancers and probes: no host, port, database, user or driver text.
+            public = {
+                key: "ok" if value == "ok" or isinstance(value, dict) else "fail"
+                for key, value in checks.items()
+            }
+            return JSONResponse(status_code=200 if ok else 503, content={"ok": ok, **public, "problems": []})
+        body = {"ok": ok, **checks, "problems": problems}
+        return JSONResponse(status_code=200 if ok else 503, content=body)
+
+    async def _health_checks(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         checks: dict[str, Any] = {}
         problems: list[dict[str, Any]] = []
         for key, probe in zip(("cloud_db", "local_db"), self.probes, strict=True):
@@ -397,11 +413,7 @@ class FacePassIngress:
             checks["pool"] = await self.pool.health()
         except Exception as exc:
             checks["pool"] = f"error: {exc}"
-        ok = all(value == "ok" for key, value in checks.items() if key != "pool") and isinstance(
-            checks["pool"], dict
-        )
-        body = {"ok": ok, **checks, "problems": problems}
-        return JSONResponse(status_code=200 if ok else 503, content=body)
+        return checks, problems
 
 
 def build_app(settings: Settings | None = None) -> Application:

@@ -105,7 +105,10 @@ class InvalidRequestBody(BaseModel):
 
 class HealthResponse(BaseModel):
     ok: bool
-    cloud_db: str = Field(description='"ok" or "error: ..." naming the database and the cause')
+    cloud_db: str = Field(
+        description='"ok" or, to a caller with an API key, "error: ..." naming the database and '
+        'the cause; "fail" to a caller without one'
+    )
     local_db: str
     pool: dict[str, Any] | str
     problems: list[DatabaseErrorBody] = Field(default_factory=list)

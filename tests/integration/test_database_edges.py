@@ -44,7 +44,19 @@ def search(service: Service, session_id: object) -> httpx.Response:
 
 
 def health(service: Service) -> httpx.Response:
-    return httpx.get(f"{service.base_url}/healthz", timeout=60)
+    """/healthz with a key: the details (causes, actors)."""
+    return service.get("/healthz")
+
+
+def open_health(service: Service, prefix: str = "") -> dict[str, Any]:
+    """/healthz without a key: ok / fail per part and nothing else, whatever is down (no host,
+    port, database name or driver text for a caller without a key)."""
+    answer = httpx.get(f"{service.base_url}{prefix}/healthz", timeout=60)
+    body: dict[str, Any] = answer.json()
+    assert set(body) == {"ok", "cloud_db", "local_db", "pool", "problems"}, body
+    assert {body["cloud_db"], body["local_db"], body["pool"]} <= {"ok", "fail"} and body["problems"] == []
+    assert answer.status_code == (200 if body["ok"] else 503)
+    return body
 
 
 def assert_503(response: httpx.Response, database: str, code: str, missing: list[str]) -> dict[str, Any]:
@@ -69,6 +81,9 @@ def test_catalog_without_its_sessions_table(service: Service, catalog_writer: Ca
         )
         assert checked.json()["local_db"] == "ok"
         assert [p["missing"] for p in checked.json()["problems"]] == [["sessions"]]
+        assert open_health(service) == {
+            "ok": False, "cloud_db": "fail", "local_db": "ok", "pool": "ok", "problems": []
+        }  # fmt: skip
     assert service.reindex(sid).status_code == 200  # back as soon as the table is
     assert health(service).status_code == 200
 
@@ -83,6 +98,7 @@ def test_index_without_its_ledger_table(
         checked = health(service).json()
         assert checked["ok"] is False and checked["cloud_db"] == "ok"
         assert "indexed_photos" in checked["local_db"]
+        assert open_health(service)["local_db"] == "fail"
     assert service.reindex(sid).status_code == 200
 
 
@@ -106,6 +122,10 @@ def test_stopped_database_gives_503_and_the_service_recovers_when_it_is_back(
         assert down.json()["local_db"].startswith(
             "error: local index: database facepass_vector does not answer"
         )
+        closed = open_health(service)  # the same, to a caller without a key: no driver text
+        assert (closed["ok"], closed["cloud_db"], closed["local_db"]) == (False, "fail", "fail")
+        raw = httpx.get(f"{service.base_url}/healthz", timeout=60).text
+        assert not any(word in raw for word in ("127.0.0.1", "facepass_", "answer", "psycopg", "error"))
     finally:
         server.ensure_postgres_running()
     deadline = time.monotonic() + 60
@@ -139,8 +159,9 @@ def test_service_started_without_its_index_answers_503_then_starts_when_it_appea
         missing = httpx.post(f"{url}/{sid}", headers=service.headers, timeout=120)
         body = assert_503(missing, "local index", "database_unavailable", [])
         assert f"database {later} does not answer" in body["detail"]
-        down = httpx.get(f"{service.base_url}/later/healthz", timeout=60)
+        down = service.get("/later/healthz")
         assert down.status_code == 503 and later in down.json()["local_db"]
+        assert open_health(service, "/later")["local_db"] == "fail"
         assert down.json()["pool"].startswith("error:")
 
         fresh_database(service.settings, later)
