@@ -75,7 +75,7 @@ def test_cluster_yaml_installs_and_starts_the_app(cluster: dict[str, Any]) -> No
     ):
         assert name in setup, name
     head_start = "\n".join(cluster["head_start_ray_commands"])
-    assert "--dashboard-host=0.0.0.0" in head_start
+    assert "--dashboard-host=127.0.0.1" in head_start  # reached through `ray dashboard` (a tunnel)
     assert "--metrics-export-port=8080" in head_start
     assert "serve deploy deploy/serve_config.yaml" in head_start
     worker_start = "\n".join(cluster["worker_start_ray_commands"])
@@ -174,6 +174,20 @@ def test_cluster_yaml_reads_the_key_from_a_secret_file_outside_the_repo(cluster:
     assert f'FACEPASS_API_KEY="$(cat {secret_dirs[0]}/api_key)"' in setup
     # Serve listens on every interface there: the key is what keeps the routes closed.
     assert "FACEPASS_HTTP_HOST=0.0.0.0" in setup
+
+
+def test_cluster_yaml_runs_ray_with_token_auth_on_every_node(cluster: dict[str, Any]) -> None:
+    """Ray's control plane (dashboard, Jobs API, GCS) refuses callers without the token: the
+    environment every `ray start` loads sets token mode and a token from the secrets folder."""
+    setup = "\n".join(cluster["setup_commands"])
+    assert "RAY_AUTH_MODE=token" in setup
+    assert 'RAY_AUTH_TOKEN_PATH="$HOME/.facepass-secrets/ray_token"' in setup
+    assert "~/.facepass-secrets" in cluster["file_mounts"]
+    for commands in ("head_start_ray_commands", "worker_start_ray_commands"):
+        for command in cluster[commands]:
+            if "ray start" in command:
+                assert command.lstrip().startswith("set -a; . ~/facepass.env; set +a;"), command
+    assert "--dashboard-host=0.0.0.0" not in "\n".join(cluster["head_start_ray_commands"])
 
 
 def test_serve_config_sets_no_key_in_its_runtime_env() -> None:
