@@ -167,9 +167,7 @@ def run_seed_loop(
     catalog_writer.add_photos(session_id, names_paths)
     catalog = CloudCatalog(settings.cloud_dsn)
     store = VectorStore(settings.local_dsn, pool_size=1)
-    policy = UrlPolicy(
-        settings.storage_url, settings.storage_allowed_hosts, allowed_ports=settings.storage_allowed_ports
-    )
+    policy = UrlPolicy.from_settings(settings)
     download_ms = inference_ms = write_ms = 0.0
     errors: dict[str, int] = {}
     faces = 0

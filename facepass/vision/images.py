@@ -105,6 +105,12 @@ class UrlPolicy:
         self.resolve_dns = resolve_dns
         self.allowed_ports = {*allowed_ports, _port_of(urlsplit(self.base))}
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UrlPolicy:
+        return cls(
+            settings.storage_url, settings.storage_allowed_hosts, allowed_ports=settings.storage_allowed_ports
+        )
+
     def url_for(self, preview_path: str) -> str:
         path = preview_path.strip()
         parts = urlsplit(path)
@@ -191,9 +197,7 @@ class ImageFetcher:
     """
 
     def __init__(self, settings: Settings) -> None:
-        self.policy = UrlPolicy(
-            settings.storage_url, settings.storage_allowed_hosts, allowed_ports=settings.storage_allowed_ports
-        )
+        self.policy = UrlPolicy.from_settings(settings)
         self._trusted = {urlsplit(settings.storage_url).hostname or ""}
         self.timeout_s = settings.download_timeout_s
         self.max_bytes = settings.max_download_bytes
