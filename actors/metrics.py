@@ -86,7 +86,7 @@ class AccessMetrics:
     def __init__(self) -> None:
         self.refused_calls = metrics.Counter(
             "facepass_api_refused_total",
-            "API calls refused for a missing or wrong API key",
+            "API calls refused for a missing or wrong API key, or one without the route's scope",
             tag_keys=("reason",),
         )
 

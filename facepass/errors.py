@@ -80,6 +80,19 @@ class Unauthorized(FacePassError):
         super().__init__(detail)
 
 
+class ScopeMissing(FacePassError):
+    """A known API key that may not call this route: says which scope it needs."""
+
+    code = "scope_missing"
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"this API key lacks the {scope!r} scope that this route needs")
+        self.scope = scope
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return (type(self), (self.scope,))
+
+
 CLOUD_CATALOG = "cloud catalog"
 LOCAL_INDEX = "local index"
 

@@ -10,13 +10,17 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 # Ports an absolute photo URL from the catalog may name (the storage URL's own is allowed too).
 DEFAULT_STORAGE_PORTS = (80, 443)
+# What an API key may do: search (selfie search), reindex (the force-reindex route and its jobs),
+# admin (/mirror, /healthz's details; the bulk and audit jobs go through Ray, behind its token).
+SCOPES = ("search", "reindex", "admin")
+_KEYS_LINE = "<key> <scope>[,<scope>...]"
 
 
 def packaged_model_root() -> Path:
@@ -39,6 +43,39 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def parse_api_keys_file(text: str, path: Path) -> list[ScopedApiKey]:
+    """The lines ``<key> <scope>[,<scope>...]`` of FACEPASS_API_KEYS_FILE (blank lines and
+    ``#`` comments skipped; a key listed twice holds the union of its scopes). An error names
+    the file and the line, never a key (nor a word that could be one)."""
+    scopes_of: dict[str, set[str]] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, *rest = line.split(None, 1)
+        scopes = {scope.strip() for scope in "".join(rest).split(",") if scope.strip()}
+        where = f"FACEPASS_API_KEYS_FILE={path}, line {number}"
+        if not scopes:
+            raise ValueError(f"{where}: no scope; a line reads {_KEYS_LINE}")
+        if not scopes <= set(SCOPES):
+            raise ValueError(f"{where}: scopes are {', '.join(SCOPES)}; a line reads {_KEYS_LINE}")
+        if "REPLACE_ME" in key:
+            raise ValueError(f"{where}: the key is still a REPLACE_ME placeholder")
+        scopes_of.setdefault(key, set()).update(scopes)
+    if not scopes_of:
+        raise ValueError(f"FACEPASS_API_KEYS_FILE={path} holds no key; a line reads {_KEYS_LINE}")
+    return [ScopedApiKey.model_validate({"key": key, "scopes": scopes}) for key, scopes in scopes_of.items()]
+
+
+class ScopedApiKey(BaseModel):
+    """One key of the keys file with what it may do (the key never printed)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: SecretStr
+    scopes: frozenset[Literal["search", "reindex", "admin"]]
 
 
 class Settings(BaseSettings):
@@ -65,8 +102,13 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     # Access to the /api routes: one key or several (rotation), comma-separated or a JSON
-    # list. Unset: the routes are open, which is refused on a non-loopback http_host.
+    # list; each holds every scope. Unset (and no keys file): the routes are open, which is
+    # refused on a non-loopback http_host.
     api_key: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Keys with scopes (SCOPES): a file of lines "<key> <scope>[,<scope>...]", read once at
+    # start (a new key needs a restart of the replicas). scoped_api_keys is filled from it.
+    api_keys_file: Path | None = None
+    scoped_api_keys: list[ScopedApiKey] = Field(default_factory=list)
     ray_namespace: str = "facepass"
     # Replicas of the HTTP ingress; calls for one session share one run whichever replica they hit.
     serve_replicas: int = Field(default=1, ge=1)
@@ -177,6 +219,18 @@ class Settings(BaseSettings):
             raise ValueError("FACEPASS_STORAGE_URL must be an http(s) URL")
         return value if value.endswith("/") else value + "/"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_api_keys_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("api_keys_file") and not data.get("scoped_api_keys"):
+            path = Path(data["api_keys_file"]).expanduser()
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise ValueError(f"FACEPASS_API_KEYS_FILE={path}: cannot read it ({exc.strerror})") from None
+            data = {**data, "scoped_api_keys": parse_api_keys_file(text, path)}
+        return data
+
     @field_validator("api_key", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
@@ -193,21 +247,34 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_public_bind_without_key(self) -> Settings:
-        if not self.api_key and not is_loopback(self.http_host):
+        if not self.has_keys and not is_loopback(self.http_host):
             raise ValueError(
                 f"FACEPASS_HTTP_HOST={self.http_host} is not a loopback address: set FACEPASS_API_KEY "
-                "(one key, or several comma-separated) before serving on it"
+                "(one key, or several comma-separated) or FACEPASS_API_KEYS_FILE before serving on it"
             )
         return self
 
     @property
+    def has_keys(self) -> bool:
+        return bool(self.api_key or self.scoped_api_keys)
+
+    @property
     def api_keys(self) -> tuple[str, ...]:
-        """The accepted keys, in clear: hand them only to the code that compares."""
+        """The all-scope keys, in clear: hand them only to the code that compares."""
         return tuple(key.get_secret_value() for key in self.api_key)
 
+    def keys_with_scopes(self) -> tuple[tuple[str, frozenset[str]], ...]:
+        """Every accepted key, in clear, with its scopes (the all-scope keys first)."""
+        every = frozenset(SCOPES)
+        return tuple((key, every) for key in self.api_keys) + tuple(
+            (entry.key.get_secret_value(), frozenset(entry.scopes)) for entry in self.scoped_api_keys
+        )
+
     def api_headers(self) -> dict[str, str]:
-        """What a client of this service sends: the first key (the newest, during a rotation)."""
-        return {"Authorization": f"Bearer {self.api_keys[0]}"} if self.api_key else {}
+        """What a client of this service sends: the first key (the newest all-scope one during a
+        rotation; else the keys file's first)."""
+        keys = self.keys_with_scopes()
+        return {"Authorization": f"Bearer {keys[0][0]}"} if keys else {}
 
     @cached_property
     def model_dir(self) -> Path:

@@ -35,6 +35,7 @@ from facepass.errors import (
     NotAnImage,
     PhotoError,
     PoolUnavailable,
+    ScopeMissing,
     SelfieHasNoFace,
     SelfieNotAnImage,
     SelfieTooLarge,
@@ -57,7 +58,7 @@ from facepass.runs.session_runs import SessionRuns
 from facepass.settings import Settings
 from facepass.vision.generation_packs import GenerationPacks
 from serve_app import auth
-from serve_app.auth import API_KEY
+from serve_app.auth import ADMIN, REINDEX, SEARCH
 from serve_app.follow import ReplicaFollower
 from serve_app.runs import RouteRuns
 from serve_app.schemas import (
@@ -74,14 +75,18 @@ log = logging.getLogger("facepass.serve")
 api = FastAPI(
     title="FacePass reindexer",
     description=(
-        "Keeps the pgvector face index in step with the cloud photo catalog. When FACEPASS_API_KEY "
-        "is set, every /api route needs `Authorization: Bearer <key>` or `X-API-Key: <key>`."
+        "Keeps the pgvector face index in step with the cloud photo catalog. When API keys are set "
+        "(FACEPASS_API_KEY: every scope; FACEPASS_API_KEYS_FILE: keys with scopes), every /api route "
+        "needs `Authorization: Bearer <key>` or `X-API-Key: <key>` with its scope: `search` for "
+        "selfie search, `reindex` for force-reindex and its jobs, `admin` for /mirror and the "
+        "details of /healthz; a key without the scope gets 403 naming it."
     ),
     version="0.1.0",
 )
 
 _STATUS: dict[type[FacePassError], int] = {
     Unauthorized: 401,
+    ScopeMissing: 403,
     SessionNotFound: 404,
     JobNotFound: 404,
     SelfieHasNoFace: 422,
@@ -119,6 +124,8 @@ async def _facepass_error(_: Request, exc: FacePassError) -> JSONResponse:
         content |= {"job_id": exc.job_id, "cause_code": exc.cause_code}
         status = 503 if exc.cause_code in _DATABASE_CODES else 500
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if isinstance(exc, ScopeMissing):
+        content |= {"scope": exc.scope}
     if isinstance(exc, DatabaseError):
         content |= {"database": exc.database, "missing": list(exc.missing)}
         log.error("answering 503: %s", exc)
@@ -145,7 +152,7 @@ def _replica_name() -> str:
 class FacePassIngress:
     def __init__(self, settings: Settings) -> None:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        auth.configure(settings.api_keys)
+        auth.configure(settings.keys_with_scopes())
         self.settings = settings
         self.catalog = CloudCatalog(settings.cloud_dsn)
         self.store = VectorStore(settings.local_dsn)
@@ -232,7 +239,7 @@ class FacePassIngress:
         "/api/v1/faces/force-reindex-session/{session_id}",
         response_model=ReindexResponse,
         summary="Index the session's photos that the local index does not hold yet",
-        dependencies=API_KEY,
+        dependencies=REINDEX,
         responses={
             202: {
                 "model": JobAccepted,
@@ -269,8 +276,8 @@ class FacePassIngress:
     @api.get(
         "/api/v1/faces/reindex-jobs/{job_id}",
         summary="State of a reindex job (a job whose runner died reads failed)",
-        dependencies=API_KEY,
-        responses=error_responses(401, 404, 422, 503),
+        dependencies=REINDEX,
+        responses=error_responses(401, 403, 404, 422, 503),
     )
     async def reindex_job(self, job_id: str) -> dict[str, Any]:
         async with self._database_errors():
@@ -280,7 +287,7 @@ class FacePassIngress:
         "/api/v1/faces/search/{session_id}",
         response_model=SearchResponse,
         summary="Photos of the session that show the person in the selfie (image bytes as the body)",
-        dependencies=API_KEY,
+        dependencies=SEARCH,
         openapi_extra=IMAGE_BODY,
         responses=error_responses(400, 401, 403, 404, 413, 415, 422, 503),
     )
@@ -350,8 +357,8 @@ class FacePassIngress:
         "/api/v1/faces/mirror",
         response_model=MirrorResponse,
         summary="How the index follows the catalog: who follows, last cycle, pending work, lag",
-        dependencies=API_KEY,
-        responses=error_responses(401, 503),
+        dependencies=ADMIN,
+        responses=error_responses(401, 403, 503),
     )
     async def mirror(self) -> dict[str, Any]:
         async with self._database_errors():
@@ -368,7 +375,7 @@ class FacePassIngress:
         "/healthz",
         response_model=HealthResponse,
         summary="Both databases (reachable, with their tables), every embedding actor, the writer: "
-        "ok or fail per part to anyone; the details (causes, actors) to a caller with an API key",
+        "ok or fail per part to anyone; the details (causes, actors) to a caller with an admin key",
         responses={
             503: {"model": HealthResponse, "description": "Something is not ready; the body says what"}
         },
@@ -378,7 +385,7 @@ class FacePassIngress:
         ok = all(value == "ok" for key, value in checks.items() if key != "pool") and isinstance(
             checks["pool"], dict
         )
-        if not auth.presents_valid_key(request):
+        if "admin" not in auth.presented_scopes(request):
             # Open to load balancers and probes: no host, port, database, user or driver text.
             public = {
                 key: "ok" if value == "ok" or isinstance(value, dict) else "fail"

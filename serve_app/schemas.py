@@ -82,6 +82,12 @@ class ErrorBody(BaseModel):
     code: str = Field(description="what went wrong, for a program (e.g. session_not_found)")
 
 
+class ForbiddenBody(ErrorBody):
+    """403: the session is not active, or the API key lacks the route's scope."""
+
+    scope: str | None = Field(default=None, description="the scope the key lacks (code scope_missing)")
+
+
 class DatabaseErrorBody(ErrorBody):
     """503: a database the service needs is down or lacks its tables."""
 
@@ -106,8 +112,8 @@ class InvalidRequestBody(BaseModel):
 class HealthResponse(BaseModel):
     ok: bool
     cloud_db: str = Field(
-        description='"ok" or, to a caller with an API key, "error: ..." naming the database and '
-        'the cause; "fail" to a caller without one'
+        description='"ok" or, to a caller with an admin key, "error: ..." naming the database and '
+        'the cause; "fail" to a caller without an admin key'
     )
     local_db: str
     pool: dict[str, Any] | str
@@ -116,8 +122,9 @@ class HealthResponse(BaseModel):
 
 _MEANING = {
     400: "Bad request (e.g. an empty body where an image is needed)",
-    401: "No API key, or a wrong one (when FACEPASS_API_KEY is set)",
-    403: "FacePass is not active for this session",
+    401: "No API key, or a wrong one (when API keys are set)",
+    403: "FacePass is not active for this session (code facepass_disabled), or the API key lacks "
+    "the route's scope (code scope_missing; the body's scope names it)",
     404: "Not found (session or job)",
     409: "The session's run already going cannot be shared (another mode); the body gives its job",
     413: "Image too large (bytes or pixels)",
@@ -130,7 +137,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` for the error statuses a route can answer, with their bodies."""
     responses: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
-        bodies: dict[int, type[BaseModel]] = {503: DatabaseErrorBody, 409: SessionBusyBody}
+        bodies: dict[int, type[BaseModel]] = {
+            503: DatabaseErrorBody,
+            409: SessionBusyBody,
+            403: ForbiddenBody,
+        }
         model = bodies.get(status, ErrorBody)
         if status == 422:
             responses[422] = {"model": InvalidRequestBody, "description": "Invalid parameters"}

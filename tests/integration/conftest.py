@@ -21,6 +21,12 @@ from serve_app import build_app
 
 # The integration tier runs closed, as a deployment should: every /api call carries a key.
 API_KEYS = ["it-current-key-5d1c7e0b", "it-previous-key-9a4f2b61"]
+# ...and keys with scopes, from a keys file (FACEPASS_API_KEYS_FILE): one per scope.
+SCOPED_KEYS = {
+    "search": "it-search-key-0c7d4e19",
+    "reindex": "it-reindex-key-6b2a8f53",
+    "admin": "it-admin-key-e41f90a7",
+}
 # Hosts the catalog's absolute photo URLs may name: none of them may be reached all the same
 # (shared address space, NAT64 of the metadata address, a documentation address named with a
 # port not allowed). No test URL passes the policy, so nothing leaves loopback.
@@ -73,9 +79,18 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayHead]
 
 
 @pytest.fixture(scope="session")
-def service(settings: Settings, ray_head: LocalRayHead) -> Iterator[Service]:
+def service(
+    settings: Settings, ray_head: LocalRayHead, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    keys_file = tmp_path_factory.mktemp("secrets") / "api_keys"
+    keys_file.write_text("".join(f"{key} {scope}\n" for scope, key in SCOPED_KEYS.items()))
     settings = Settings.model_validate(
-        {**settings.model_dump(), "api_key": API_KEYS, "storage_allowed_hosts": CATALOG_HOSTS}
+        {
+            **settings.model_dump(),
+            "api_key": API_KEYS,
+            "api_keys_file": keys_file,
+            "storage_allowed_hosts": CATALOG_HOSTS,
+        }
     )
     ray.init(address=ray_head.gcs_address, namespace=settings.ray_namespace)
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})

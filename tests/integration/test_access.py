@@ -1,5 +1,6 @@
 """API keys on the live service: 401 without the right one, either header with either key,
-open health and docs, refused calls counted in a Ray metric, keys never in any log."""
+scopes (403 naming the one a key lacks), open health and docs, refused calls counted in a Ray
+metric, keys never in any log."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import time
 
 import httpx
 
-from facepass.demo.scenario import CatalogWriter
-from tests.integration.conftest import API_KEYS, Service, wait_for_ray_logs
+from facepass.demo import photos
+from facepass.demo.scenario import CatalogWriter, preview_path
+from facepass.demo.storage import PhotoStorage
+from tests.integration.conftest import API_KEYS, SCOPED_KEYS, Service, wait_for_ray_logs
 
 WRONG_KEY = "it-wrong-key-3e8d0c44"
 
@@ -38,6 +41,48 @@ def test_either_header_with_either_key_is_let_in(service: Service, catalog_write
             answer = httpx.post(url, headers=headers, timeout=120)
             assert answer.status_code == 200, (headers, answer.text)
             assert answer.json()["session_id"] == str(sid)
+
+
+def test_each_key_does_what_its_scopes_allow(
+    service: Service, catalog_writer: CatalogWriter, storage: PhotoStorage
+) -> None:
+    """Keys from FACEPASS_API_KEYS_FILE: a search key searches but may not reindex, a reindex key
+    reindexes but may not search or read /mirror, an admin key reads /mirror and /healthz's
+    details; a refusal is 403 naming the scope, logged without the key."""
+    sid = catalog_writer.add_session("Ключи с правами")
+    path = preview_path(sid, "players.jpg")
+    storage.put(path, photos.jpeg(photos.load("players.jpg")))
+    catalog_writer.add_photos(sid, [("players.jpg", path)])
+    base = f"{service.base_url}/api/v1/faces"
+    selfie = photos.jpeg(photos.load("yaoming.jpg"))
+
+    def call(scope: str, method: str, url: str, **kwargs: object) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {SCOPED_KEYS[scope]}", "Content-Type": "image/jpeg"}
+        return httpx.request(method, url, headers=headers, timeout=300, **kwargs)  # type: ignore[arg-type]
+
+    def assert_forbidden(answer: httpx.Response, scope: str) -> None:
+        assert answer.status_code == 403, answer.text
+        assert answer.json()["code"] == "scope_missing" and answer.json()["scope"] == scope
+
+    assert_forbidden(call("search", "POST", f"{base}/force-reindex-session/{sid}"), "reindex")
+    assert_forbidden(call("admin", "POST", f"{base}/force-reindex-session/{sid}"), "reindex")
+    indexed = call("reindex", "POST", f"{base}/force-reindex-session/{sid}")
+    assert indexed.status_code == 200 and indexed.json()["successful_photos"] == 1, indexed.text
+    found = call("search", "POST", f"{base}/search/{sid}", content=selfie)
+    assert found.status_code == 200 and [m["filename"] for m in found.json()["matches"]] == ["players.jpg"]
+    assert_forbidden(call("reindex", "POST", f"{base}/search/{sid}", content=selfie), "search")
+    assert_forbidden(call("reindex", "GET", f"{base}/mirror"), "admin")
+    assert_forbidden(call("search", "GET", f"{base}/mirror"), "admin")
+    assert call("admin", "GET", f"{base}/mirror").status_code == 200
+    # /healthz: ok / fail to everyone; the pool's details only to an admin key (or an all-scope one).
+    assert isinstance(call("admin", "GET", f"{service.base_url}/healthz").json()["pool"], dict)
+    assert call("search", "GET", f"{service.base_url}/healthz").json()["pool"] == "ok"
+    assert call("reindex", "GET", f"{service.base_url}/healthz").json()["pool"] == "ok"
+
+    texts = wait_for_ray_logs(lambda text: "lacks the search scope" in text)
+    assert any(f"refused POST /api/v1/faces/search/{sid}" in text for text in texts.values())
+    for path_, text in texts.items():
+        assert not any(key in text for key in SCOPED_KEYS.values()), f"a key is in {path_}"
 
 
 def test_health_and_docs_need_no_key(service: Service) -> None:

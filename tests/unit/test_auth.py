@@ -11,11 +11,12 @@ from fastapi.testclient import TestClient
 
 from facepass.errors import FacePassError
 from serve_app import auth
-from serve_app.auth import API_KEY, ApiKeys
+from serve_app.auth import ADMIN, ApiKeys
 from serve_app.ingress import _facepass_error, api
 
 KEYS = ["current-key-7f3a9c", "previous-key-b21e04"]
 JOB_URL = "/api/v1/faces/reindex-jobs/some-job"
+SESSION = "8d3c2a9e-5b1f-4c6e-9a7d-0f1e2d3c4b5a"
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def gated() -> TestClient:
     app = FastAPI()
     app.add_exception_handler(FacePassError, _facepass_error)  # type: ignore[arg-type]
 
-    @app.get("/api/ping", dependencies=API_KEY)
+    @app.get("/api/ping", dependencies=ADMIN)
     async def ping() -> dict[str, str]:
         return {"pong": "yes"}
 
@@ -99,6 +100,65 @@ def test_keys_never_reach_the_log(
     assert "refused GET /api/ping" in caplog.text  # the refusal is logged ...
     for secret in [*keys, wrong]:
         assert secret not in caplog.text  # ... without any key
+
+
+# The scope each /api operation needs (the issue's contract: search, reindex, admin).
+ROUTE_SCOPES = {
+    ("/api/v1/faces/force-reindex-session/{session_id}", "post"): "reindex",
+    ("/api/v1/faces/reindex-jobs/{job_id}", "get"): "reindex",
+    ("/api/v1/faces/search/{session_id}", "post"): "search",
+    ("/api/v1/faces/mirror", "get"): "admin",
+}
+
+
+def test_each_route_needs_its_scope_and_names_it_in_403() -> None:
+    """A known key with every scope but the route's own gets 403 naming that scope (before any
+    work: no replica needed); each of the other scopes alone does not let it through either."""
+    operations = {
+        (path, method)
+        for path, item in api.openapi()["paths"].items()
+        if path.startswith("/api/")
+        for method in item
+    }
+    assert operations == set(ROUTE_SCOPES), "a new /api route needs its scope in ROUTE_SCOPES"
+    client = TestClient(api)
+    try:
+        for (path, method), scope in ROUTE_SCOPES.items():
+            others = frozenset({"search", "reindex", "admin"} - {scope})
+            singles = [("only-" + other, frozenset({other})) for other in others]
+            auth.configure([("all-but-the-route-scope", others), *singles])
+            url = path.replace("{session_id}", SESSION).replace("{job_id}", "j")
+            for key in ["all-but-the-route-scope", *(key for key, _ in singles)]:
+                response = client.request(method.upper(), url, headers={"X-API-Key": key})
+                assert response.status_code == 403, (path, key)
+                body = response.json()
+                assert body["code"] == "scope_missing" and body["scope"] == scope, body
+                assert repr(scope) in body["detail"]
+    finally:
+        auth.configure([])
+
+
+def test_several_presented_keys_add_their_scopes() -> None:
+    keys = ApiKeys([("s-key", frozenset({"search"})), ("r-key", frozenset({"reindex"})), "all-key"])
+    assert keys.scopes_of("s-key") == {"search"}
+    assert keys.scopes_of("all-key") == {"search", "reindex", "admin"}
+    assert keys.scopes_of("x-key") is None
+    auth.configure([("s-key", frozenset({"search"})), ("r-key", frozenset({"reindex"}))])
+    try:
+        app = FastAPI()
+        app.add_exception_handler(FacePassError, _facepass_error)  # type: ignore[arg-type]
+
+        @app.get("/api/reindex-only", dependencies=auth.REINDEX)
+        async def reindex_only() -> dict[str, str]:
+            return {"ok": "yes"}
+
+        client = TestClient(app)
+        assert client.get("/api/reindex-only", headers={"X-API-Key": "s-key"}).status_code == 403
+        both = {"X-API-Key": "s-key", "Authorization": "Bearer r-key"}
+        assert client.get("/api/reindex-only", headers=both).status_code == 200
+        assert client.get("/api/reindex-only", headers={"X-API-Key": "nope"}).status_code == 401
+    finally:
+        auth.configure([])
 
 
 def test_key_comparison() -> None:

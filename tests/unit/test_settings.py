@@ -209,6 +209,62 @@ def test_public_bind_without_a_key_is_refused(monkeypatch: pytest.MonkeyPatch, h
     assert Settings().http_host == host
 
 
+KEYS_FILE = """# FacePass API keys: <key> <scope>[,<scope>...]
+kiosk-key-4b1f9e search
+
+ops-key-77c2d0\treindex, admin
+kiosk-key-4b1f9e reindex
+"""
+
+
+def test_keys_file_gives_keys_their_scopes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = tmp_path / "api_keys"
+    path.write_text(KEYS_FILE)
+    monkeypatch.setenv("FACEPASS_API_KEYS_FILE", str(path))
+    monkeypatch.setenv("FACEPASS_API_KEY", "all-scope-key-19ad")
+    settings = Settings()
+    assert dict(settings.keys_with_scopes()) == {
+        "all-scope-key-19ad": {"search", "reindex", "admin"},
+        "kiosk-key-4b1f9e": {"search", "reindex"},  # listed twice: the union
+        "ops-key-77c2d0": {"reindex", "admin"},
+    }
+    assert settings.api_headers() == {"Authorization": "Bearer all-scope-key-19ad"}
+    shown = repr(settings) + str(settings.model_dump()) + settings.model_dump_json()
+    assert "kiosk-key" not in shown and "ops-key" not in shown and "all-scope-key" not in shown
+    monkeypatch.delenv("FACEPASS_API_KEY")
+    assert Settings().api_headers() == {"Authorization": "Bearer kiosk-key-4b1f9e"}
+    # A keys file alone lets the service bind off loopback (it has keys).
+    monkeypatch.setenv("FACEPASS_HTTP_HOST", "0.0.0.0")
+    assert Settings().has_keys
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("secret-key-5e0a\n", "line 1: no scope"),
+        ("# only a comment\n\n", "holds no key"),
+        ("\nsecret-key-5e0a search,delete\n", "line 2: scopes are search, reindex, admin"),
+        ("search secret-key-5e0a\n", "line 1: scopes are"),  # the wrong order: the key is not echoed
+        ("REPLACE_ME_KEY admin\n", "REPLACE_ME"),
+    ],
+)
+def test_a_bad_keys_file_is_refused_without_its_keys(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str, error: str
+) -> None:
+    path = tmp_path / "api_keys"
+    path.write_text(text)
+    monkeypatch.setenv("FACEPASS_API_KEYS_FILE", str(path))
+    with pytest.raises(ValidationError, match=error) as refused:
+        Settings()
+    assert "secret-key" not in str(refused.value) and str(path) in str(refused.value)
+
+
+def test_a_missing_keys_file_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FACEPASS_API_KEYS_FILE", str(tmp_path / "nope"))
+    with pytest.raises(ValidationError, match="cannot read it"):
+        Settings()
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.1.1", "localhost", "::1", "[::1]"])
 def test_loopback_bind_needs_no_key(host: str) -> None:
     assert Settings(http_host=host).api_keys == ()
