@@ -21,7 +21,7 @@ class IndexWriter:
 
     def __init__(self, settings: Settings) -> None:
         logging.basicConfig(level=logging.INFO)
-        self.store = VectorStore(settings.local_dsn, pool_size=2)
+        self.store = VectorStore(settings.local_url(), pool_size=2)
         self.store.create_schema()
         self.committer = GroupCommitter(self.store, settings.writer_max_batch_photos)
 

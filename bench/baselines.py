@@ -165,8 +165,8 @@ def run_seed_loop(
     decode -> detect -> embed -> insert + commit (VectorStore.write_result)."""
     session_id = catalog_writer.add_session(f"bench seed loop {latency_ms:g}ms {uuid.uuid4().hex[:6]}")
     catalog_writer.add_photos(session_id, names_paths)
-    catalog = CloudCatalog(settings.cloud_dsn)
-    store = VectorStore(settings.local_dsn, pool_size=1)
+    catalog = CloudCatalog(settings.cloud_url())
+    store = VectorStore(settings.local_url(), pool_size=1)
     policy = UrlPolicy.from_settings(settings)
     download_ms = inference_ms = write_ms = 0.0
     errors: dict[str, int] = {}

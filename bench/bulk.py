@@ -40,7 +40,7 @@ def run_job(dsn: str, settings: Settings, summary: Path, *extra: str) -> dict[st
     os.environ.update(
         {
             "FACEPASS_CLOUD_DSN": dsn,
-            "FACEPASS_LOCAL_DSN": settings.local_dsn or "",
+            "FACEPASS_LOCAL_DSN": settings.local_url(),
             "FACEPASS_STORAGE_URL": settings.storage_url,
             "FACEPASS_RAY_NAMESPACE": settings.ray_namespace,
         }

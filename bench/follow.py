@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from bench.service import BenchService, free_port
 from facepass.db import resolve_databases
@@ -115,7 +116,7 @@ def run_follow_bench(
     cloud_dsn, writer = new_catalog_database(base, prefix="bench_follow")
     settings = base.model_copy(
         update={
-            "cloud_dsn": cloud_dsn,
+            "cloud_dsn": SecretStr(cloud_dsn),
             "storage_url": storage.url,
             "follow": True,
             "http_port": free_port(),
@@ -123,7 +124,7 @@ def run_follow_bench(
             "embed_actors": base.embed_actors or base.local_pool_size(),
         }
     )
-    store = VectorStore(settings.local_dsn, pool_size=1)
+    store = VectorStore(settings.local_url(), pool_size=1)
     catalog = _Catalog(writer, storage)
     service = BenchService(settings).start()
     result: dict[str, Any] = {}

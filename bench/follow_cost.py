@@ -82,7 +82,7 @@ def explain(engine: sa.Engine, query: str, params: dict[str, Any]) -> dict[str, 
 def measure(
     settings: Settings, sessions: int, per_session: int, hot: int, sweep: int, rebuild: bool
 ) -> dict[str, Any]:
-    dsn = settings.cloud_dsn
+    dsn = settings.cloud_url()
     assert dsn
     dsn = dsn.replace("/facepass_cloud?", f"/{DB_NAME}?")
     catalog = CloudCatalog(dsn)

@@ -18,6 +18,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from facepass.catalog.changes import CatalogChanges
 from facepass.catalog.cloud import CloudCatalog
 from facepass.db import resolve_databases
@@ -47,15 +49,15 @@ class CountingEmbedder(FaceEmbedder):
 
 async def measure(settings: Settings, storage: PhotoStorage, minutes: float, sessions: int) -> dict[str, Any]:
     cloud_dsn, writer = new_catalog_database(settings, prefix="follow_idle")
-    settings = settings.model_copy(update={"cloud_dsn": cloud_dsn, "storage_url": storage.url})
+    settings = settings.model_copy(update={"cloud_dsn": SecretStr(cloud_dsn), "storage_url": storage.url})
     for i in range(sessions):
         add_face_photos(writer, storage, writer.add_session(f"idle {i}"), 3, prefix=f"s{i}_")
-    store = VectorStore(settings.local_dsn)
+    store = VectorStore(settings.local_url())
     store.create_schema()
     catalog = CloudCatalog(cloud_dsn)
     pipeline = PhotoPipeline(settings, CountingEmbedder(settings).load())
     coordinator = ReindexCoordinator(catalog, store, LocalProcessor(pipeline, store), keep_log=False)
-    locks, lock = SessionLocks(settings.local_dsn), FollowerLock(settings.local_dsn)
+    locks, lock = SessionLocks(settings.local_url()), FollowerLock(settings.local_url())
     runs = SessionRuns(locks, LocalJobRegistry(), runner="bench-follow-idle")
     follower = Follower(
         settings, CatalogChanges(catalog), FollowLedger(store.engine), coordinator, runs, lock

@@ -195,8 +195,8 @@ def _delete_sessions(settings: Settings, session_ids: list[str]) -> None:
         return
     ids = [uuid.UUID(s) for s in session_ids]
     param: sa.BindParameter[list[uuid.UUID]] = sa.bindparam("ids", expanding=True)
-    catalog = CatalogWriter(settings.cloud_dsn or "")
-    store = VectorStore(settings.local_dsn, pool_size=1)
+    catalog = CatalogWriter(settings.cloud_url())
+    store = VectorStore(settings.local_url(), pool_size=1)
     try:
         with catalog.engine.begin() as conn:
             conn.execute(
@@ -244,9 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = resolve_databases(base)
     if not (base.cloud_dsn and base.local_dsn):
         watch_postgres(data_dir / "pg")  # the embedded server's CPU is ours, not "other load"
-    catalog_writer = CatalogWriter(settings.cloud_dsn or "")
+    catalog_writer = CatalogWriter(settings.cloud_url())
     catalog_writer.create_schema()
-    schema_store = VectorStore(settings.local_dsn, pool_size=1)
+    schema_store = VectorStore(settings.local_url(), pool_size=1)
     schema_store.create_schema()
     schema_store.close()
     machine = _machine()
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             del embedder, embedders
             gc.collect()
             if args.writer_photos:
-                writer_store = VectorStore(settings.local_dsn, pool_size=2)
+                writer_store = VectorStore(settings.local_url(), pool_size=2)
                 writer_figures, writer_ids = run_writer(
                     writer_store,
                     precomputed,
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"search: building/reusing {args.search_sessions} x {args.search_session_faces} faces "
                     f"+ one session of {args.search_big_faces} ..."
                 )
-                search_store = VectorStore(settings.local_dsn, pool_size=2)
+                search_store = VectorStore(settings.local_url(), pool_size=2)
                 search_figures = run_search(
                     search_store,
                     sessions=args.search_sessions,

@@ -247,7 +247,7 @@ def seed_indexed_session(settings: Settings, catalog_writer: CatalogWriter, phot
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((photos, 512)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    engine = make_engine(settings.local_dsn)
+    engine = make_engine(settings.local_url())
     with engine.begin() as conn:
         for start in range(0, photos, 1000):
             chunk = refs[start : start + 1000]

@@ -73,21 +73,14 @@ def start_embedded_postgres(data_dir: Path) -> Dsns:
 
 
 def resolve_databases(settings: Settings) -> Settings:
-    """Settings with both DSNs filled in: configured servers, else the embedded one."""
-    if settings.cloud_dsn and settings.local_dsn:
-        return settings.model_copy(
-            update={
-                "cloud_dsn": with_driver(settings.cloud_dsn),
-                "local_dsn": with_driver(settings.local_dsn),
-            }
-        )
-    dsns = start_embedded_postgres(settings.data_dir)
-    return settings.model_copy(
-        update={
-            "cloud_dsn": with_driver(settings.cloud_dsn) if settings.cloud_dsn else dsns.cloud,
-            "local_dsn": with_driver(settings.local_dsn) if settings.local_dsn else dsns.local,
-        }
-    )
+    """Settings with both DSNs filled in (as secrets, on the installed driver): configured
+    servers, else the embedded one."""
+    cloud = settings.cloud_url() if settings.cloud_dsn else None
+    local = settings.local_url() if settings.local_dsn else None
+    if not (cloud and local):
+        dsns = start_embedded_postgres(settings.data_dir)
+        cloud, local = cloud or dsns.cloud, local or dsns.local
+    return settings.with_databases(cloud=with_driver(cloud), local=with_driver(local))
 
 
 def make_engine(dsn: str | None, *, read_only: bool = False, pool_size: int = 5) -> sa.Engine:

@@ -21,6 +21,7 @@ DEFAULT_STORAGE_PORTS = (80, 443)
 # admin (/mirror, /healthz's details; the bulk and audit jobs go through Ray, behind its token).
 SCOPES = ("search", "reindex", "admin")
 _KEYS_LINE = "<key> <scope>[,<scope>...]"
+_SECRET_FILES = ("cloud_dsn", "local_dsn", "api_key")  # each also read from FACEPASS_<NAME>_FILE
 
 
 def packaged_model_root() -> Path:
@@ -69,6 +70,25 @@ def parse_api_keys_file(text: str, path: Path) -> list[ScopedApiKey]:
     return [ScopedApiKey.model_validate({"key": key, "scopes": scopes}) for key, scopes in scopes_of.items()]
 
 
+def read_secret_file(path: Path, variable: str, *, strip: bool = True) -> str:
+    """A secret's file: its text (stripped); a clear error naming the variable, never the content."""
+    try:
+        text = path.expanduser().read_text()
+    except OSError as exc:
+        raise ValueError(f"{variable}={path}: cannot read it ({exc.strerror})") from None
+    if not text.strip():
+        raise ValueError(f"{variable}={path} is empty")
+    return text.strip() if strip else text
+
+
+def _reveal(secret: SecretStr | None, name: str) -> str:
+    if secret is None:
+        raise RuntimeError(f"{name} is not resolved; call facepass.db.resolve_databases() first")
+    if not isinstance(secret, SecretStr):  # model_copy(update=...) does not validate
+        raise TypeError(f"{name} must be a SecretStr (model_copy does not wrap it)")
+    return secret.get_secret_value()
+
+
 class ScopedApiKey(BaseModel):
     """One key of the keys file with what it may do (the key never printed)."""
 
@@ -87,9 +107,15 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,  # a refused setting must not print an API key or a DSN password
     )
 
-    # Databases: SQLAlchemy URLs. None -> an embedded PostgreSQL in data_dir.
-    cloud_dsn: str | None = None
-    local_dsn: str | None = None
+    # Databases: PostgreSQL URLs (postgresql://, postgres://, postgresql+psycopg2:// or
+    # postgresql+psycopg://). None -> an embedded PostgreSQL in data_dir. Secrets: never printed
+    # (repr, model_dump and logs show **********); code that connects asks cloud_url() /
+    # local_url(). Each may come from a file instead (FACEPASS_CLOUD_DSN_FILE, ...: a mounted
+    # secret); a value set directly wins over its file.
+    cloud_dsn: SecretStr | None = None
+    local_dsn: SecretStr | None = None
+    cloud_dsn_file: Path | None = None
+    local_dsn_file: Path | None = None
     data_dir: Path = Path(".facepass")
 
     # Object storage: preview_path is relative to storage_url; absolute URLs in
@@ -105,6 +131,7 @@ class Settings(BaseSettings):
     # list; each holds every scope. Unset (and no keys file): the routes are open, which is
     # refused on a non-loopback http_host.
     api_key: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    api_key_file: Path | None = None  # the same, from a file (FACEPASS_API_KEY_FILE)
     # Keys with scopes (SCOPES): a file of lines "<key> <scope>[,<scope>...]", read once at
     # start (a new key needs a restart of the replicas). scoped_api_keys is filled from it.
     api_keys_file: Path | None = None
@@ -221,14 +248,20 @@ class Settings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _read_api_keys_file(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("api_keys_file") and not data.get("scoped_api_keys"):
+    def _read_secret_files(cls, data: Any) -> Any:
+        """``*_file`` settings (a mounted secret, a file outside the repository) fill their
+        field when it is not set directly; the keys file fills scoped_api_keys."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name in _SECRET_FILES:
+            if data.get(f"{name}_file") and not data.get(name):
+                data[name] = read_secret_file(Path(data[f"{name}_file"]), f"FACEPASS_{name.upper()}_FILE")
+        if data.get("api_keys_file") and not data.get("scoped_api_keys"):
             path = Path(data["api_keys_file"]).expanduser()
-            try:
-                text = path.read_text()
-            except OSError as exc:
-                raise ValueError(f"FACEPASS_API_KEYS_FILE={path}: cannot read it ({exc.strerror})") from None
-            data = {**data, "scoped_api_keys": parse_api_keys_file(text, path)}
+            data["scoped_api_keys"] = parse_api_keys_file(
+                read_secret_file(path, "FACEPASS_API_KEYS_FILE", strip=False), path
+            )
         return data
 
     @field_validator("api_key", mode="before")
@@ -275,6 +308,24 @@ class Settings(BaseSettings):
         rotation; else the keys file's first)."""
         keys = self.keys_with_scopes()
         return {"Authorization": f"Bearer {keys[0][0]}"} if keys else {}
+
+    def cloud_url(self) -> str:
+        """The catalog's URL, password included: only for the code that connects."""
+        return _reveal(self.cloud_dsn, "cloud_dsn")
+
+    def local_url(self) -> str:
+        """The index's URL, password included: only for the code that connects."""
+        return _reveal(self.local_dsn, "local_dsn")
+
+    def with_databases(
+        self, *, cloud: str | None = None, local: str | None = None, **update: Any
+    ) -> Settings:
+        """A copy with other database URLs (kept as secrets) and other fields."""
+        if cloud is not None:
+            update["cloud_dsn"] = SecretStr(cloud)
+        if local is not None:
+            update["local_dsn"] = SecretStr(local)
+        return self.model_copy(update=update)
 
     @cached_property
     def model_dir(self) -> Path:

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = resolve_databases(Settings())
     model_name = args.model or ModelPack.from_settings(settings).name
-    catalog, store = CloudCatalog(settings.cloud_dsn), VectorStore(settings.local_dsn)
+    catalog, store = CloudCatalog(settings.cloud_url()), VectorStore(settings.local_url())
     # With the JSON on stdout, the table for people goes to stderr.
     out: TextIO = sys.stderr if args.json == "-" else sys.stdout
     try:

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     # photos in each actor, so a person's call or selfie waits behind few of its photos.
     pool = None if args.dry_run else EmbeddingPool(settings)
     processor: PhotoProcessor = PlanOnly(settings) if pool is None else LaneProcessor(pool, Lane.BACKGROUND)
-    catalog, store = CloudCatalog(settings.cloud_dsn), VectorStore(settings.local_dsn)
+    catalog, store = CloudCatalog(settings.cloud_url()), VectorStore(settings.local_url())
     store.create_schema()
     coordinator = ReindexCoordinator(
         catalog, store, processor, max_errors=settings.report_max_errors, keep_log=False
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # One run per session: this driver holds each session's lock while it runs it (a session
     # another run holds is skipped and reported); route calls for its sessions join its runs.
-    locks = SessionLocks(settings.local_dsn)
-    registry = SqlJobRegistry(settings.local_dsn)  # in the index database: outlives any node
+    locks = SessionLocks(settings.local_url())
+    registry = SqlJobRegistry(settings.local_url())  # in the index database: outlives any node
     runs = SessionRuns(locks, registry, runner=f"bulk-job:{socket.gethostname()}:{os.getpid()}")
     bulk = BulkReindexer(coordinator, page_size=settings.catalog_page_size, runs=runs)
     hooks = BulkHooks(planned=planned, outcome=outcome)

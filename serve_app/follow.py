@@ -74,7 +74,7 @@ class ReplicaFollower:
             keep_log=False,
         )
         ledger = FollowLedger(self.store.engine)
-        lock = FollowerLock(self.settings.local_dsn)
+        lock = FollowerLock(self.settings.local_url())
         self.follower = Follower(
             self.settings,
             CatalogChanges(self.catalog),

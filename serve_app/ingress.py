@@ -154,16 +154,16 @@ class FacePassIngress:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         auth.configure(settings.keys_with_scopes())
         self.settings = settings
-        self.catalog = CloudCatalog(settings.cloud_dsn)
-        self.store = VectorStore(settings.local_dsn)
+        self.catalog = CloudCatalog(settings.cloud_url())
+        self.store = VectorStore(settings.local_url())
         catalog_tables = (self.catalog.schema.sessions, self.catalog.schema.photos)
         self.probes = (
             DatabaseProbe(CLOUD_CATALOG, self.catalog.engine, catalog_tables),
             DatabaseProbe(LOCAL_INDEX, self.store.engine, (face_embeddings.name, indexed_photos.name)),
         )
-        self.locks = SessionLocks(settings.local_dsn)
+        self.locks = SessionLocks(settings.local_url())
         # The job book lives in the index database (not in an actor): it outlives any node.
-        self.runs = SessionRuns(self.locks, SqlJobRegistry(settings.local_dsn), runner=_replica_name())
+        self.runs = SessionRuns(self.locks, SqlJobRegistry(settings.local_url()), runner=_replica_name())
         self.route_runs = RouteRuns(self.runs, self._database_errors)
         self._starting = threading.Lock()
         self._coordinator: ReindexCoordinator | None = None
@@ -173,7 +173,7 @@ class FacePassIngress:
         except sqlalchemy.exc.DBAPIError as exc:  # serve anyway: 503s that say why, until it is back
             log.warning("local index not ready at start (%s); will retry on the next call", exc.orig)
         self.generation_packs = GenerationPacks(settings)  # earlier packs, loaded on first use
-        self._follower_lock = FollowerLock(settings.local_dsn)  # asks who follows (never takes it here)
+        self._follower_lock = FollowerLock(settings.local_url())  # asks who follows (never takes it here)
         self.follower: ReplicaFollower | None = None
         if settings.follow:
             self.follower = ReplicaFollower(settings, self.catalog, self.store, self.runs, self._ready_pool)

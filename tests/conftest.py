@@ -24,6 +24,34 @@ from facepass.index.store import VectorStore
 from facepass.settings import Settings
 from jobs.local_head import free_port
 
+# Every test connects with a password in its DSNs, so a test can look for it wherever the
+# service shows something (settings, logs, /healthz, Ray's listings). The embedded server
+# trusts its socket: the password is carried along and not needed.
+PLANTED_PASSWORD = "planted-db-pw-7e51c0d2"
+
+
+def plant_password(settings: Settings) -> Settings:
+    """The embedded server's DSNs (``postgres:@``, no password) with PLANTED_PASSWORD in them;
+    configured DSNs (a real server and its own password) as they are."""
+
+    def planted(url: str) -> str:
+        return url.replace("://postgres:@", f"://postgres:{PLANTED_PASSWORD}@", 1)
+
+    return settings.with_databases(cloud=planted(settings.cloud_url()), local=planted(settings.local_url()))
+
+
+def secret_files(folder: Path, **secrets: str) -> dict[str, str]:
+    """``FACEPASS_<NAME>_FILE`` variables for secrets written to files (mode 0600) in ``folder``:
+    what a job's ``env_vars`` may carry (a path, which Ray's listings may show), never the secret."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    env = {}
+    for name, value in secrets.items():
+        path = folder / name
+        path.touch(mode=0o600)
+        path.write_text(value)
+        env[f"FACEPASS_{name.upper()}_FILE"] = str(path)
+    return env
+
 
 @pytest.fixture(scope="session")
 def storage() -> Iterator[PhotoStorage]:
@@ -50,11 +78,11 @@ def settings(tmp_path_factory: pytest.TempPathFactory, storage: PhotoStorage) ->
         follow_discover_interval_s=2.0,
         follow_lock_retry_s=1.0,
     )
-    resolved = resolve_databases(base)
-    writer = CatalogWriter(resolved.cloud_dsn or "")
+    resolved = plant_password(resolve_databases(base))
+    writer = CatalogWriter(resolved.cloud_url())
     writer.create_schema()
     writer.close()
-    store = VectorStore(resolved.local_dsn)
+    store = VectorStore(resolved.local_url())
     store.create_schema()
     store.close()
     return resolved
@@ -62,14 +90,14 @@ def settings(tmp_path_factory: pytest.TempPathFactory, storage: PhotoStorage) ->
 
 @pytest.fixture(scope="session")
 def catalog_writer(settings: Settings) -> Iterator[CatalogWriter]:
-    writer = CatalogWriter(settings.cloud_dsn or "")
+    writer = CatalogWriter(settings.cloud_url())
     yield writer
     writer.close()
 
 
 @pytest.fixture(scope="session")
 def store(settings: Settings) -> Iterator[VectorStore]:
-    vector_store = VectorStore(settings.local_dsn)
+    vector_store = VectorStore(settings.local_url())
     yield vector_store
     vector_store.close()
 

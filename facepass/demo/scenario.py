@@ -82,13 +82,12 @@ class CatalogWriter:
 def fresh_database(settings: Settings, name: str) -> str:
     """An empty database ``name`` on the configured catalog's server (dropped first if it
     exists); returns its DSN."""
-    assert settings.cloud_dsn
-    admin = make_engine(settings.cloud_dsn.replace("/facepass_cloud?", "/postgres?"))
+    admin = make_engine(settings.cloud_url().replace("/facepass_cloud?", "/postgres?"))
     with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
-    return settings.cloud_dsn.replace("/facepass_cloud?", f"/{name}?")
+    return settings.cloud_url().replace("/facepass_cloud?", f"/{name}?")
 
 
 def new_catalog_database(
@@ -140,8 +139,7 @@ def build_seed_scenario(
 ) -> SeedScenario:
     """13 photos: 11 with one real face each, one with no face, one missing from storage;
     the first 3 already indexed locally (so: 13 total, 3 skipped, 8 + 2 to process)."""
-    assert settings.cloud_dsn and settings.local_dsn
-    catalog = CatalogWriter(settings.cloud_dsn)
+    catalog = CatalogWriter(settings.cloud_url())
     catalog.create_schema()
     sid = catalog.add_session(SEED_SESSION_NAME, True, session_id)
     crops = photos.single_face_crops()
@@ -159,7 +157,7 @@ def build_seed_scenario(
     catalog.close()
 
     preindexed = refs[:n_preindexed]
-    store = VectorStore(settings.local_dsn)
+    store = VectorStore(settings.local_url())
     store.create_schema()
     index_locally(settings, store, preindexed)
     store.close()

@@ -96,7 +96,7 @@ def job_env(settings: Settings, catalog: Catalog, address: str, **extra: str) ->
         {
             "RAY_ADDRESS": address,
             "FACEPASS_CLOUD_DSN": catalog.dsn,
-            "FACEPASS_LOCAL_DSN": settings.local_dsn or "",
+            "FACEPASS_LOCAL_DSN": settings.local_url(),
             "FACEPASS_STORAGE_URL": settings.storage_url,
             "FACEPASS_RAY_NAMESPACE": settings.ray_namespace,
             "FACEPASS_PHOTOS_IN_FLIGHT_PER_ACTOR": "4",

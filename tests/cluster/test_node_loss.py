@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import ray
+from pydantic import SecretStr
 from ray import serve
 from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -274,7 +275,7 @@ def test_a_route_call_finishes_on_what_is_left_when_a_node_goes(
     catalog = make_catalog(cluster_settings, slow_storage, sessions=1, per_session=40)
     settings = cluster_settings.model_copy(
         update={
-            "cloud_dsn": catalog.dsn,
+            "cloud_dsn": SecretStr(catalog.dsn),
             "http_port": free_port(),
             "pool_refresh_s": 2.0,
             "embed_actors": None,

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import ray
+from pydantic import SecretStr
 from ray import serve
 from ray.cluster_utils import Cluster
 
@@ -90,7 +91,7 @@ def test_a_route_call_indexes_every_photo_once_under_rpc_failures(
     kill_pool_actors(cluster_settings)
     catalog = make_catalog(cluster_settings, slow_storage, sessions=1, per_session=16)
     settings = cluster_settings.model_copy(
-        update={"cloud_dsn": catalog.dsn, "http_port": free_port(), "pool_refresh_s": 2.0}
+        update={"cloud_dsn": SecretStr(catalog.dsn), "http_port": free_port(), "pool_refresh_s": 2.0}
     )
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
     try:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from facepass.settings import Settings
 from jobs.local_head import LocalRayHead
+from tests.conftest import secret_files
 from tests.planted import Index, fresh_index, plant
 
 pytestmark = pytest.mark.slow
@@ -18,8 +20,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def submit_audit(head: LocalRayHead, index: Index, *job_args: str) -> subprocess.CompletedProcess[str]:
-    """The README's command; this test's databases go in as the runtime env's env_vars."""
-    env_vars = {"FACEPASS_CLOUD_DSN": index.cloud_dsn, "FACEPASS_LOCAL_DSN": index.local_dsn}
+    """The README's command; this test's databases go in as files named in the runtime env's
+    env_vars (Ray lists env_vars; never a password there)."""
+    secrets = Path(tempfile.mkdtemp(prefix="audit-secrets-"))
+    env_vars = secret_files(secrets, cloud_dsn=index.cloud_dsn, local_dsn=index.local_dsn)
     command = [
         *("ray", "job", "submit", "--working-dir", "."),
         *("--runtime-env-json", json.dumps({"env_vars": env_vars})),

@@ -8,14 +8,18 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
+from ray import serve
 from ray.job_submission import JobStatus, JobSubmissionClient
+from ray.util.state import list_actors, list_jobs
 
-from facepass.demo.scenario import add_face_photos, index_locally, new_catalog_database
+from facepass.demo.scenario import CatalogWriter, add_face_photos, index_locally, new_catalog_database
 from facepass.demo.storage import PhotoStorage
 from facepass.index.store import VectorStore, face_embeddings
-from tests.integration.conftest import Service
+from tests.conftest import secret_files
+from tests.integration.conftest import Service, wait_for_ray_logs
 
 pytestmark = pytest.mark.slow
 
@@ -23,11 +27,11 @@ REPO = Path(__file__).resolve().parents[2]
 TERMINAL = {JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED}
 
 
-def job_env(service: Service, cloud_dsn: str) -> dict[str, str]:
+def job_env(service: Service, cloud_dsn: str, secrets: Path) -> dict[str, str]:
+    """The job's env_vars: the databases as files (the README's way: Ray lists env_vars)."""
     s = service.settings
     return {
-        "FACEPASS_CLOUD_DSN": cloud_dsn,
-        "FACEPASS_LOCAL_DSN": s.local_dsn or "",
+        **secret_files(secrets, cloud_dsn=cloud_dsn, local_dsn=s.local_url()),
         "FACEPASS_STORAGE_URL": s.storage_url,
         "FACEPASS_RAY_NAMESPACE": s.ray_namespace,
         "FACEPASS_EMBED_ACTORS": str(s.embed_actors),
@@ -41,12 +45,13 @@ def submit(
 ) -> subprocess.CompletedProcess[str]:
     """The README's command, from the repository: `ray` and the job's `python` come from PATH
     (the head was started with the project's bin first on it), RAY_ADDRESS names the head;
-    this test's databases go in as the runtime env's env_vars, as the README shows."""
+    this test's settings go in as the runtime env's env_vars, the databases as paths of files
+    (next to the summary), as the README shows."""
     options = [
         "--working-dir",
         ".",
         "--runtime-env-json",
-        json.dumps({"env_vars": job_env(service, cloud_dsn)}),
+        json.dumps({"env_vars": job_env(service, cloud_dsn, summary.parent / f"{summary.stem}-secrets")}),
     ]
     if job_id:
         options += ["--submission-id", job_id]
@@ -120,6 +125,45 @@ def test_bulk_job_indexes_every_active_session_and_a_second_run_does_nothing(
     )
     assert embeddings_of(store, complete) == complete_rows  # other sessions untouched
     writer.close()
+
+
+def test_no_database_password_in_anything_a_run_shows(
+    service: Service, storage: PhotoStorage, catalog_writer: CatalogWriter, tmp_path: Path
+) -> None:
+    """The DSNs carry a password (the session's is planted, tests/conftest.py). After a route
+    call and a `ray job submit` run, it is in none of: the job's output, summary and JSON (the
+    Jobs API), Ray's job and actor listings, Serve's status, /healthz (with and without a key),
+    /mirror, and every log file of the head's session."""
+    password = sa.make_url(service.settings.local_url()).password
+    assert password and password in service.settings.cloud_url()
+    dsn, writer = new_catalog_database(service.settings)
+    assert password in dsn
+    add_face_photos(writer, storage, writer.add_session("Пароль нигде"), 2)
+    routed = catalog_writer.add_session("Пароль нигде (маршрут)")
+    add_face_photos(catalog_writer, storage, routed, 1)
+    assert service.reindex(routed).json()["successful_photos"] == 1
+    job_id = f"secrets-{uuid.uuid4().hex[:8]}"
+    run = submit(service, dsn, tmp_path / "run.json", job_id=job_id)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert json.loads((tmp_path / "run.json").read_text())["photos_successful"] == 2
+
+    client = JobSubmissionClient(service.head.dashboard_url)
+    shown = {
+        "job output": run.stdout + run.stderr,
+        "summary": (tmp_path / "run.json").read_text(),
+        "job info": repr(client.get_job_info(job_id)),
+        "job logs": client.get_job_logs(job_id),
+        "jobs list": repr(client.list_jobs()),
+        "state jobs": repr(list_jobs(detail=True, limit=10_000)),
+        "state actors": repr(list_actors(detail=True, limit=10_000)),
+        "serve status": repr(serve.status()),
+        "healthz": service.get("/healthz").text + httpx.get(f"{service.base_url}/healthz", timeout=60).text,
+        "mirror": service.get("/api/v1/faces/mirror").text,
+    }
+    assert "cloud_dsn" in shown["job info"]  # the env_vars are listed: the files' paths only
+    shown |= {str(path): text for path, text in wait_for_ray_logs(lambda text: job_id in text).items()}
+    leaked = [where for where, text in shown.items() if password in text]
+    assert not leaked, f"the database password is shown in {leaked}"
 
 
 def test_stopped_job_resumes_and_indexes_every_photo_exactly_once(

@@ -141,12 +141,11 @@ def test_service_started_without_its_index_answers_503_then_starts_when_it_appea
 ) -> None:
     """A second app whose index database does not exist yet: it starts anyway, says so, and
     creates its schema and pool on the first call after the database appears."""
-    assert service.settings.local_dsn
     later = f"index_later_{uuid.uuid4().hex[:8]}"
     settings = Settings.model_validate(
         {
             **service.settings.model_dump(),
-            "local_dsn": service.settings.local_dsn.replace("/facepass_vector?", f"/{later}?"),
+            "local_dsn": service.settings.local_url().replace("/facepass_vector?", f"/{later}?"),
             "ray_namespace": f"{service.settings.ray_namespace}-later",
             "embed_actors": 1,
             "api_key": API_KEYS,

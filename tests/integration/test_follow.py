@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 from ray import serve
 
 from facepass.demo import photos
@@ -49,7 +50,7 @@ class Followed:
 def followed(service: Service) -> Iterator[Followed]:
     cloud_dsn, writer = new_catalog_database(service.settings, prefix="follow_it")
     settings = service.settings.model_copy(
-        update={"cloud_dsn": cloud_dsn, "follow": True, "serve_replicas": 2}
+        update={"cloud_dsn": SecretStr(cloud_dsn), "follow": True, "serve_replicas": 2}
     )
     serve.run(build_app(settings), name=APP, route_prefix=PREFIX)
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 from ray import serve
 
 from actors.pool import kill_pool_actors
@@ -66,7 +67,7 @@ def base(service: Service, model_root: Path) -> Iterator[Settings]:
     writer.close()
     settings = service.settings.model_copy(
         update={
-            "cloud_dsn": cloud_dsn,
+            "cloud_dsn": SecretStr(cloud_dsn),
             "follow": True,
             "model_root": model_root,
             "ray_namespace": f"{service.settings.ray_namespace}-gen",
@@ -95,7 +96,7 @@ def test_a_model_change_leaves_no_gap_in_search(
         return {m["photo_id"] for m in answer.json()["matches"]}
 
     serve.run(build_app(old), name=APP, route_prefix=PREFIX)
-    writer = CatalogWriter(base.cloud_dsn or "")
+    writer = CatalogWriter(base.cloud_url())
     try:
         sid = writer.add_session("Смена модели на ходу")
         names = []

@@ -31,6 +31,6 @@ def embedder() -> FaceEmbedder:
 @pytest.fixture
 def locks(settings: Settings) -> Iterator[SessionLocks]:
     """Per-session run locks in the embedded index database."""
-    session_locks = SessionLocks(settings.local_dsn)
+    session_locks = SessionLocks(settings.local_url())
     yield session_locks
     session_locks.close()

@@ -45,7 +45,7 @@ class FakeProcessor:
 
 @pytest.fixture(scope="module")
 def catalog(settings: Settings) -> Iterator[CloudCatalog]:
-    cloud = CloudCatalog(settings.cloud_dsn)
+    cloud = CloudCatalog(settings.cloud_url())
     yield cloud
     cloud.close()
 

@@ -16,7 +16,7 @@ from facepass.settings import Settings
 
 @pytest.fixture(scope="module")
 def catalog(settings: Settings) -> Iterator[CloudCatalog]:
-    cloud = CloudCatalog(settings.cloud_dsn)
+    cloud = CloudCatalog(settings.cloud_url())
     yield cloud
     cloud.close()
 
@@ -116,7 +116,7 @@ def test_iter_session_pages_covers_sessions_once(
 def test_custom_schema_names(settings: Settings, catalog_writer: CatalogWriter) -> None:
     """A deployment maps its own table/column names; a wrong mapping fails loudly, not silently."""
     sid = catalog_writer.add_session("mapped", enabled=True)
-    renamed = CloudCatalog(settings.cloud_dsn, CatalogSchema(session_name="no_such_column"))
+    renamed = CloudCatalog(settings.cloud_url(), CatalogSchema(session_name="no_such_column"))
     try:
         with pytest.raises(sa.exc.ProgrammingError):
             renamed.get_session(sid)

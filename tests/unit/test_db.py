@@ -43,8 +43,7 @@ def test_mapping_is_logged_once_per_spelling_without_the_url(
 
 def test_psycopg2_dsn_reaches_the_real_server(settings: Settings) -> None:
     """The design card's spelling works end to end (psycopg2 itself is not installed)."""
-    assert settings.cloud_dsn
-    card_style = settings.cloud_dsn.replace("postgresql+psycopg://", "postgresql+psycopg2://", 1)
+    card_style = settings.cloud_url().replace("postgresql+psycopg://", "postgresql+psycopg2://", 1)
     engine = make_engine(card_style)
     with engine.connect() as conn:
         assert conn.scalar(sa.text("SELECT 1")) == 1

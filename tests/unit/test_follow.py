@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 
 from facepass.catalog.changes import CatalogChanges, Signature
 from facepass.catalog.cloud import CloudCatalog
@@ -74,8 +75,8 @@ def world(settings: Settings, storage: PhotoStorage, embedder: FaceEmbedder) -> 
     catalog = CloudCatalog(cloud_dsn)
     local = settings.model_copy(
         update={
-            "cloud_dsn": cloud_dsn,
-            "local_dsn": local_dsn,
+            "cloud_dsn": SecretStr(cloud_dsn),
+            "local_dsn": SecretStr(local_dsn),
             "follow_discover_interval_s": 0.001,
             "follow_interval_s": 0.05,
             "follow_lock_retry_s": 0.05,
@@ -256,7 +257,7 @@ def test_signatures_see_every_kind_of_change(world: World) -> None:
 
 
 def test_exactly_one_follower(world: World) -> None:
-    other = FollowerLock(world.settings.local_dsn)
+    other = FollowerLock(world.settings.local_url())
     try:
         assert world.follower_lock.try_acquire()
         assert not other.try_acquire()
@@ -271,7 +272,7 @@ def test_exactly_one_follower(world: World) -> None:
 def test_the_loop_follows_only_while_it_holds_the_lock(world: World) -> None:
     sid = world.writer.add_session("Цикл")
     refs = add_face_photos(world.writer, world.storage, sid, 1, prefix="l")
-    other = FollowerLock(world.settings.local_dsn)
+    other = FollowerLock(world.settings.local_url())
     assert other.try_acquire()  # someone else follows
 
     async def scenario() -> None:

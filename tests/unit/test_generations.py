@@ -49,7 +49,7 @@ def with_pack(settings: Settings, root: Path, pack: str) -> Settings:
 
 @pytest.fixture(scope="module")
 def catalog(settings: Settings) -> Iterator[CloudCatalog]:
-    cloud = CloudCatalog(settings.cloud_dsn)
+    cloud = CloudCatalog(settings.cloud_url())
     yield cloud
     cloud.close()
 

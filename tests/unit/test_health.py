@@ -22,19 +22,18 @@ UNREACHABLE = "postgresql://nobody@127.0.0.1:1/nowhere"
 @pytest.fixture
 def empty_dsn(settings: Settings) -> Iterator[str]:
     """A database on the embedded server with no tables at all (a catalog before its schema)."""
-    assert settings.cloud_dsn
     name = f"empty_{uuid.uuid4().hex[:10]}"
-    admin = make_engine(settings.cloud_dsn.replace("/facepass_cloud?", "/postgres?"))
+    admin = make_engine(settings.cloud_url().replace("/facepass_cloud?", "/postgres?"))
     with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield settings.cloud_dsn.replace("/facepass_cloud?", f"/{name}?")
+    yield settings.cloud_url().replace("/facepass_cloud?", f"/{name}?")
     with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     admin.dispose()
 
 
 def test_databases_with_their_tables_pass(settings: Settings, store: VectorStore) -> None:
-    DatabaseProbe(CLOUD_CATALOG, make_engine(settings.cloud_dsn), ("sessions", "photos")).check()
+    DatabaseProbe(CLOUD_CATALOG, make_engine(settings.cloud_url()), ("sessions", "photos")).check()
     DatabaseProbe(LOCAL_INDEX, store.engine, INDEX_TABLES).check()
 
 

@@ -60,10 +60,10 @@ old_ledger = sa.Table(
 def fresh_db(settings: Settings) -> Iterator[str]:
     """A new, empty database on the embedded server."""
     name = f"migr_{uuid.uuid4().hex[:10]}"
-    admin = make_engine(settings.local_dsn)
+    admin = make_engine(settings.local_url())
     with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(settings.local_dsn or "").set(database=name)
+    url = sa.make_url(settings.local_url()).set(database=name)
     yield url.render_as_string(hide_password=False)
     with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))

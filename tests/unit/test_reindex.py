@@ -33,7 +33,7 @@ SEED_ERRORS = sorted(
 
 @pytest.fixture(scope="module")
 def catalog(settings: Settings) -> Iterator[CloudCatalog]:
-    cloud = CloudCatalog(settings.cloud_dsn)
+    cloud = CloudCatalog(settings.cloud_url())
     yield cloud
     cloud.close()
 

@@ -22,7 +22,7 @@ def test_key_is_stable_signed_64_bit_and_per_session() -> None:
 
 def test_second_try_fails_until_released(settings: Settings, locks: SessionLocks) -> None:
     sid = uuid.uuid4()
-    other_process = SessionLocks(settings.local_dsn)
+    other_process = SessionLocks(settings.local_url())
     try:
         first = locks.try_acquire(sid)
         assert first is not None and first.held
@@ -58,7 +58,7 @@ def test_a_killed_backend_frees_the_lock(settings: Settings, locks: SessionLocks
     sid = uuid.uuid4()
     held = locks.try_acquire(sid)
     assert held is not None
-    engine = sa.create_engine(settings.local_dsn or "")
+    engine = sa.create_engine(settings.local_url())
     with engine.connect() as conn:
         assert conn.scalar(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": held.backend_pid})
     engine.dispose()

@@ -32,7 +32,7 @@ def registry(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Job
     if request.param == "memory":
         yield LocalJobRegistry()
         return
-    sql = SqlJobRegistry(settings.local_dsn)
+    sql = SqlJobRegistry(settings.local_url())
     yield sql
     sql.close()
 

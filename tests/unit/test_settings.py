@@ -209,6 +209,61 @@ def test_public_bind_without_a_key_is_refused(monkeypatch: pytest.MonkeyPatch, h
     assert Settings().http_host == host
 
 
+PLANTED = "planted-pw-6c1e93"
+
+
+def test_dsn_passwords_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """repr, str, model_dump and its JSON show ********** for a DSN; cloud_url() gives it to the
+    code that connects. The design card's psycopg2 spelling stays accepted."""
+    card = f"postgresql+psycopg2://facepass:{PLANTED}@db.internal:5432/facepass_cloud"
+    monkeypatch.setenv("FACEPASS_CLOUD_DSN", card)
+    monkeypatch.setenv("FACEPASS_LOCAL_DSN", f"postgresql://facepass:{PLANTED}@db.internal/facepass_vector")
+    settings = Settings()
+    for shown in (repr(settings), str(settings), str(settings.model_dump()), settings.model_dump_json()):
+        assert PLANTED not in shown and "db.internal" not in shown
+    assert settings.cloud_url() == card and PLANTED in settings.local_url()
+    again = Settings.model_validate(settings.model_dump())  # the copies the tests and jobs make
+    assert again.local_url() == settings.local_url()
+    assert PLANTED in settings.with_databases(cloud=card + "?x=1").cloud_url()
+    assert PLANTED not in repr(settings.with_databases(cloud=card + "?x=1"))
+
+
+def test_secrets_from_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """FACEPASS_<NAME>_FILE, the way a Kubernetes secret is mounted: the file's text, stripped;
+    a value set directly wins."""
+    (tmp_path / "cloud_dsn").write_text(f"postgresql://u:{PLANTED}@catalog/facepass_cloud\n")
+    (tmp_path / "local_dsn").write_text(f"postgresql://u:{PLANTED}@index/facepass_vector")
+    (tmp_path / "api_key").write_text("new-key-81f0, old-key-2c3d\n")
+    for name in ("cloud_dsn", "local_dsn", "api_key"):
+        monkeypatch.setenv(f"FACEPASS_{name.upper()}_FILE", str(tmp_path / name))
+    settings = Settings()
+    assert settings.cloud_url() == f"postgresql://u:{PLANTED}@catalog/facepass_cloud"
+    assert settings.local_url().endswith("@index/facepass_vector")
+    assert settings.api_keys == ("new-key-81f0", "old-key-2c3d")
+    assert PLANTED not in repr(settings) and "new-key" not in settings.model_dump_json()
+    monkeypatch.setenv("FACEPASS_CLOUD_DSN", "postgresql://u@direct/facepass_cloud")
+    assert Settings().cloud_url() == "postgresql://u@direct/facepass_cloud"
+
+
+@pytest.mark.parametrize("name", ["cloud_dsn", "local_dsn", "api_key"])
+def test_an_unreadable_or_empty_secret_file_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str
+) -> None:
+    variable = f"FACEPASS_{name.upper()}_FILE"
+    monkeypatch.setenv(variable, str(tmp_path / "absent"))
+    with pytest.raises(ValidationError, match=f"{variable}=.*cannot read it"):
+        Settings()
+    (tmp_path / "empty").write_text("\n")
+    monkeypatch.setenv(variable, str(tmp_path / "empty"))
+    with pytest.raises(ValidationError, match=f"{variable}=.* is empty"):
+        Settings()
+
+
+def test_an_unresolved_dsn_says_so() -> None:
+    with pytest.raises(RuntimeError, match="resolve_databases"):
+        Settings().cloud_url()
+
+
 KEYS_FILE = """# FacePass API keys: <key> <scope>[,<scope>...]
 kiosk-key-4b1f9e search
 
@@ -243,6 +298,7 @@ def test_keys_file_gives_keys_their_scopes(monkeypatch: pytest.MonkeyPatch, tmp_
     [
         ("secret-key-5e0a\n", "line 1: no scope"),
         ("# only a comment\n\n", "holds no key"),
+        ("\n", "is empty"),
         ("\nsecret-key-5e0a search,delete\n", "line 2: scopes are search, reindex, admin"),
         ("search secret-key-5e0a\n", "line 1: scopes are"),  # the wrong order: the key is not echoed
         ("REPLACE_ME_KEY admin\n", "REPLACE_ME"),
