@@ -5,6 +5,7 @@ metric, keys never in any log."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 
@@ -107,3 +108,29 @@ def test_refused_calls_are_counted_and_no_key_reaches_a_log(service: Service) ->
     for path, text in texts.items():
         for secret in [*API_KEYS, WRONG_KEY]:
             assert secret not in text, f"a key is in {path}"
+
+
+def test_ray_jobs_api_refuses_a_caller_without_the_token(service: Service) -> None:
+    """Ray's control plane is behind its token (the README's head, as cluster.yaml and KubeRay
+    run it): without the token, or with a wrong one, the Jobs API neither lists nor runs a job
+    (anyone who could would run code on the cluster); with it, the same job runs."""
+    jobs = f"{service.head.dashboard_url}/api/jobs/"
+    job = {"entrypoint": "python -c \"print('ran with the token')\""}
+    for headers in ({}, {"Authorization": "Bearer not-the-ray-token"}):
+        assert httpx.post(jobs, json=job, headers=headers, timeout=30).status_code in (401, 403), headers
+        assert httpx.get(jobs, headers=headers, timeout=30).status_code in (401, 403), headers
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    if service.head.env.get("RAY_AUTH_TOKEN_PATH"):
+        token = Path(service.head.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    bearer = {"Authorization": f"Bearer {token}"}
+    accepted = httpx.post(jobs, json=job, headers=bearer, timeout=30)
+    assert accepted.status_code == 200, accepted.text
+    job_id = accepted.json()["submission_id"]
+    deadline = time.monotonic() + 120
+    while (
+        status := httpx.get(f"{jobs}{job_id}", headers=bearer, timeout=30).json()["status"]
+    ) != "SUCCEEDED":
+        assert status in ("PENDING", "RUNNING") and time.monotonic() < deadline, status
+        time.sleep(0.5)
+    logs = httpx.get(f"{jobs}{job_id}/logs", headers=bearer, timeout=30).json()["logs"]
+    assert "ran with the token" in logs

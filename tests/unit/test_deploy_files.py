@@ -118,8 +118,10 @@ def test_rayservice_has_cpu_head_and_gpu_worker_group() -> None:
     ]
     assert gpu_groups, "no worker group with nvidia.com/gpu: 1"
     for container in [head, *(g["template"]["spec"]["containers"][0] for g in gpu_groups)]:
-        secrets = [ref["secretRef"]["name"] for ref in container.get("envFrom", []) if "secretRef" in ref]
-        assert secrets, f"{container['name']} takes no env from a Secret"
+        configs = [
+            ref["configMapRef"]["name"] for ref in container.get("envFrom", []) if "configMapRef" in ref
+        ]
+        assert configs, f"{container['name']} takes its settings from no ConfigMap"
 
 
 def _metric_names() -> list[str]:
@@ -165,13 +167,19 @@ def test_no_api_key_literal_in_deploy_files(path: Path) -> None:
     assert not _KEY_LITERAL.search(text), _KEY_LITERAL.search(text)
 
 
-def test_cluster_yaml_reads_the_key_from_a_secret_file_outside_the_repo(cluster: dict[str, Any]) -> None:
+SECRETS = ("API_KEY", "CLOUD_DSN", "LOCAL_DSN")  # each read from FACEPASS_<NAME>_FILE
+
+
+def test_cluster_yaml_reads_every_secret_from_a_file_outside_the_repo(cluster: dict[str, Any]) -> None:
     mounts = cluster["file_mounts"]
     secret_dirs = [remote for remote, local in mounts.items() if local != "." and "secret" in remote]
     assert secret_dirs, mounts
     assert not mounts[secret_dirs[0]].startswith((".", "/work")), "the secret must come from outside the repo"
     setup = "\n".join(cluster["setup_commands"])
-    assert f'FACEPASS_API_KEY="$(cat {secret_dirs[0]}/api_key)"' in setup
+    for name in SECRETS:
+        folder = secret_dirs[0].replace("~", "$HOME")
+        assert f'FACEPASS_{name}_FILE="{folder}/{name.lower()}"' in setup, name
+        assert not re.search(rf"FACEPASS_{name}=", setup), f"FACEPASS_{name} is set in the environment"
     # Serve listens on every interface there: the key is what keeps the routes closed.
     assert "FACEPASS_HTTP_HOST=0.0.0.0" in setup
 
@@ -190,27 +198,67 @@ def test_cluster_yaml_runs_ray_with_token_auth_on_every_node(cluster: dict[str, 
     assert "--dashboard-host=0.0.0.0" not in "\n".join(cluster["head_start_ray_commands"])
 
 
-def test_serve_config_sets_no_key_in_its_runtime_env() -> None:
+def test_serve_config_sets_no_secret_in_its_runtime_env() -> None:
+    """Ray lists a runtime env's env_vars: a secret's file path may go there, never the secret."""
     config = yaml.safe_load(SERVE_CONFIG.read_text())
-    for app in config["applications"]:
-        assert "FACEPASS_API_KEY" not in (app.get("runtime_env") or {}).get("env_vars", {})
+    text = SERVE_CONFIG.read_text()
+    for name in SECRETS:
+        assert not re.search(rf"FACEPASS_{name}\s*:", text), f"FACEPASS_{name} set in {SERVE_CONFIG.name}"
+        for app in config["applications"]:
+            assert f"FACEPASS_{name}" not in (app.get("runtime_env") or {}).get("env_vars", {})
 
 
-def test_rayservice_takes_the_key_from_a_secret_it_does_not_define() -> None:
+def _rayservice_containers() -> list[dict[str, Any]]:
     cluster_spec = _rayservice()["spec"]["rayClusterConfig"]
-    containers = [cluster_spec["headGroupSpec"]["template"]["spec"]["containers"][0]]
-    containers += [g["template"]["spec"]["containers"][0] for g in cluster_spec["workerGroupSpecs"]]
-    refs = set()
-    for container in containers:
-        env = {e["name"]: e for e in container.get("env", [])}
-        assert "value" not in env["FACEPASS_API_KEY"], container["name"]
-        ref = env["FACEPASS_API_KEY"]["valueFrom"]["secretKeyRef"]
-        refs.add((ref["name"], ref["key"]))
-    assert len(refs) == 1
-    ((secret_name, _),) = refs
+    pods = [cluster_spec["headGroupSpec"]["template"]]
+    pods += [group["template"] for group in cluster_spec["workerGroupSpecs"]]
+    return [{**pod["spec"]["containers"][0], "pod": pod} for pod in pods]
+
+
+def test_rayservice_mounts_its_secrets_as_files_from_a_secret_it_does_not_define() -> None:
+    """Every pod reads the API key and both DSNs from files of a mounted Secret created by hand
+    (not in the repo); no secret is a pod environment variable (every Ray process inherits those)."""
     documents = [doc for doc in yaml.safe_load_all(RAYSERVICE.read_text()) if doc]
-    defined = [d["metadata"]["name"] for d in documents if d.get("kind") == "Secret"]
-    assert secret_name not in defined, "the key's Secret is created by hand, not kept in the repo"
+    assert not [d for d in documents if d.get("kind") == "Secret"], "Secrets are created by hand"
+    mounted = set()
+    for container in _rayservice_containers():
+        volumes = {v["name"]: v for v in container["pod"]["spec"].get("volumes", [])}
+        mounts = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts", [])}
+        env = {e["name"]: e for e in container.get("env", [])}
+        for name in SECRETS:
+            assert f"FACEPASS_{name}" not in env, (container["name"], name)
+            path = Path(env[f"FACEPASS_{name}_FILE"]["value"])
+            volume = mounts[str(path.parent)]
+            mounted.add(volume["secret"]["secretName"])
+            assert volume["secret"]["defaultMode"] == 0o400
+    assert len(mounted) == 1, mounted
     for doc in documents:
-        if doc.get("kind") == "Secret":
-            assert "FACEPASS_API_KEY" not in {**doc.get("stringData", {}), **doc.get("data", {})}
+        if doc.get("kind") == "ConfigMap":
+            assert not {f"FACEPASS_{n}" for n in SECRETS} & set(doc["data"]), "a secret in the ConfigMap"
+
+
+def test_rayservice_runs_ray_with_token_auth_behind_a_network_policy() -> None:
+    """KubeRay's authOptions put the GCS, dashboard and Jobs API behind Ray's token; the Ray
+    Client port is not opened; a NetworkPolicy lets only the cluster's pods (and the operator,
+    on the dashboard) reach the control plane, anyone only Serve and the metrics."""
+    cluster_spec = _rayservice()["spec"]["rayClusterConfig"]
+    assert cluster_spec["authOptions"]["mode"] == "token"
+    labels = set()
+    for container in _rayservice_containers():
+        ports = {p["containerPort"] for p in container.get("ports", [])}
+        assert 10001 not in ports, container["name"]
+        labels.add(tuple(sorted(container["pod"]["metadata"]["labels"].items())))
+    assert len(labels) == 1
+    documents = [doc for doc in yaml.safe_load_all(RAYSERVICE.read_text()) if doc]
+    (policy,) = [d for d in documents if d.get("kind") == "NetworkPolicy"]
+    assert tuple(sorted(policy["spec"]["podSelector"]["matchLabels"].items())) in labels
+    assert "Ingress" in policy["spec"]["policyTypes"]
+    for rule in policy["spec"]["ingress"]:
+        ports = {p["port"] for p in rule.get("ports", [])}
+        sources = rule.get("from")
+        if sources is None:  # from anywhere: only Serve and the metrics
+            assert ports and ports <= {8000, 8080}, rule
+        elif not ports:  # every port: only from the cluster's own pods
+            assert all(tuple(sorted(src["podSelector"]["matchLabels"].items())) in labels for src in sources)
+        else:
+            assert 6379 not in ports, rule
