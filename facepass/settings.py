@@ -135,6 +135,8 @@ class Settings(BaseSettings):
     # Keys with scopes (SCOPES): a file of lines "<key> <scope>[,<scope>...]", read once at
     # start (a new key needs a restart of the replicas). scoped_api_keys is filled from it.
     api_keys_file: Path | None = None
+    # Serve the routes without a key on a non-loopback bind (behind a gateway that checks callers).
+    allow_open_http: bool = False
     scoped_api_keys: list[ScopedApiKey] = Field(default_factory=list)
     ray_namespace: str = "facepass"
     # Replicas of the HTTP ingress; calls for one session share one run whichever replica they hit.
@@ -280,7 +282,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_public_bind_without_key(self) -> Settings:
-        if not self.has_keys and not is_loopback(self.http_host):
+        if not self.has_keys and not self.allow_open_http and not is_loopback(self.http_host):
             raise ValueError(
                 f"FACEPASS_HTTP_HOST={self.http_host} is not a loopback address: set FACEPASS_API_KEY "
                 "(one key, or several comma-separated) or FACEPASS_API_KEYS_FILE before serving on it"

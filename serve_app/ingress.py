@@ -59,6 +59,7 @@ from facepass.settings import Settings
 from facepass.vision.generation_packs import GenerationPacks
 from serve_app import auth
 from serve_app.auth import ADMIN, REINDEX, SEARCH
+from serve_app.bind import require_closed_or_loopback
 from serve_app.follow import ReplicaFollower
 from serve_app.runs import RouteRuns
 from serve_app.schemas import (
@@ -152,6 +153,7 @@ def _replica_name() -> str:
 class FacePassIngress:
     def __init__(self, settings: Settings) -> None:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+        require_closed_or_loopback(settings)  # before anything: no key on a public bind, no start
         auth.configure(settings.keys_with_scopes())
         self.settings = settings
         self.catalog = CloudCatalog(settings.cloud_url())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -177,3 +178,28 @@ def test_serve_run_refuses_a_public_bind_without_a_key(monkeypatch: pytest.Monke
     monkeypatch.setenv("FACEPASS_HTTP_HOST", "0.0.0.0")
     with pytest.raises(ValidationError, match="FACEPASS_HTTP_HOST=0.0.0.0 is not a loopback address"):
         _ = serve_app.app
+
+
+@pytest.mark.parametrize(
+    ("host", "settings", "refused"),
+    [
+        ("0.0.0.0", {}, True),  # serve deploy / KubeRay: every interface, no key
+        ("::", {}, True),
+        ("10.0.0.5", {}, True),
+        ("0.0.0.0", {"api_key": "a-real-key"}, False),
+        ("0.0.0.0", {"allow_open_http": True}, False),  # opened on purpose
+        ("127.0.0.1", {}, False),
+        ("localhost", {}, False),
+        (None, {}, False),  # no Serve controller: a plain driver, nothing served over HTTP
+    ],
+)
+def test_open_routes_only_on_a_loopback_bind(
+    host: str | None, settings: dict[str, Any], refused: bool
+) -> None:
+    from facepass.settings import Settings
+    from serve_app.bind import refusal
+
+    why = refusal(host, Settings(**settings))
+    assert (why is not None) == refused, why
+    if why:
+        assert f"binds {host}" in why and "FACEPASS_API_KEY" in why and "FACEPASS_ALLOW_OPEN_HTTP" in why
