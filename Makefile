@@ -17,6 +17,7 @@ install:
 	$(UV) sync --frozen
 
 demo: install
+	$(RUN) python -m jobs.migrate
 	RAY_DEDUP_LOGS=0 $(RUN) python -m jobs.demo
 
 # The bulk job (all sessions) through the real `ray job submit`, on a local Ray head it starts
@@ -44,6 +45,7 @@ bench-gpu:
 	$(RUN) --extra gpu python -m bench.gpu $(GPU_ARGS)
 
 serve: install
+	$(RUN) python -m jobs.migrate
 	$(RUN) serve run serve_app:app
 
 lint: install

@@ -22,7 +22,7 @@ class IndexWriter:
     def __init__(self, settings: Settings) -> None:
         logging.basicConfig(level=logging.INFO)
         self.store = VectorStore(settings.local_url(), pool_size=2)
-        self.store.create_schema()
+        self.store.ready_schema(bool(settings.migrate_at_start))
         self.committer = GroupCommitter(self.store, settings.writer_max_batch_photos)
 
     async def write_batch(self, results: list[PhotoResult]) -> list[PhotoOutcome]:

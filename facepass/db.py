@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import SecretStr
 
 from facepass.settings import Settings
 
@@ -77,10 +78,15 @@ def resolve_databases(settings: Settings) -> Settings:
     servers, else the embedded one."""
     cloud = settings.cloud_url() if settings.cloud_dsn else None
     local = settings.local_url() if settings.local_dsn else None
+    # The embedded index has one role, owner of everything: it migrates at start by itself.
+    migrate_at_start = settings.migrate_at_start if settings.migrate_at_start is not None else not local
     if not (cloud and local):
         dsns = start_embedded_postgres(settings.data_dir)
         cloud, local = cloud or dsns.cloud, local or dsns.local
-    return settings.with_databases(cloud=with_driver(cloud), local=with_driver(local))
+    update: dict[str, Any] = {"migrate_at_start": migrate_at_start}
+    if settings.migrate_dsn:
+        update["migrate_dsn"] = SecretStr(with_driver(settings.migrate_url()))
+    return settings.with_databases(cloud=with_driver(cloud), local=with_driver(local), **update)
 
 
 def make_engine(dsn: str | None, *, read_only: bool = False, pool_size: int = 5) -> sa.Engine:

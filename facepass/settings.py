@@ -21,7 +21,12 @@ DEFAULT_STORAGE_PORTS = (80, 443)
 # admin (/mirror, /healthz's details; the bulk and audit jobs go through Ray, behind its token).
 SCOPES = ("search", "reindex", "admin")
 _KEYS_LINE = "<key> <scope>[,<scope>...]"
-_SECRET_FILES = ("cloud_dsn", "local_dsn", "api_key")  # each also read from FACEPASS_<NAME>_FILE
+_SECRET_FILES = (
+    "cloud_dsn",
+    "local_dsn",
+    "migrate_dsn",
+    "api_key",
+)  # each also read from FACEPASS_<NAME>_FILE
 
 
 def packaged_model_root() -> Path:
@@ -116,6 +121,14 @@ class Settings(BaseSettings):
     local_dsn: SecretStr | None = None
     cloud_dsn_file: Path | None = None
     local_dsn_file: Path | None = None
+    # The index's owner role, for `python -m jobs.migrate` (else local_dsn), so that the
+    # service's own role needs no DDL (README "Database roles").
+    migrate_dsn: SecretStr | None = None
+    migrate_dsn_file: Path | None = None
+    # Migrate the index at start (the replicas, the writer, the bulk job) instead of only checking
+    # its revision (a 503 naming `python -m jobs.migrate` when behind). Unset: only on the
+    # embedded default database (resolve_databases decides).
+    migrate_at_start: bool | None = None
     data_dir: Path = Path(".facepass")
 
     # Object storage: preview_path is relative to storage_url; absolute URLs in
@@ -318,6 +331,10 @@ class Settings(BaseSettings):
     def local_url(self) -> str:
         """The index's URL, password included: only for the code that connects."""
         return _reveal(self.local_dsn, "local_dsn")
+
+    def migrate_url(self) -> str:
+        """The index's owner role (migrations): migrate_dsn, else local_dsn."""
+        return _reveal(self.migrate_dsn, "migrate_dsn") if self.migrate_dsn else self.local_url()
 
     def with_databases(
         self, *, cloud: str | None = None, local: str | None = None, **update: Any

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     pool = None if args.dry_run else EmbeddingPool(settings)
     processor: PhotoProcessor = PlanOnly(settings) if pool is None else LaneProcessor(pool, Lane.BACKGROUND)
     catalog, store = CloudCatalog(settings.cloud_url()), VectorStore(settings.local_url())
-    store.create_schema()
+    store.ready_schema(bool(settings.migrate_at_start))
     coordinator = ReindexCoordinator(
         catalog, store, processor, max_errors=settings.report_max_errors, keep_log=False
     )

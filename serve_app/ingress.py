@@ -174,6 +174,8 @@ class FacePassIngress:
             self._start()
         except sqlalchemy.exc.DBAPIError as exc:  # serve anyway: 503s that say why, until it is back
             log.warning("local index not ready at start (%s); will retry on the next call", exc.orig)
+        except DatabaseError as exc:  # a schema behind this code: 503s naming jobs.migrate until run
+            log.warning("local index not ready at start (%s); will check again on the next call", exc)
         self.generation_packs = GenerationPacks(settings)  # earlier packs, loaded on first use
         self._follower_lock = FollowerLock(settings.local_url())  # asks who follows (never takes it here)
         self.follower: ReplicaFollower | None = None
@@ -186,7 +188,7 @@ class FacePassIngress:
         with self._starting:
             if self._coordinator is not None:
                 return self._coordinator
-            self.store.create_schema()
+            self.store.ready_schema(bool(self.settings.migrate_at_start))
             self.pool = EmbeddingPool(self.settings)
             # keep_log=False: the lines go to the log; a 10,000-photo run must not keep them all.
             coordinator = ReindexCoordinator(

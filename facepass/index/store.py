@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql as pg
 
 from facepass.db import make_engine
 from facepass.errors import Fenced, WriteFailed
-from facepass.index.migrations import migrate
+from facepass.index.migrations import migrate, require_current
 from facepass.models import EMBEDDING_DIM, Fence, LedgerStatus, PhotoOutcome, PhotoResult, PhotoStatus
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,14 @@ class SearchHit:
 class VectorStore:
     def __init__(self, dsn: str | None, pool_size: int = 5) -> None:
         self.engine = make_engine(dsn, pool_size=pool_size)
+
+    def ready_schema(self, migrate: bool) -> None:
+        """At start: migrate (the embedded default database, ``migrate_at_start``), or only check
+        that the schema is this code's (DatabaseSchemaMissing naming ``python -m jobs.migrate``)."""
+        if migrate:
+            self.create_schema()
+        else:
+            require_current(self.engine)
 
     def create_schema(self) -> None:
         """Apply the migrations; idempotent and safe from several processes at once."""

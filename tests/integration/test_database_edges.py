@@ -3,6 +3,9 @@ missing, /healthz naming the cause, and the service recovering by itself."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +24,7 @@ from facepass.demo.scenario import CatalogWriter, fresh_database
 from facepass.index.store import VectorStore
 from facepass.settings import Settings
 from serve_app import build_app
+from tests.conftest import secret_files
 from tests.integration.conftest import API_KEYS, Service
 
 pytestmark = pytest.mark.slow
@@ -172,4 +176,53 @@ def test_service_started_without_its_index_answers_503_then_starts_when_it_appea
         assert httpx.get(f"{service.base_url}/later/healthz", timeout=60).status_code == 200
     finally:
         serve.delete("facepass-later")
+        kill_pool_actors(settings)
+
+
+def test_a_configured_index_behind_this_code_answers_503_naming_jobs_migrate(
+    service: Service, catalog_writer: CatalogWriter, tmp_path: Any
+) -> None:
+    """A second app on an index database nobody migrated, configured (not the embedded default):
+    the replica does not migrate it (its role may not, on a real deployment), every call answers
+    503 naming `python -m jobs.migrate`, and once the command ran (as its own step, the owner's
+    DSN from a file) the next call is served, with no restart."""
+    name = f"index_unmigrated_{uuid.uuid4().hex[:8]}"
+    index_dsn = fresh_database(service.settings, name)
+    settings = Settings.model_validate(
+        {
+            **service.settings.model_dump(),
+            "ray_namespace": f"{service.settings.ray_namespace}-unmigrated",
+            "embed_actors": 1,
+            "migrate_at_start": False,
+        }
+    ).with_databases(local=index_dsn)
+    serve.run(build_app(settings), name="facepass-unmigrated", route_prefix="/unmigrated")
+    url = f"{service.base_url}/unmigrated/api/v1/faces/force-reindex-session"
+    sid = catalog_writer.add_session("Схема отстала")
+    try:
+        behind = httpx.post(f"{url}/{sid}", headers=service.headers, timeout=120)
+        body = assert_503(behind, "local index", "database_schema_missing", ["alembic_version"])
+        assert f"database {name} is at schema revision none" in body["detail"]
+        assert "python -m jobs.migrate" in body["detail"]
+        with sa.create_engine(index_dsn).connect() as conn:  # nothing was created at run time
+            assert not sa.inspect(conn).get_table_names()
+
+        env = {
+            **secret_files(tmp_path / "owner", migrate_dsn=index_dsn),
+            "FACEPASS_CLOUD_DSN": service.settings.cloud_url(),
+            "FACEPASS_LOCAL_DSN": index_dsn,
+            "PATH": os.environ["PATH"],
+        }
+        migrated = subprocess.run(
+            [sys.executable, "-m", "jobs.migrate"], env={**os.environ, **env}, capture_output=True, text=True
+        )
+        assert migrated.returncode == 0, migrated.stderr
+        assert "schema revision none ->" in migrated.stdout
+        deadline = time.monotonic() + 120
+        while (answer := httpx.post(f"{url}/{sid}", headers=service.headers, timeout=300)).status_code != 200:
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(1)
+        assert answer.json()["session_name"] == "Схема отстала"
+    finally:
+        serve.delete("facepass-unmigrated")
         kill_pool_actors(settings)

@@ -78,6 +78,8 @@ def test_cluster_yaml_installs_and_starts_the_app(cluster: dict[str, Any]) -> No
     assert "--dashboard-host=127.0.0.1" in head_start  # reached through `ray dashboard` (a tunnel)
     assert "--metrics-export-port=8080" in head_start
     assert "serve deploy deploy/serve_config.yaml" in head_start
+    # The migrations are their own step, before the app (which only checks the revision).
+    assert head_start.index("python -m jobs.migrate &&") < head_start.index("serve deploy")
     worker_start = "\n".join(cluster["worker_start_ray_commands"])
     assert "$RAY_HEAD_IP" in worker_start
     assert "--metrics-export-port=8080" in worker_start

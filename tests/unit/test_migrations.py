@@ -144,3 +144,96 @@ def test_an_empty_database_is_built_by_the_migrations(fresh_db: str) -> None:
     )
     assert current_revision(engine) == head_revision()
     engine.dispose()
+
+
+def test_a_configured_index_is_only_checked_until_jobs_migrate_runs(
+    fresh_db: str, settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a configured database the service, the writer and the bulk job only check the schema
+    (ready_schema(False)): behind, a DatabaseSchemaMissing that names `python -m jobs.migrate`,
+    and nothing created. `python -m jobs.migrate --check` says the same (exit 1); the command
+    migrates; then the check passes."""
+    from facepass.db import resolve_databases
+    from facepass.errors import DatabaseSchemaMissing
+    from jobs import migrate as migrate_job
+
+    monkeypatch.setenv("FACEPASS_CLOUD_DSN", settings.cloud_url())
+    monkeypatch.setenv("FACEPASS_LOCAL_DSN", fresh_db)
+    configured = resolve_databases(Settings())
+    assert configured.migrate_at_start is False  # the embedded default migrates; a configured one not
+    assert settings.migrate_at_start is True
+    store = VectorStore(configured.local_url(), pool_size=1)
+    with pytest.raises(
+        DatabaseSchemaMissing, match=r"revision none, this code needs .*python -m jobs\.migrate"
+    ):
+        store.ready_schema(migrate=configured.migrate_at_start)
+    assert current_revision(store.engine) is None and not sa.inspect(store.engine).get_table_names()
+    assert migrate_job.main(["--check"]) == 1
+    assert "python -m jobs.migrate" in capsys.readouterr().err
+
+    assert migrate_job.main([]) == 0
+    assert f"schema revision none -> {head_revision()}" in capsys.readouterr().out
+    assert migrate_job.main(["--check"]) == 0
+    store.ready_schema(migrate=False)  # current now: no error
+    assert current_revision(store.engine) == head_revision()
+    store.close()
+
+
+def test_jobs_migrate_uses_the_owner_dsn_when_given(
+    fresh_db: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FACEPASS_MIGRATE_DSN (the owner role) is the one jobs.migrate connects with; the service's
+    FACEPASS_LOCAL_DSN is not touched (here: a database that does not exist)."""
+    from jobs import migrate as migrate_job
+
+    missing = sa.make_url(fresh_db).set(database="no_such_index").render_as_string(hide_password=False)
+    monkeypatch.setenv("FACEPASS_CLOUD_DSN", settings.cloud_url())
+    monkeypatch.setenv("FACEPASS_LOCAL_DSN", missing)
+    monkeypatch.setenv("FACEPASS_MIGRATE_DSN", fresh_db)
+    assert migrate_job.main([]) == 0
+    assert current_revision(make_engine(fresh_db)) == head_revision()
+
+
+def test_grant_gives_the_service_role_rows_and_no_ddl(fresh_db: str, settings: Settings) -> None:
+    """`python -m jobs.migrate --grant ROLE`: the role reads and writes the index's rows (also of
+    tables a later migration adds), takes advisory locks, and may change no schema."""
+    from jobs.migrate import grant_runtime_role
+
+    role = f"facepass_app_{uuid.uuid4().hex[:6]}"
+    owner = make_engine(fresh_db)
+    with owner.begin() as conn:
+        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+    try:
+        migrate(owner)
+        grant_runtime_role(owner, role)
+        with owner.begin() as conn:  # a table a later migration adds: covered by default privileges
+            conn.execute(sa.text("CREATE TABLE later_table (id bigserial PRIMARY KEY, note text)"))
+        app = make_engine(sa.make_url(fresh_db).set(username=role).render_as_string(hide_password=False))
+        with app.begin() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(42)"))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO indexed_photos (photo_id, session_id, status, face_count, model_name)"
+                    " VALUES (:p, :s, 'no_face', 0, 'm')"
+                ),
+                {"p": uuid.uuid4(), "s": uuid.uuid4()},
+            )
+            conn.execute(sa.text("INSERT INTO later_table (note) VALUES ('ok')"))
+            assert conn.execute(sa.text("SELECT count(*) FROM indexed_photos")).scalar() == 1
+            conn.execute(sa.text("DELETE FROM later_table"))
+        for ddl in (
+            "CREATE TABLE intruder (id int)",
+            "ALTER TABLE indexed_photos ADD COLUMN intruder int",
+            "DROP TABLE later_table",
+            "CREATE SCHEMA intruder",
+            "DROP EXTENSION vector",
+        ):
+            with pytest.raises(sa.exc.ProgrammingError, match="permission denied|must be owner"):
+                with app.begin() as conn:
+                    conn.execute(sa.text(ddl))
+        app.dispose()
+    finally:
+        with owner.begin() as conn:
+            conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
+            conn.execute(sa.text(f'DROP ROLE "{role}"'))
+        owner.dispose()

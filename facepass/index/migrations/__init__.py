@@ -1,14 +1,18 @@
-"""Schema migrations of the local index (Alembic), applied at start by whoever starts first.
+"""Schema migrations of the local index (Alembic), applied by ``python -m jobs.migrate``.
 
 ``migrate(engine)`` upgrades ``facepass_vector`` to the newest revision under a
-PostgreSQL advisory lock, so the Serve replicas, the writer and a bulk job can
-all call it at once. An index made before migrations existed (no
-``alembic_version`` table) is picked up by the baseline revision, which only
-creates what is missing, and then upgraded in place, rows kept.
+PostgreSQL advisory lock (idempotent; safe from several processes at once), on the
+index owner's role. The service, the writer and the bulk job only check the revision
+at start (``require_current``: a typed error naming the command when the schema is
+behind); only on the embedded default database do they migrate by themselves. An
+index made before migrations existed (no ``alembic_version`` table) is picked up by
+the baseline revision, which only creates what is missing, and then upgraded in
+place, rows kept.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -17,7 +21,11 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from facepass.errors import LOCAL_INDEX, DatabaseSchemaMissing
+
+log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
+MIGRATE_COMMAND = "python -m jobs.migrate"
 _LOCK_KEY = 4242001  # the same key the pre-migration create_schema() took
 
 
@@ -45,3 +53,24 @@ def migrate(engine: sa.Engine, revision: str = "head") -> None:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+
+
+def require_current(engine: sa.Engine) -> str:
+    """The schema's revision when this code can run on it; DatabaseSchemaMissing naming the
+    migration command when it is behind (or has none). A revision this code does not know is
+    a newer schema (migrations only add): served, with a warning."""
+    head = head_revision()
+    current = current_revision(engine)
+    if current == head:
+        return current
+    known = {rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    if current is not None and current not in known:
+        log.warning("local index schema %s is newer than this code's %s; serving it", current, head)
+        return current
+    name = engine.url.database or "?"
+    detail = (
+        f"database {name} is at schema revision {current or 'none'}, this code needs {head}: "
+        f"run `{MIGRATE_COMMAND}` (as the index's owner role)"
+    )
+    log.error("%s: %s", LOCAL_INDEX, detail)
+    raise DatabaseSchemaMissing(LOCAL_INDEX, detail, ("alembic_version",) if current is None else ())
