@@ -85,8 +85,40 @@ def resolve_databases(settings: Settings) -> Settings:
         cloud, local = cloud or dsns.cloud, local or dsns.local
     update: dict[str, Any] = {"migrate_at_start": migrate_at_start}
     if settings.migrate_dsn:
-        update["migrate_dsn"] = SecretStr(with_driver(settings.migrate_url()))
-    return settings.with_databases(cloud=with_driver(cloud), local=with_driver(local), **update)
+        update["migrate_dsn"] = SecretStr(bounded(settings.migrate_url(), settings))
+    return settings.with_databases(cloud=bounded(cloud, settings), local=bounded(local, settings), **update)
+
+
+def bounded(url: str, settings: Settings) -> str:
+    """The URL with the service's bounds for every connection made from it (libpq parameters:
+    every engine of every process that gets the URL has them): statement, lock and
+    idle-in-transaction timeouts, TCP keepalives. What the URL already says wins."""
+    parsed = sa.make_url(with_driver(url))
+    query = dict(parsed.query)
+    given = query.get("options", "")
+    bounds = " ".join(
+        f"-c {name}={int(seconds * 1000)}"
+        for name, seconds in (
+            ("statement_timeout", settings.db_statement_timeout_s),
+            ("lock_timeout", settings.db_lock_timeout_s),
+            ("idle_in_transaction_session_timeout", settings.db_idle_in_transaction_timeout_s),
+        )
+        if f"{name}=" not in str(given)
+    )
+    query["options"] = f"{bounds} {given if isinstance(given, str) else ''}".strip()
+    for key, value in (
+        ("keepalives", "1"),
+        ("keepalives_idle", str(settings.db_keepalives_idle_s)),
+        ("keepalives_interval", "10"),
+        ("keepalives_count", "3"),
+    ):
+        query.setdefault(key, value)
+    return parsed.set(query=query).render_as_string(hide_password=False)
+
+
+def _url_options(dsn: str) -> str:
+    given = sa.make_url(with_driver(dsn)).query.get("options", "")
+    return given if isinstance(given, str) else ""
 
 
 def make_engine(dsn: str | None, *, read_only: bool = False, pool_size: int = 5) -> sa.Engine:
@@ -94,8 +126,9 @@ def make_engine(dsn: str | None, *, read_only: bool = False, pool_size: int = 5)
         raise RuntimeError("database DSN is not resolved; call resolve_databases() first")
     connect_args: dict[str, Any] = {"connect_timeout": 10}
     if read_only:
-        # The server itself refuses writes on this connection, whatever the code does.
-        connect_args["options"] = "-c default_transaction_read_only=on"
+        # The server itself refuses writes on this connection, whatever the code does (after
+        # the URL's own options: its bounds stay).
+        connect_args["options"] = f"{_url_options(dsn)} -c default_transaction_read_only=on".strip()
     return sa.create_engine(
         with_driver(dsn),
         pool_pre_ping=True,  # survive a server that dropped idle connections

@@ -124,6 +124,13 @@ class DatabaseSchemaMissing(DatabaseError):
     code = "database_schema_missing"
 
 
+class DatabaseTimeout(DatabaseError):
+    """A statement ran, or waited on a lock, past the connection's bounds (SQLSTATE 57014,
+    55P03): the database answers but cannot serve this call now."""
+
+    code = "database_timeout"
+
+
 class ModelLoadError(FacePassError):
     """The model pack cannot be loaded as configured (a runtime or precision this node lacks)."""
 

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 import sqlalchemy.exc
 
-from facepass.errors import DatabaseError, DatabaseSchemaMissing, DatabaseUnavailable
+from facepass.errors import DatabaseError, DatabaseSchemaMissing, DatabaseTimeout, DatabaseUnavailable
 
 # SQLSTATEs of a schema that lacks what the code expects.
 _UNDEFINED = {"42P01": "table", "42703": "column", "3F000": "schema"}
 _NAMED = re.compile(r'(?:relation|column|schema) "([^"]+)" does not exist')
+# SQLSTATEs of a statement stopped by the connection's bounds (lock_timeout, statement_timeout).
+_TIMED_OUT = {"55P03": "waited for a lock", "57014": "ran"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +63,22 @@ def is_database_failure(exc: BaseException) -> bool:
 
 
 def diagnose(exc: BaseException, probes: Iterable[DatabaseProbe]) -> DatabaseError:
-    """The typed error behind a failed database call: the first database that fails its
-    check, else (it recovered meanwhile) what the error itself names."""
+    """The typed error behind a failed database call: a statement stopped by its time bounds
+    (named by the tables it read), else the first database that fails its check, else (it
+    recovered meanwhile) what the error itself names."""
     probes = list(probes)
+    state = _sqlstate(exc) if isinstance(exc, sqlalchemy.exc.DBAPIError) else None
+    if state in _TIMED_OUT:
+        statement = str(getattr(exc, "statement", "") or "")
+        owner = next(
+            (p for p in probes if any(re.search(rf"\b{re.escape(t)}\b", statement) for t in p.tables)), None
+        )
+        label = owner.label if owner else "database"
+        return DatabaseTimeout(
+            label,
+            f"a query {_TIMED_OUT[state]} past its limit ({_cause(exc)}): a table locked by another "
+            "connection, or the server overloaded; try again later",
+        )
     for probe in probes:
         try:
             probe.check()

@@ -125,6 +125,14 @@ class Settings(BaseSettings):
     # service's own role needs no DDL (README "Database roles").
     migrate_dsn: SecretStr | None = None
     migrate_dsn_file: Path | None = None
+    # Bounds on every database connection, put into the URLs resolve_databases returns (so every
+    # engine of every process has them): a statement that runs, or waits on a lock, past its
+    # limit fails (503 naming the database) instead of hanging a call and its session lock; a
+    # transaction left open is ended; a vanished server is noticed by TCP keepalives.
+    db_statement_timeout_s: float = Field(default=60.0, gt=0)
+    db_lock_timeout_s: float = Field(default=10.0, gt=0)
+    db_idle_in_transaction_timeout_s: float = Field(default=60.0, gt=0)
+    db_keepalives_idle_s: int = Field(default=30, ge=1)
     # Migrate the index at start (the replicas, the writer, the bulk job) instead of only checking
     # its revision (a 503 naming `python -m jobs.migrate` when behind). Unset: only on the
     # embedded default database (resolve_databases decides).

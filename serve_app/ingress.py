@@ -101,7 +101,7 @@ _STATUS: dict[type[FacePassError], int] = {
 }
 REPLICA_HEADER = "X-FacePass-Replica"
 # A joined run that failed answers like its owner did: 503 when a database failed it.
-_DATABASE_CODES = ("database_error", "database_unavailable", "database_schema_missing")
+_DATABASE_CODES = ("database_error", "database_unavailable", "database_schema_missing", "database_timeout")
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
 IMAGE_BODY: dict[str, Any] = {

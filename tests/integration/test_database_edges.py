@@ -20,7 +20,7 @@ from ray import serve
 from actors.pool import kill_pool_actors
 from facepass import db
 from facepass.demo import photos
-from facepass.demo.scenario import CatalogWriter, fresh_database
+from facepass.demo.scenario import CatalogWriter, add_face_photos, fresh_database
 from facepass.index.store import VectorStore
 from facepass.settings import Settings
 from serve_app import build_app
@@ -226,3 +226,33 @@ def test_a_configured_index_behind_this_code_answers_503_naming_jobs_migrate(
     finally:
         serve.delete("facepass-unmigrated")
         kill_pool_actors(settings)
+
+
+def test_a_locked_catalog_table_gets_a_503_in_bounded_time_and_the_service_keeps_serving(
+    service: Service, catalog_writer: CatalogWriter, storage: Any
+) -> None:
+    """The catalog's `photos` table held by another connection (`LOCK TABLE photos IN ACCESS
+    EXCLUSIVE MODE` in an open transaction): a force-reindex call answers within the connection's
+    lock timeout (+ margin) with a 503 naming the catalog (it used to hang until the lock went),
+    /healthz stays 200 throughout, and once the lock is gone the same call indexes the session."""
+    sid = catalog_writer.add_session("Каталог занят")
+    add_face_photos(catalog_writer, storage, sid, 1)
+    bound = service.settings.db_lock_timeout_s
+    holder = sa.create_engine(service.settings.cloud_url()).connect()
+    transaction = holder.begin()
+    holder.execute(sa.text("SET LOCAL lock_timeout = 0"))
+    holder.execute(sa.text("LOCK TABLE photos IN ACCESS EXCLUSIVE MODE"))
+    try:
+        started = time.monotonic()
+        answer = service.reindex(sid)
+        waited = time.monotonic() - started
+        body = assert_503(answer, "cloud catalog", "database_timeout", [])
+        assert "waited for a lock past its limit" in body["detail"], body
+        assert waited < bound + 20, f"answered after {waited:.1f} s (lock timeout {bound} s)"
+        healthy = httpx.get(f"{service.base_url}/healthz", timeout=60)
+        assert healthy.status_code == 200, healthy.text
+    finally:
+        transaction.rollback()
+        holder.close()
+    done = service.reindex(sid)
+    assert done.status_code == 200 and done.json()["successful_photos"] == 1, done.text

@@ -48,3 +48,40 @@ def test_psycopg2_dsn_reaches_the_real_server(settings: Settings) -> None:
     with engine.connect() as conn:
         assert conn.scalar(sa.text("SELECT 1")) == 1
     engine.dispose()
+
+
+def test_every_connection_is_bounded(settings: Settings) -> None:
+    """resolve_databases puts the bounds into the URLs (every engine of every process gets them);
+    a value the URL already has wins, a second pass changes nothing, and the catalog's read-only
+    engine keeps them next to its own option."""
+    from facepass.catalog.cloud import CloudCatalog
+    from facepass.db import bounded
+
+    url = settings.local_url()
+    assert bounded(url, settings) == url  # already bounded: idempotent
+    query = sa.make_url(url).query
+    assert query["keepalives"] == "1" and query["keepalives_idle"] == str(settings.db_keepalives_idle_s)
+    with make_engine(url).connect() as conn:
+        for name, seconds in (
+            ("lock_timeout", settings.db_lock_timeout_s),
+            ("statement_timeout", settings.db_statement_timeout_s),
+            ("idle_in_transaction_session_timeout", settings.db_idle_in_transaction_timeout_s),
+        ):
+            setting = conn.scalar(sa.text("SELECT setting FROM pg_settings WHERE name = :n"), {"n": name})
+            assert int(setting) == int(seconds * 1000), name
+    own = (
+        sa.make_url(url).set(query={"options": "-c lock_timeout=1234"}).render_as_string(hide_password=False)
+    )
+    options = str(sa.make_url(bounded(own, settings)).query["options"])
+    assert (
+        "lock_timeout=1234" in options
+        and options.count("lock_timeout") == 1
+        and "statement_timeout" in options
+    )
+    catalog = CloudCatalog(settings.cloud_url())
+    with catalog.engine.connect() as conn:
+        assert conn.scalar(sa.text("SHOW default_transaction_read_only")) == "on"
+        assert conn.scalar(sa.text("SELECT setting FROM pg_settings WHERE name = 'lock_timeout'")) == str(
+            int(settings.db_lock_timeout_s * 1000)
+        )
+    catalog.engine.dispose()

@@ -50,6 +50,10 @@ def migrate(engine: sa.Engine, revision: str = "head") -> None:
     """Idempotent; safe from several processes at once (they queue on the lock)."""
     config = alembic_config()
     with engine.begin() as conn:
+        # A migration may build an index for long, and waits for the service's locks: not the
+        # run-time bounds of the URL.
+        conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
+        conn.execute(sa.text("SET LOCAL lock_timeout = '300s'"))
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
