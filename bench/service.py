@@ -67,7 +67,7 @@ class BenchService:
         t1 = time.perf_counter()
         if self.before_serve is not None:
             self.before_serve()
-        serve.start(http_options={"host": s.http_host, "port": s.http_port})
+        serve.start(http_options=s.serve_http_options())
         t2 = time.perf_counter()
         serve.run(build_app(s), name=APP_NAME, route_prefix="/")
         t3 = time.perf_counter()

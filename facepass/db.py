@@ -121,6 +121,10 @@ def _url_options(dsn: str) -> str:
     return given if isinstance(given, str) else ""
 
 
+MAX_OVERFLOW = 2  # connections an engine opens beyond its pool_size, at most
+POOL_TIMEOUT_S = 10.0
+
+
 def make_engine(dsn: str | None, *, read_only: bool = False, pool_size: int = 5) -> sa.Engine:
     if not dsn:
         raise RuntimeError("database DSN is not resolved; call resolve_databases() first")
@@ -133,5 +137,9 @@ def make_engine(dsn: str | None, *, read_only: bool = False, pool_size: int = 5)
         with_driver(dsn),
         pool_pre_ping=True,  # survive a server that dropped idle connections
         pool_size=pool_size,
+        # A cap on connections (README "Connections"): a burst waits POOL_TIMEOUT_S for one,
+        # then fails (503), rather than opening connections without end.
+        max_overflow=MAX_OVERFLOW,
+        pool_timeout=POOL_TIMEOUT_S,
         connect_args=connect_args,
     )

@@ -131,6 +131,22 @@ class DatabaseTimeout(DatabaseError):
     code = "database_timeout"
 
 
+class TooManyRuns(FacePassError):
+    """This replica already runs its most runs at once: try again after ``retry_after_s``."""
+
+    code = "too_many_runs"
+
+    def __init__(self, limit: int, retry_after_s: int) -> None:
+        super().__init__(
+            f"this replica already runs {limit} reindex runs at once; try again in {retry_after_s} s"
+        )
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[type, tuple[int, int]]:
+        return (type(self), (self.limit, self.retry_after_s))
+
+
 class ModelLoadError(FacePassError):
     """The model pack cannot be loaded as configured (a runtime or precision this node lacks)."""
 

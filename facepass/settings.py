@@ -159,6 +159,14 @@ class Settings(BaseSettings):
     # Serve the routes without a key on a non-loopback bind (behind a gateway that checks callers).
     allow_open_http: bool = False
     scoped_api_keys: list[ScopedApiKey] = Field(default_factory=list)
+    # Runs one replica owns at once (route calls that start a run, blocking or wait=false);
+    # past it a call that would start one gets 429 with Retry-After (joining a running one is
+    # always let through). Each run holds its session's lock on a connection of its own.
+    max_runs_per_replica: int = Field(default=8, ge=1)
+    busy_retry_after_s: int = Field(default=10, ge=1)
+    # Serve's end-to-end HTTP timeout where this project starts Serve (serve_config.yaml says
+    # its own): a blocking force-reindex of a large session must fit in it.
+    http_request_timeout_s: float = Field(default=900.0, gt=0)
     ray_namespace: str = "facepass"
     # Replicas of the HTTP ingress; calls for one session share one run whichever replica they hit.
     serve_replicas: int = Field(default=1, ge=1)
@@ -339,6 +347,14 @@ class Settings(BaseSettings):
     def local_url(self) -> str:
         """The index's URL, password included: only for the code that connects."""
         return _reveal(self.local_dsn, "local_dsn")
+
+    def serve_http_options(self) -> dict[str, Any]:
+        """Serve's HTTP options where this project starts Serve (serve run, the demo, the tests)."""
+        return {
+            "host": self.http_host,
+            "port": self.http_port,
+            "request_timeout_s": self.http_request_timeout_s,
+        }
 
     def migrate_url(self) -> str:
         """The index's owner role (migrations): migrate_dsn, else local_dsn."""

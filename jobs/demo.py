@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # "local": always a fresh local cluster, never a stale address left by `ray start`.
     ray.init(address="local", namespace=settings.ray_namespace, num_cpus=args.num_cpus, log_to_driver=True)
-    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    serve.start(http_options=settings.serve_http_options())
     serve.run(build_app(settings), name="facepass", route_prefix="/")
     base_url = f"http://{settings.http_host}:{settings.http_port}"
     try:

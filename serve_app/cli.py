@@ -14,5 +14,5 @@ def start_serve_for_cli() -> Settings:
     settings = Settings()
     if not ray.is_initialized():  # the CLI imports the app before it connects to Ray
         ray.init(address=os.environ.get("RAY_ADDRESS"), namespace="serve")
-        serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+        serve.start(http_options=settings.serve_http_options())
     return settings

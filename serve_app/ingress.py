@@ -27,6 +27,7 @@ from facepass.errors import (
     LOCAL_INDEX,
     BadSelfie,
     DatabaseError,
+    DatabaseTimeout,
     FacePassDisabled,
     FacePassError,
     JobNotFound,
@@ -41,6 +42,7 @@ from facepass.errors import (
     SelfieTooLarge,
     SessionBusy,
     SessionNotFound,
+    TooManyRuns,
     Unauthorized,
 )
 from facepass.health import DatabaseProbe, diagnose, is_database_failure
@@ -96,6 +98,7 @@ _STATUS: dict[type[FacePassError], int] = {
     BadSelfie: 400,
     FacePassDisabled: 403,
     SessionBusy: 409,
+    TooManyRuns: 429,
     DatabaseError: 503,
     PoolUnavailable: 503,
 }
@@ -125,6 +128,9 @@ async def _facepass_error(_: Request, exc: FacePassError) -> JSONResponse:
         content |= {"job_id": exc.job_id, "cause_code": exc.cause_code}
         status = 503 if exc.cause_code in _DATABASE_CODES else 500
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if isinstance(exc, TooManyRuns):
+        content |= {"retry_after_s": exc.retry_after_s}
+        headers = {"Retry-After": str(exc.retry_after_s)}
     if isinstance(exc, ScopeMissing):
         content |= {"scope": exc.scope}
     if isinstance(exc, DatabaseError):
@@ -166,7 +172,12 @@ class FacePassIngress:
         self.locks = SessionLocks(settings.local_url())
         # The job book lives in the index database (not in an actor): it outlives any node.
         self.runs = SessionRuns(self.locks, SqlJobRegistry(settings.local_url()), runner=_replica_name())
-        self.route_runs = RouteRuns(self.runs, self._database_errors)
+        self.route_runs = RouteRuns(
+            self.runs,
+            self._database_errors,
+            max_runs=settings.max_runs_per_replica,
+            retry_after_s=settings.busy_retry_after_s,
+        )
         self._starting = threading.Lock()
         self._coordinator: ReindexCoordinator | None = None
         self.pool: EmbeddingPool | None = None
@@ -238,6 +249,8 @@ class FacePassIngress:
             if not is_database_failure(exc):
                 raise
             raise await asyncio.to_thread(diagnose, exc, self.probes) from exc
+        except sqlalchemy.exc.TimeoutError as exc:  # every connection of an engine busy: its cap
+            raise DatabaseTimeout("database", f"no free connection: {exc}; try again later") from exc
 
     @api.post(
         "/api/v1/faces/force-reindex-session/{session_id}",
@@ -250,7 +263,7 @@ class FacePassIngress:
                 "description": "`?wait=false`: the job runs in the background (or the session's "
                 "running job, `joined: true`)",
             },
-            **error_responses(401, 403, 404, 409, 422, 503),
+            **error_responses(401, 403, 404, 409, 422, 429, 503),
         },
     )
     async def force_reindex(

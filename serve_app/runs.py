@@ -11,13 +11,13 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Any
 
 from actors.metrics import reindex_metrics
-from facepass.errors import SessionBusy
-from facepass.runs.job_book import DONE, JobState
+from facepass.errors import SessionBusy, TooManyRuns
+from facepass.runs.job_book import DONE, RUNNING, JobState
 from facepass.runs.reindex import ReindexCoordinator, ReindexMode
 from facepass.runs.report import ReindexReport
 from facepass.runs.session_runs import OwnedRun, SessionRuns, covers, job_answer
@@ -28,35 +28,88 @@ RunResult = tuple[JobState, BaseException | None]
 
 
 class RouteRuns:
+    """Runs this replica owns: at most ``max_runs`` at once (each holds its session's lock on a
+    connection of its own); past it a call that would start one gets TooManyRuns (429), while a
+    call that can join a running run is always let through."""
+
     def __init__(
-        self, runs: SessionRuns, database_errors: Callable[[], AbstractAsyncContextManager[None]]
+        self,
+        runs: SessionRuns,
+        database_errors: Callable[[], AbstractAsyncContextManager[None]],
+        *,
+        max_runs: int = 8,
+        retry_after_s: int = 10,
     ) -> None:
         self.runs = runs
         self._database_errors = database_errors
+        self.max_runs = max_runs
+        self.retry_after_s = retry_after_s
         self._background: set[asyncio.Task[RunResult]] = set()
+        self._claiming = 0  # calls between their admission and their run's task (or their join)
+
+    @property
+    def active(self) -> int:
+        return len(self._background) + self._claiming
+
+    async def _joinable(self, session_id: uuid.UUID, mode: ReindexMode) -> JobState:
+        """At capacity: the session's running job this call may join, else TooManyRuns."""
+        job = await self.runs.registry.running_job(str(session_id))
+        if job is not None:
+            job = await self.runs.check(job)
+            if job["status"] == RUNNING and covers(job["mode"], mode):
+                return job
+        log.warning("refusing a run of session %s: %d runs already here", session_id, self.active)
+        raise TooManyRuns(self.max_runs, self.retry_after_s)
+
+    @contextmanager
+    def _admitted(self) -> Iterator[Callable[[], None]]:
+        """A reserved place among the runs until the run's task holds it (``launched()``) or the
+        call ends without one (it joined, or failed)."""
+        self._claiming += 1
+        held = True
+
+        def launched() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self._claiming -= 1
+
+        try:
+            yield launched
+        finally:
+            launched()
 
     async def blocking(
         self, coordinator: ReindexCoordinator, session_id: uuid.UUID, mode: ReindexMode
     ) -> dict[str, Any]:
         """The report of the run this call ran, or of the one it joined (``joined: true``)."""
+        if self.active >= self.max_runs:
+            await self._joinable(session_id, mode)
+        with self._admitted() as launched:
 
-        async def start(owned: OwnedRun) -> JobState:
-            state, exc = await asyncio.shield(self._launch(coordinator, owned, mode))
-            if exc is not None:
-                raise exc
-            return state
+            async def start(owned: OwnedRun) -> JobState:
+                task = self._launch(coordinator, owned, mode)
+                launched()
+                state, exc = await asyncio.shield(task)
+                if exc is not None:
+                    raise exc
+                return state
 
-        state, joined = await self.runs.run_or_join(session_id, mode, start)
+            state, joined = await self.runs.run_or_join(session_id, mode, start)
         return {**state, "joined": joined}
 
     async def background(
         self, coordinator: ReindexCoordinator, session_id: uuid.UUID, mode: ReindexMode
     ) -> dict[str, Any]:
         """``wait=false``: a new job, or the running job of the session (if its mode covers ours)."""
-        claim = await self.runs.claim(session_id, mode)
-        if isinstance(claim, OwnedRun):
-            self._launch(coordinator, claim, mode)
-            return job_answer(claim.state, joined=False)
+        if self.active >= self.max_runs:
+            return job_answer(await self._joinable(session_id, mode), joined=True)
+        with self._admitted() as launched:
+            claim = await self.runs.claim(session_id, mode)
+            if isinstance(claim, OwnedRun):
+                self._launch(coordinator, claim, mode)
+                launched()
+                return job_answer(claim.state, joined=False)
         if covers(claim.job["mode"], mode):
             return job_answer(claim.job, joined=True)
         raise SessionBusy(str(session_id), claim.job_id, claim.job["mode"])

@@ -62,7 +62,12 @@ class SqlJobRegistry:
         if not dsn:
             raise RuntimeError("database DSN is not resolved; call resolve_databases() first")
         self.engine = sa.create_engine(
-            with_driver(dsn), pool_size=2, pool_pre_ping=True, connect_args={"connect_timeout": 10}
+            with_driver(dsn),
+            pool_size=2,
+            max_overflow=2,
+            pool_timeout=10,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": 10},
         )
         self.keep_finished_s = keep_finished_s
         # Progress is fire and forget, but in order: one thread writes it.

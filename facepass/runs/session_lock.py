@@ -114,7 +114,12 @@ class SessionLocks:
             connect_args={**connect_args, "application_name": "facepass-session-run"},
         )
         self._checks = sa.create_engine(
-            with_driver(dsn), pool_size=1, pool_pre_ping=True, connect_args={"connect_timeout": 10}
+            with_driver(dsn),
+            pool_size=1,
+            max_overflow=1,
+            pool_timeout=10,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": 10},
         )
 
     def try_acquire(self, session_id: uuid.UUID) -> HeldSession | None:

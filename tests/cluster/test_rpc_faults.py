@@ -93,7 +93,7 @@ def test_a_route_call_indexes_every_photo_once_under_rpc_failures(
     settings = cluster_settings.model_copy(
         update={"cloud_dsn": SecretStr(catalog.dsn), "http_port": free_port(), "pool_refresh_s": 2.0}
     )
-    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    serve.start(http_options=settings.serve_http_options())
     try:
         # The replica's own process makes the pool's and the writer's calls: inject there.
         options = {"num_cpus": 0, "runtime_env": {"env_vars": ENV}}

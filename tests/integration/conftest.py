@@ -93,7 +93,7 @@ def service(
         }
     )
     ray.init(address=ray_head.gcs_address, namespace=settings.ray_namespace)
-    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    serve.start(http_options=settings.serve_http_options())
     serve.run(build_app(settings), name="facepass", route_prefix="/")
     try:
         yield Service(f"http://{settings.http_host}:{settings.http_port}", settings, ray_head)

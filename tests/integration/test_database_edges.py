@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -256,3 +258,85 @@ def test_a_locked_catalog_table_gets_a_503_in_bounded_time_and_the_service_keeps
         holder.close()
     done = service.reindex(sid)
     assert done.status_code == 200 and done.json()["successful_photos"] == 1, done.text
+
+
+def index_connections_cap(settings: Settings) -> int:
+    """README "Connections": what one replica and one index writer may hold on the index."""
+    replica = (
+        (5 + 2) + (2 + 2) + (1 + 1) + 2 + settings.max_runs_per_replica + settings.follow_parallel_sessions
+    )
+    return replica + (2 + 2)
+
+
+def test_fifty_background_calls_at_once_are_each_answered_and_each_session_is_indexed_once(
+    service: Service, catalog_writer: CatalogWriter, storage: Any, store: VectorStore
+) -> None:
+    """50 `?wait=false` calls for 50 sessions at once: each is answered at once, 202 (a job) or
+    429 with Retry-After (past the replica's max_runs_per_replica runs); the index database's
+    connections stay under the documented cap; calling again after Retry-After, every session
+    ends indexed exactly once (one ledger row and one face per photo, no job failed)."""
+    sessions = [catalog_writer.add_session(f"Наплыв {i:02d}") for i in range(50)]
+    for sid in sessions:
+        add_face_photos(catalog_writer, storage, sid, 1)
+    peak, samples, stop = [0], [0], threading.Event()
+    # AUTOCOMMIT: pg_stat_activity is a snapshot per transaction; each count its own.
+    probe = sa.create_engine(
+        service.settings.local_url(), poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT"
+    )
+
+    def watch() -> None:
+        with probe.connect() as conn:
+            while not stop.is_set():
+                count = conn.scalar(
+                    sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+                )
+                peak[0] = max(peak[0], int(count or 0))
+                samples[0] += 1
+                time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    jobs: dict[uuid.UUID, str] = {}
+    refused = [0]
+    pending = list(sessions)
+    deadline = time.monotonic() + 300
+    try:
+        while pending:
+            assert time.monotonic() < deadline, f"{len(pending)} sessions never accepted"
+            with ThreadPoolExecutor(50) as executor:
+                answers = list(executor.map(lambda sid: (sid, service.reindex(sid, wait="false")), pending))
+            retry_after = []
+            for sid, answer in answers:
+                assert answer.status_code in (202, 429), answer.text
+                assert answer.elapsed.total_seconds() < 30, answer.elapsed
+                if answer.status_code == 202:
+                    jobs[sid] = answer.json()["job_id"]
+                else:
+                    assert answer.json()["code"] == "too_many_runs"
+                    retry_after.append(int(answer.headers["Retry-After"]))
+                    refused[0] += 1
+            pending = [sid for sid, answer in answers if answer.status_code == 429]
+            if pending:
+                time.sleep(min(retry_after))
+        for job_id in jobs.values():
+            while (job := service.get(f"/api/v1/faces/reindex-jobs/{job_id}").json())["status"] == "running":
+                assert time.monotonic() < deadline, job
+                time.sleep(0.5)
+            assert job["status"] == "done", job
+    finally:
+        stop.set()
+        watcher.join()
+        probe.dispose()
+    for sid in sessions:
+        ledger = store.ledger(sid)
+        assert list(ledger.values()) == ["indexed"], ledger
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT session_id, count(*) FROM face_embeddings WHERE session_id = ANY(:s) GROUP BY 1"),
+            {"s": sessions},
+        ).all()
+    assert sorted(n for _, n in rows) == [1] * 50
+    print(f"answers: {len(jobs)} jobs, {refused[0]} refused with 429; index connections peak {peak[0]}")
+    assert samples[0] > 10, "the connection count was not watched"
+    # The test process's own engines hold a few more (the store fixture: at most 5 + 2, the probe: 1).
+    assert peak[0] <= index_connections_cap(service.settings) + 8, peak[0]
