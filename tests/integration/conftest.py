@@ -12,11 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 import ray
+import sqlalchemy as sa
 from ray import serve
 
 from actors.pool import kill_pool_actors
+from facepass.db import make_engine
 from facepass.settings import Settings
 from jobs.local_head import LocalRayHead
+from jobs.migrate import grant_runtime_role
 from serve_app import build_app
 
 # The integration tier runs closed, as a deployment should: every /api call carries a key.
@@ -31,6 +34,42 @@ SCOPED_KEYS = {
 # (shared address space, NAT64 of the metadata address, a documentation address named with a
 # port not allowed). No test URL passes the policy, so nothing leaves loopback.
 CATALOG_HOSTS = ["100.64.0.1", "64:ff9b::a9fe:a9fe", "203.0.113.7"]
+
+
+# The service runs as a deployment should (README "Migrations and database roles"): on the
+# index a role that may only read and write rows (`python -m jobs.migrate --grant`), on the
+# catalog one that may only read; the schema is the owner's (the session's settings migrated
+# it). Service.settings stays the owner's: tests build catalogs and jobs with it.
+INDEX_ROLE, CATALOG_ROLE = "facepass_app", "facepass_reader"
+
+
+def as_role(url: str, role: str) -> str:
+    return sa.make_url(url).set(username=role).render_as_string(hide_password=False)
+
+
+def runtime_roles(settings: Settings) -> Settings:
+    """The settings the service runs with: its own roles, no migration at start."""
+    index, catalog = (
+        make_engine(settings.local_url(), pool_size=1),
+        make_engine(settings.cloud_url(), pool_size=1),
+    )
+    try:
+        for engine, role in ((index, INDEX_ROLE), (catalog, CATALOG_ROLE)):
+            with engine.begin() as conn:
+                if not conn.scalar(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}):
+                    conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+        grant_runtime_role(index, INDEX_ROLE)
+        with catalog.begin() as conn:
+            conn.execute(sa.text(f'GRANT USAGE ON SCHEMA public TO "{CATALOG_ROLE}"'))
+            conn.execute(sa.text(f'GRANT SELECT ON sessions, photos TO "{CATALOG_ROLE}"'))
+    finally:
+        index.dispose()
+        catalog.dispose()
+    return settings.with_databases(
+        cloud=as_role(settings.cloud_url(), CATALOG_ROLE),
+        local=as_role(settings.local_url(), INDEX_ROLE),
+        migrate_at_start=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -94,7 +133,7 @@ def service(
     )
     ray.init(address=ray_head.gcs_address, namespace=settings.ray_namespace)
     serve.start(http_options=settings.serve_http_options())
-    serve.run(build_app(settings), name="facepass", route_prefix="/")
+    serve.run(build_app(runtime_roles(settings)), name="facepass", route_prefix="/")
     try:
         yield Service(f"http://{settings.http_host}:{settings.http_port}", settings, ray_head)
     finally:

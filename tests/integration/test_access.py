@@ -8,11 +8,19 @@ import time
 from pathlib import Path
 
 import httpx
+import sqlalchemy as sa
 
 from facepass.demo import photos
 from facepass.demo.scenario import CatalogWriter, preview_path
 from facepass.demo.storage import PhotoStorage
-from tests.integration.conftest import API_KEYS, SCOPED_KEYS, Service, wait_for_ray_logs
+from tests.integration.conftest import (
+    API_KEYS,
+    CATALOG_ROLE,
+    INDEX_ROLE,
+    SCOPED_KEYS,
+    Service,
+    wait_for_ray_logs,
+)
 
 WRONG_KEY = "it-wrong-key-3e8d0c44"
 
@@ -134,3 +142,51 @@ def test_ray_jobs_api_refuses_a_caller_without_the_token(service: Service) -> No
         time.sleep(0.5)
     logs = httpx.get(f"{jobs}{job_id}/logs", headers=bearer, timeout=30).json()["logs"]
     assert "ran with the token" in logs
+
+
+def test_the_service_works_on_roles_that_cannot_change_a_schema(
+    service: Service, catalog_writer: CatalogWriter, storage: PhotoStorage
+) -> None:
+    """The service runs as the README's runtime roles: on the index only rows (no CREATE on the
+    schema, owner of nothing), on the catalog SELECT only. A force-reindex, a re-run and a search
+    work, and the connections that did them are those roles'."""
+    sid = catalog_writer.add_session("Без прав на схему")
+    path = preview_path(sid, "players.jpg")
+    storage.put(path, photos.jpeg(photos.load("players.jpg")))
+    catalog_writer.add_photos(sid, [("players.jpg", path)])
+    assert service.reindex(sid).json()["successful_photos"] == 1
+    assert service.reindex(sid).json()["skipped_photos"] == 1  # a re-run: nothing to do
+    selfie = photos.jpeg(photos.load("yaoming.jpg"))
+    found = httpx.post(
+        f"{service.base_url}/api/v1/faces/search/{sid}",
+        content=selfie,
+        headers={**service.headers, "Content-Type": "image/jpeg"},
+        timeout=120,
+    )
+    assert found.status_code == 200 and found.json()["matches"], found.text
+
+    checks = {
+        (service.settings.local_url(), INDEX_ROLE): (
+            "SELECT has_schema_privilege(:r, 'public', 'CREATE'), "
+            "EXISTS (SELECT 1 FROM pg_tables WHERE tableowner = :r), "
+            "has_table_privilege(:r, 'indexed_photos', 'INSERT')"
+        ),
+        (service.settings.cloud_url(), CATALOG_ROLE): (
+            "SELECT has_schema_privilege(:r, 'public', 'CREATE'), "
+            "EXISTS (SELECT 1 FROM pg_tables WHERE tableowner = :r), "
+            "has_table_privilege(:r, 'photos', 'INSERT')"
+        ),
+    }
+    for (url, role), query in checks.items():
+        engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            may_create, owns, may_insert = conn.execute(sa.text(query), {"r": role}).one()
+            users = set(
+                conn.scalars(
+                    sa.text("SELECT usename FROM pg_stat_activity WHERE datname = current_database()")
+                )
+            )
+        engine.dispose()
+        assert not may_create and not owns, role
+        assert may_insert == (role == INDEX_ROLE), role
+        assert role in users, (role, users)  # the service's own connections
