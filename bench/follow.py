@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import SecretStr
 
 from bench.service import BenchService, free_port
 from facepass.db import resolve_databases
@@ -114,15 +113,13 @@ def run_follow_bench(
     """Starts (and stops) its own service on a catalog of its own; returns the bench keys."""
     storage = PhotoStorage().start()
     cloud_dsn, writer = new_catalog_database(base, prefix="bench_follow")
-    settings = base.model_copy(
-        update={
-            "cloud_dsn": SecretStr(cloud_dsn),
-            "storage_url": storage.url,
-            "follow": True,
-            "http_port": free_port(),
-            # a fixed pool of this machine's size, as bench.run measures (BenchService names its actors)
-            "embed_actors": base.embed_actors or base.local_pool_size(),
-        }
+    settings = base.with_databases(
+        cloud=cloud_dsn,
+        storage_url=storage.url,
+        follow=True,
+        http_port=free_port(),
+        # a fixed pool of this machine's size, as bench.run measures (BenchService names its actors)
+        embed_actors=base.embed_actors or base.local_pool_size(),
     )
     store = VectorStore(settings.local_url(), pool_size=1)
     catalog = _Catalog(writer, storage)

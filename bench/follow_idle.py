@@ -18,8 +18,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
 from facepass.catalog.changes import CatalogChanges
 from facepass.catalog.cloud import CloudCatalog
 from facepass.db import resolve_databases
@@ -49,7 +47,7 @@ class CountingEmbedder(FaceEmbedder):
 
 async def measure(settings: Settings, storage: PhotoStorage, minutes: float, sessions: int) -> dict[str, Any]:
     cloud_dsn, writer = new_catalog_database(settings, prefix="follow_idle")
-    settings = settings.model_copy(update={"cloud_dsn": SecretStr(cloud_dsn), "storage_url": storage.url})
+    settings = settings.with_databases(cloud=cloud_dsn, storage_url=storage.url)
     for i in range(sessions):
         add_face_photos(writer, storage, writer.add_session(f"idle {i}"), 3, prefix=f"s{i}_")
     store = VectorStore(settings.local_url())

@@ -95,7 +95,7 @@ def bounded(url: str, settings: Settings) -> str:
     idle-in-transaction timeouts, TCP keepalives. What the URL already says wins."""
     parsed = sa.make_url(with_driver(url))
     query = dict(parsed.query)
-    given = query.get("options", "")
+    given = _url_options(url)
     bounds = " ".join(
         f"-c {name}={int(seconds * 1000)}"
         for name, seconds in (
@@ -103,9 +103,9 @@ def bounded(url: str, settings: Settings) -> str:
             ("lock_timeout", settings.db_lock_timeout_s),
             ("idle_in_transaction_session_timeout", settings.db_idle_in_transaction_timeout_s),
         )
-        if f"{name}=" not in str(given)
+        if f"{name}=" not in given
     )
-    query["options"] = f"{bounds} {given if isinstance(given, str) else ''}".strip()
+    query["options"] = f"{bounds} {given}".strip()
     for key, value in (
         ("keepalives", "1"),
         ("keepalives_idle", str(settings.db_keepalives_idle_s)),
@@ -125,7 +125,9 @@ MAX_OVERFLOW = 2  # connections an engine opens beyond its pool_size, at most
 POOL_TIMEOUT_S = 10.0
 
 
-def make_engine(dsn: str | None, *, read_only: bool = False, pool_size: int = 5) -> sa.Engine:
+def make_engine(
+    dsn: str | None, *, read_only: bool = False, pool_size: int = 5, max_overflow: int = MAX_OVERFLOW
+) -> sa.Engine:
     if not dsn:
         raise RuntimeError("database DSN is not resolved; call resolve_databases() first")
     connect_args: dict[str, Any] = {"connect_timeout": 10}
@@ -139,7 +141,7 @@ def make_engine(dsn: str | None, *, read_only: bool = False, pool_size: int = 5)
         pool_size=pool_size,
         # A cap on connections (README "Connections"): a burst waits POOL_TIMEOUT_S for one,
         # then fails (503), rather than opening connections without end.
-        max_overflow=MAX_OVERFLOW,
+        max_overflow=max_overflow,
         pool_timeout=POOL_TIMEOUT_S,
         connect_args=connect_args,
     )

@@ -8,7 +8,7 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,14 +19,11 @@ CUDA_PROVIDER = "CUDAExecutionProvider"
 DEFAULT_STORAGE_PORTS = (80, 443)
 # What an API key may do: search (selfie search), reindex (the force-reindex route and its jobs),
 # admin (/mirror, /healthz's details; the bulk and audit jobs go through Ray, behind its token).
-SCOPES = ("search", "reindex", "admin")
+Scope = Literal["search", "reindex", "admin"]
+SCOPES: tuple[Scope, ...] = get_args(Scope)
 _KEYS_LINE = "<key> <scope>[,<scope>...]"
-_SECRET_FILES = (
-    "cloud_dsn",
-    "local_dsn",
-    "migrate_dsn",
-    "api_key",
-)  # each also read from FACEPASS_<NAME>_FILE
+# Secrets each also read from a file, FACEPASS_<NAME>_FILE.
+_SECRET_FILES = ("cloud_dsn", "local_dsn", "migrate_dsn", "api_key")
 
 
 def packaged_model_root() -> Path:
@@ -100,7 +97,7 @@ class ScopedApiKey(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     key: SecretStr
-    scopes: frozenset[Literal["search", "reindex", "admin"]]
+    scopes: frozenset[Scope]
 
 
 class Settings(BaseSettings):

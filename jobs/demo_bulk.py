@@ -25,8 +25,6 @@ import time
 import uuid
 from pathlib import Path
 
-from pydantic import SecretStr
-
 from facepass.db import resolve_databases
 from facepass.demo import photos
 from facepass.demo.scenario import (
@@ -67,7 +65,7 @@ def build_catalog(settings: Settings, storage: PhotoStorage, per_session: int) -
     writer.close()
     store = VectorStore(local_dsn)
     store.create_schema()
-    index_locally(settings.model_copy(update={"local_dsn": SecretStr(local_dsn)}), store, done_photos)
+    index_locally(settings.with_databases(local=local_dsn), store, done_photos)
     store.close()
     return cloud_dsn, local_dsn, inactive
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from facepass.db import with_driver
+from facepass.db import make_engine
 from facepass.runs.job_book import FAILED, IDENTITY, RUNNER_LOST, RUNNING, JobState
 
 log = logging.getLogger(__name__)
@@ -59,16 +59,7 @@ class SqlJobRegistry:
     """``facepass.runs.session_runs.JobRegistry`` over the ``reindex_jobs`` table."""
 
     def __init__(self, dsn: str | None, *, keep_finished_s: float = KEEP_FINISHED_S) -> None:
-        if not dsn:
-            raise RuntimeError("database DSN is not resolved; call resolve_databases() first")
-        self.engine = sa.create_engine(
-            with_driver(dsn),
-            pool_size=2,
-            max_overflow=2,
-            pool_timeout=10,
-            pool_pre_ping=True,
-            connect_args={"connect_timeout": 10},
-        )
+        self.engine = make_engine(dsn, pool_size=2)
         self.keep_finished_s = keep_finished_s
         # Progress is fire and forget, but in order: one thread writes it.
         self._progress_thread = ThreadPoolExecutor(1, thread_name_prefix="job-progress")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from facepass.db import with_driver
+from facepass.db import make_engine, with_driver
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +113,7 @@ class SessionLocks:
             isolation_level="AUTOCOMMIT",
             connect_args={**connect_args, "application_name": "facepass-session-run"},
         )
-        self._checks = sa.create_engine(
-            with_driver(dsn),
-            pool_size=1,
-            max_overflow=1,
-            pool_timeout=10,
-            pool_pre_ping=True,
-            connect_args={"connect_timeout": 10},
-        )
+        self._checks = make_engine(dsn, pool_size=1, max_overflow=1)
 
     def try_acquire(self, session_id: uuid.UUID) -> HeldSession | None:
         """The session's lock on a new connection, or None at once if another connection holds it."""

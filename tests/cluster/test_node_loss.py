@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 import ray
-from pydantic import SecretStr
 from ray import serve
 from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -273,13 +272,8 @@ def test_a_route_call_finishes_on_what_is_left_when_a_node_goes(
     """The route on Ray Serve (proxy on the head), a blocking call for a 40-photo session,
     a worker node (an embedding actor) removed without notice in the middle."""
     catalog = make_catalog(cluster_settings, slow_storage, sessions=1, per_session=40)
-    settings = cluster_settings.model_copy(
-        update={
-            "cloud_dsn": SecretStr(catalog.dsn),
-            "http_port": free_port(),
-            "pool_refresh_s": 2.0,
-            "embed_actors": None,
-        }
+    settings = cluster_settings.with_databases(
+        cloud=catalog.dsn, http_port=free_port(), pool_refresh_s=2.0, embed_actors=None
     )
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port, "location": "HeadOnly"})
     try:

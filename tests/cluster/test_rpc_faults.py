@@ -15,7 +15,6 @@ from pathlib import Path
 import httpx
 import pytest
 import ray
-from pydantic import SecretStr
 from ray import serve
 from ray.cluster_utils import Cluster
 
@@ -90,9 +89,7 @@ def test_a_route_call_indexes_every_photo_once_under_rpc_failures(
     # size, other names) waited that long for room to place its own. Measured: 145 s a call.
     kill_pool_actors(cluster_settings)
     catalog = make_catalog(cluster_settings, slow_storage, sessions=1, per_session=16)
-    settings = cluster_settings.model_copy(
-        update={"cloud_dsn": SecretStr(catalog.dsn), "http_port": free_port(), "pool_refresh_s": 2.0}
-    )
+    settings = cluster_settings.with_databases(cloud=catalog.dsn, http_port=free_port(), pool_refresh_s=2.0)
     serve.start(http_options=settings.serve_http_options())
     try:
         # The replica's own process makes the pool's and the writer's calls: inject there.

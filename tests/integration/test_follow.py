@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import sqlalchemy as sa
-from pydantic import SecretStr
 from ray import serve
 
 from facepass.demo import photos
@@ -49,9 +48,7 @@ class Followed:
 @pytest.fixture(scope="module")
 def followed(service: Service) -> Iterator[Followed]:
     cloud_dsn, writer = new_catalog_database(service.settings, prefix="follow_it")
-    settings = service.settings.model_copy(
-        update={"cloud_dsn": SecretStr(cloud_dsn), "follow": True, "serve_replicas": 2}
-    )
+    settings = service.settings.with_databases(cloud=cloud_dsn, follow=True, serve_replicas=2)
     serve.run(build_app(settings), name=APP, route_prefix=PREFIX)
     try:
         yield Followed(f"{service.base_url}{PREFIX}", settings, writer, service)

@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from pydantic import SecretStr
 from ray import serve
 
 from actors.pool import kill_pool_actors
@@ -65,14 +64,12 @@ def wait_for(check: Callable[[], bool], timeout_s: float) -> None:
 def base(service: Service, model_root: Path) -> Iterator[Settings]:
     cloud_dsn, writer = new_catalog_database(service.settings, prefix="generations_it")
     writer.close()
-    settings = service.settings.model_copy(
-        update={
-            "cloud_dsn": SecretStr(cloud_dsn),
-            "follow": True,
-            "model_root": model_root,
-            "ray_namespace": f"{service.settings.ray_namespace}-gen",
-            "embed_actors": 1,
-        }
+    settings = service.settings.with_databases(
+        cloud=cloud_dsn,
+        follow=True,
+        model_root=model_root,
+        ray_namespace=f"{service.settings.ray_namespace}-gen",
+        embed_actors=1,
     )
     try:
         yield settings

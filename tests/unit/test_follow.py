@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from pydantic import SecretStr
 
 from facepass.catalog.changes import CatalogChanges, Signature
 from facepass.catalog.cloud import CloudCatalog
@@ -73,14 +72,12 @@ def world(settings: Settings, storage: PhotoStorage, embedder: FaceEmbedder) -> 
     store = VectorStore(local_dsn)
     store.create_schema()
     catalog = CloudCatalog(cloud_dsn)
-    local = settings.model_copy(
-        update={
-            "cloud_dsn": SecretStr(cloud_dsn),
-            "local_dsn": SecretStr(local_dsn),
-            "follow_discover_interval_s": 0.001,
-            "follow_interval_s": 0.05,
-            "follow_lock_retry_s": 0.05,
-        }
+    local = settings.with_databases(
+        cloud=cloud_dsn,
+        local=local_dsn,
+        follow_discover_interval_s=0.001,
+        follow_interval_s=0.05,
+        follow_lock_retry_s=0.05,
     )
     locks = SessionLocks(local_dsn)
     lock = FollowerLock(local_dsn)
