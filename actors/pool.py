@@ -35,7 +35,7 @@ from actors.membership import Member, PoolMembers, cluster_nodes, head_node_id
 from actors.metrics import reindex_metrics
 from actors.writer import IndexWriter
 from facepass.cluster.pool_plan import EMBEDDER_PREFIX, Slot, fixed_slot_name
-from facepass.errors import PoolUnavailable, WorkerLost
+from facepass.errors import IndexCannotWrite, NotWritten, PoolUnavailable, WorkerLost
 from facepass.index.store import PruneResult
 from facepass.models import DetectedFace, Fence, PhotoOutcome, PhotoRef, PhotoStatus
 from facepass.runs.lanes import Lane, LaneGate
@@ -250,7 +250,16 @@ class EmbeddingPool:
                 self._schedule_dispatch()
             metrics.set_queue(self.in_flight, self.queued, self.gate.in_flight)
             metrics.set_queued(lane, len(self._queues[lane]))
-            outcome = await future
+            try:
+                outcome = await future
+            except asyncio.CancelledError:
+                # Its run stopped: a photo not yet sent to an actor is never downloaded.
+                queue = self._queues[lane]
+                for i, (_, queued) in enumerate(queue):
+                    if queued is future:
+                        del queue[i]
+                        break
+                raise
         metrics.record(outcome)
         return outcome
 
@@ -342,6 +351,8 @@ class EmbeddingPool:
                 tried.add(member.name)
                 await self._check_writer()
             except RayTaskError as exc:
+                if isinstance(exc.cause, IndexCannotWrite):  # a full disk: writing again cannot help
+                    return [self._not_written(p, exc.cause) for p in photos]
                 if isinstance(exc.cause, _ACTOR_LOST):  # the results were lost with their node
                     last_error = type(exc.cause).__name__
                     self.members.lost(member)
@@ -394,7 +405,14 @@ class EmbeddingPool:
 
     @staticmethod
     def _lost(photo: PhotoRef, detail: str) -> PhotoOutcome:
-        error = WorkerLost(detail)
+        return EmbeddingPool._unwritten(photo, WorkerLost(detail))
+
+    @staticmethod
+    def _not_written(photo: PhotoRef, refused: IndexCannotWrite) -> PhotoOutcome:
+        return EmbeddingPool._unwritten(photo, NotWritten(refused.detail))
+
+    @staticmethod
+    def _unwritten(photo: PhotoRef, error: WorkerLost | NotWritten) -> PhotoOutcome:
         return PhotoOutcome(
             photo_id=photo.id,
             filename=photo.filename,
@@ -434,6 +452,11 @@ class EmbeddingPool:
             finally:
                 member.in_flight -= 1
         raise PoolUnavailable("no embedding actor answers (none placed, or lost with their nodes)")
+
+    async def index_refusal(self, timeout_s: float = 10.0) -> IndexCannotWrite | None:
+        """Why the index cannot write now (the writer's last transaction met a full disk)."""
+        refusal: IndexCannotWrite | None = await asyncio.wait_for(self.writer.refusal.remote(), timeout_s)
+        return refusal
 
     async def health(self, timeout_s: float = 10.0) -> dict[str, Any]:
         self._start_members()

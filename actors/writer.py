@@ -7,6 +7,7 @@ import uuid
 
 import ray
 
+from facepass.errors import IndexCannotWrite
 from facepass.index.store import PruneResult, VectorStore
 from facepass.index.writer import GroupCommitter
 from facepass.models import Fence, PhotoOutcome, PhotoResult
@@ -37,6 +38,10 @@ class IndexWriter:
     async def node_id(self) -> str:
         """Where it runs (tests and docs: the writer belongs on the head node)."""
         return str(ray.get_runtime_context().get_node_id())
+
+    async def refusal(self) -> IndexCannotWrite | None:
+        """Why the index cannot write now (a full disk met by the last write), else None."""
+        return self.committer.refusal()
 
     async def ping(self) -> bool:
         self.store.ping()

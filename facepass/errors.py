@@ -131,6 +131,14 @@ class DatabaseTimeout(DatabaseError):
     code = "database_timeout"
 
 
+class IndexCannotWrite(DatabaseError):
+    """The index refuses writes for lack of resources (SQLSTATE class 53: disk full, out of
+    memory, too many connections): nothing more can be stored until an operator acts. A run
+    that meets it stops (no more downloads or embedding); reads (search) still work."""
+
+    code = "index_cannot_write"
+
+
 class TooManyRuns(FacePassError):
     """This replica already runs its most runs at once: try again after ``retry_after_s``."""
 
@@ -223,6 +231,17 @@ class WriteFailed(PhotoError):
 
     def message(self, filename: str) -> str:
         return f"Ошибка записи {filename} в индекс: {self.detail}"
+
+
+class NotWritten(PhotoError):
+    """The index could not store this photo (SQLSTATE class 53, e.g. a full disk): nothing of
+    it was written; the run stops and the next run after space is freed picks it up."""
+
+    code = "index_cannot_write"
+    transient = True
+
+    def message(self, filename: str) -> str:
+        return f"Фото {filename} не записано в индекс: {self.detail}"
 
 
 class Fenced(PhotoError):

@@ -15,13 +15,25 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 import sqlalchemy.exc
 
-from facepass.errors import DatabaseError, DatabaseSchemaMissing, DatabaseTimeout, DatabaseUnavailable
+from facepass.errors import (
+    LOCAL_INDEX,
+    DatabaseError,
+    DatabaseSchemaMissing,
+    DatabaseTimeout,
+    DatabaseUnavailable,
+    IndexCannotWrite,
+)
 
 # SQLSTATEs of a schema that lacks what the code expects.
 _UNDEFINED = {"42P01": "table", "42703": "column", "3F000": "schema"}
 _NAMED = re.compile(r'(?:relation|column|schema) "([^"]+)" does not exist')
 # SQLSTATEs of a statement stopped by the connection's bounds (lock_timeout, statement_timeout).
 _TIMED_OUT = {"55P03": "waited for a lock", "57014": "ran"}
+# SQLSTATE class 53 (insufficient resources) but 53300 (too many connections: a login refused,
+# the server is up and has room): the server cannot store what it is given.
+_NO_ROOM = {"53000": "out of resources", "53100": "disk full", "53200": "out of memory"}
+_NO_ROOM_CLASS = "53"
+_TOO_MANY_CONNECTIONS = "53300"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +74,28 @@ def is_database_failure(exc: BaseException) -> bool:
     return isinstance(exc, sqlalchemy.exc.ProgrammingError) and _sqlstate(exc) in _UNDEFINED
 
 
+def cannot_write(exc: BaseException) -> IndexCannotWrite | None:
+    """The typed error when ``exc`` (a driver error, or SQLAlchemy's wrapping one) says the
+    index has no room (SQLSTATE class 53: a full disk, out of memory), else None."""
+    orig = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
+    state = getattr(orig, "sqlstate", None)
+    if not isinstance(state, str) or not state.startswith(_NO_ROOM_CLASS) or state == _TOO_MANY_CONNECTIONS:
+        return None
+    what = _NO_ROOM.get(state, "out of resources")
+    return IndexCannotWrite(
+        LOCAL_INDEX,
+        f"cannot write ({what}, SQLSTATE {state}: {_cause(exc)})",
+    )
+
+
 def diagnose(exc: BaseException, probes: Iterable[DatabaseProbe]) -> DatabaseError:
     """The typed error behind a failed database call: a statement stopped by its time bounds
     (named by the tables it read), else the first database that fails its check, else (it
     recovered meanwhile) what the error itself names."""
     probes = list(probes)
+    full = cannot_write(exc)
+    if full is not None:
+        return full
     state = _sqlstate(exc) if isinstance(exc, sqlalchemy.exc.DBAPIError) else None
     if state in _TIMED_OUT:
         statement = str(getattr(exc, "statement", "") or "")

@@ -30,6 +30,7 @@ from facepass.errors import (
     DatabaseTimeout,
     FacePassDisabled,
     FacePassError,
+    IndexCannotWrite,
     JobNotFound,
     JoinedRunFailed,
     NoFaceDetected,
@@ -104,7 +105,8 @@ _STATUS: dict[type[FacePassError], int] = {
 }
 REPLICA_HEADER = "X-FacePass-Replica"
 # A joined run that failed answers like its owner did: 503 when a database failed it.
-_DATABASE_CODES = ("database_error", "database_unavailable", "database_schema_missing", "database_timeout")
+_DATABASE_ERRORS: list[type[DatabaseError]] = [DatabaseError, *DatabaseError.__subclasses__()]
+_DATABASE_CODES = tuple(cls.code for cls in _DATABASE_ERRORS)
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
 IMAGE_BODY: dict[str, Any] = {
@@ -437,7 +439,22 @@ class FacePassIngress:
             checks["pool"] = await self.pool.health()
         except Exception as exc:
             checks["pool"] = f"error: {exc}"
+        refusal = await self._index_refusal()
+        if refusal is not None and checks["local_db"] == "ok":  # it reads, but cannot write
+            checks["local_db"] = f"error: {refusal}"
+            problems.append(
+                {"detail": str(refusal), "code": refusal.code, "database": refusal.database, "missing": []}
+            )
         return checks, problems
+
+    async def _index_refusal(self) -> IndexCannotWrite | None:
+        """The writer's word that the index refused its last write for lack of room."""
+        if self.pool is None:
+            return None
+        try:
+            return await self.pool.index_refusal()
+        except Exception:  # the writer restarting or unreachable: the pool check says so
+            return None
 
 
 def build_app(settings: Settings | None = None) -> Application:

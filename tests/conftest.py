@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from facepass.db import resolve_databases
 from facepass.demo.scenario import CatalogWriter
@@ -51,6 +52,50 @@ def secret_files(folder: Path, **secrets: str) -> dict[str, str]:
         path.write_text(value)
         env[f"FACEPASS_{name.upper()}_FILE"] = str(path)
     return env
+
+
+class InjectedDiskFull:
+    """PostgreSQL's own "disk full" (SQLSTATE 53100, raised by the server in the writer's
+    transaction) for the ledger rows of one session, from a trigger; ``calls`` counts the
+    rows it refused (a sequence: it counts across rolled-back transactions)."""
+
+    def __init__(self, engine: sa.Engine, session_id: uuid.UUID) -> None:
+        self.engine = engine
+        self.name = f"facepass_test_disk_full_{uuid.uuid4().hex[:8]}"
+        self.session_id = session_id
+
+    def __enter__(self) -> InjectedDiskFull:
+        name = self.name
+        with self.engine.begin() as conn:
+            conn.execute(sa.text(f"CREATE SEQUENCE {name}_calls"))
+            conn.execute(
+                sa.text(
+                    f"""CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+                    BEGIN
+                        PERFORM nextval('{name}_calls');
+                        RAISE EXCEPTION 'could not extend file "base/0/0": No space left on device'
+                            USING ERRCODE = 'disk_full', HINT = 'Check free disk space.';
+                    END $$"""
+                )
+            )
+            conn.execute(
+                sa.text(
+                    f"CREATE TRIGGER {name} BEFORE INSERT ON indexed_photos FOR EACH ROW "
+                    f"WHEN (NEW.session_id = '{self.session_id}') EXECUTE FUNCTION {name}()"
+                )
+            )
+        return self
+
+    def calls(self) -> int:
+        with self.engine.connect() as conn:
+            query = f"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {self.name}_calls"
+            return int(conn.scalar(sa.text(query)) or 0)
+
+    def __exit__(self, *_: object) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.text(f"DROP TRIGGER {self.name} ON indexed_photos"))
+            conn.execute(sa.text(f"DROP FUNCTION {self.name}()"))
+            conn.execute(sa.text(f"DROP SEQUENCE {self.name}_calls"))
 
 
 @pytest.fixture(scope="session")

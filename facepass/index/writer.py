@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import sqlalchemy.exc
 
+from facepass.errors import IndexCannotWrite
+from facepass.health import cannot_write
 from facepass.index.store import PruneResult, VectorStore
 from facepass.models import Fence, PhotoOutcome, PhotoResult
 
@@ -34,6 +37,10 @@ class GroupCommitter:
         self.max_photos = max(1, max_photos)
         self.transactions = 0
         self.photos_written = 0
+        # Set when a transaction failed for lack of room (a full disk); cleared by the next
+        # transaction that commits. /healthz reports it: reads work, writes do not.
+        self.cannot_write: IndexCannotWrite | None = None
+        self.cannot_write_since: float | None = None
         self._waiting: list[_Waiting] = []
         self._flusher: asyncio.Task[None] | None = None
         # One thread: transactions never overlap, and the event loop stays free to queue.
@@ -85,16 +92,42 @@ class GroupCommitter:
 
     def write_now(self, results: list[PhotoResult]) -> list[PhotoOutcome]:
         """One transaction, retried once if the server dropped the connection (it rolled
-        back, so writing again is safe and idempotent)."""
+        back, so writing again is safe and idempotent). A server with no room (SQLSTATE class
+        53) raises ``IndexCannotWrite`` at once: writing again cannot help until space is freed."""
         try:
-            outcomes = self.store.write_results(results)
+            try:
+                outcomes = self.store.write_results(results)
+            except _CONNECTION_LOST as exc:
+                if cannot_write(exc) is not None:
+                    raise
+                log.warning("write of %d photos failed (%s); retrying once", len(results), exc)
+                self.store.engine.dispose()
+                outcomes = self.store.write_results(results)
         except _CONNECTION_LOST as exc:
-            log.warning("write of %d photos failed (%s); retrying once", len(results), exc)
-            self.store.engine.dispose()
-            outcomes = self.store.write_results(results)
+            full = cannot_write(exc)
+            if full is None:
+                raise
+            if self.cannot_write is None:
+                self.cannot_write_since = time.time()
+            self.cannot_write = full
+            log.error("write of %d photos refused: %s", len(results), full)
+            raise full from None
+        self.cannot_write = self.cannot_write_since = None
         self.transactions += 1
         self.photos_written += len(results)
         return outcomes
+
+    def refusal(self) -> IndexCannotWrite | None:
+        """Why the index cannot write now (the last transaction failed for lack of room, and
+        none committed since), else None."""
+        if self.cannot_write is None:
+            return None
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.cannot_write_since or 0))
+        full = self.cannot_write
+        return IndexCannotWrite(
+            full.database,
+            f"{full.detail} since {since}: free space on its disk; cleared by the next write that commits",
+        )
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from facepass.catalog.changes import CatalogChanges, Signature
-from facepass.errors import FacePassError
+from facepass.errors import FacePassError, IndexCannotWrite
 from facepass.index.follow_ledger import FollowedSession, FollowLedger
 from facepass.index.generations import Generations
 from facepass.models import Fence
@@ -119,6 +119,7 @@ class Follower:
         self._waiting: dict[uuid.UUID, _Waiting] = {}
         self._syncing: dict[uuid.UUID, _Syncing] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writes_refused_until = 0.0  # monotonic: no syncs start before it (a full disk)
 
     # --- the loop ----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -228,6 +229,8 @@ class Follower:
 
     def _start_syncs(self) -> int:
         started = 0
+        if time.monotonic() < self._writes_refused_until:  # the index met a full disk lately
+            return 0
         order = sorted(
             self._waiting, key=lambda sid: (self._waiting[sid].priority, self._waiting[sid].detected)
         )
@@ -274,6 +277,12 @@ class Follower:
                 report = await self._run(session_id, syncing, owned.fence)
             except BaseException as exc:
                 await self.runs.fail(owned, exc)
+                if isinstance(exc, IndexCannotWrite):  # a full disk: no sync for a while
+                    self._writes_refused_until = time.monotonic() + self.settings.follow_retry_after_s
+                    self.totals.errors += 1
+                    self.totals.last_error = f"session {session_id}: {exc}"[:300]
+                    log.warning("follow: no syncs for %.0f s: %s", self.settings.follow_retry_after_s, exc)
+                    return
                 if isinstance(exc, FacePassError):  # disabled or deleted meanwhile: discover() sees it
                     log.info("follow: session %s: %s", session_id, exc)
                     return

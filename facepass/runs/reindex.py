@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from facepass.catalog.cloud import CloudCatalog
-from facepass.errors import Fenced
+from facepass.errors import LOCAL_INDEX, Fenced, IndexCannotWrite, NotWritten
 from facepass.index.generations import Generations
 from facepass.index.store import PruneResult, VectorStore
 from facepass.models import Fence, LedgerStatus, PhotoOutcome, PhotoRef, SessionInfo
@@ -174,8 +174,22 @@ class ReindexCoordinator:
         self.say(run.report, words.photo_start_line(index, run.report.planned_photos, photo.filename))
 
     def record(self, run: SessionRun, outcome: PhotoOutcome) -> None:
-        run.report.add(outcome)
-        self.say(run.report, words.photo_done_line(outcome))
+        """Adds the outcome to the run's report. A photo the index could not store for lack of
+        room (a full disk) stops the run: ``IndexCannotWrite``, and its caller stops handing in
+        photos (the ones not yet sent to an actor are never downloaded)."""
+        report = run.report
+        report.add(outcome)
+        self.say(report, words.photo_done_line(outcome))
+        if outcome.error_code != NotWritten.code:
+            return
+        done, planned, written = report.processed_photos, report.planned_photos, report.successful_photos
+        self.say(report, words.stopped_line(done, planned, written))
+        raise IndexCannotWrite(
+            LOCAL_INDEX,
+            f"the run for session {report.session_id} stopped after {done} of {planned} photos ({written} "
+            f"written, none of the others): {outcome.error_message}; free space on the index "
+            "database's disk, then run again (it picks up the rest)",
+        )
 
     async def finish(self, run: SessionRun) -> ReindexReport:
         report = run.report

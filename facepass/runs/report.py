@@ -55,6 +55,13 @@ def photo_done_line(outcome: PhotoOutcome) -> str:
     return f"❌ {outcome.error_message}"
 
 
+def stopped_line(processed: int, planned: int, successful: int) -> str:
+    return (
+        f"=== ПЕРЕИНДЕКСАЦИЯ ОСТАНОВЛЕНА: индекс не может писать (нет места); обработано {processed} "
+        f"из {planned} фото, записано {successful}, остальные возьмёт следующий запуск ==="
+    )
+
+
 @dataclass(slots=True)
 class ReindexReport:
     session_id: uuid.UUID

@@ -13,7 +13,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from facepass.errors import NoFaceDetected, PhotoError
+from facepass.errors import IndexCannotWrite, NoFaceDetected, NotWritten, PhotoError
 from facepass.index.store import PruneResult, VectorStore
 from facepass.index.writer import GroupCommitter
 from facepass.models import DetectedFace, Fence, PhotoOutcome, PhotoRef, PhotoResult
@@ -263,7 +263,10 @@ class LocalProcessor:
 
     async def process(self, photo: PhotoRef) -> PhotoOutcome:
         result = await self.pipeline.run(photo)
-        [outcome] = await self.committer.write([result])
+        try:
+            [outcome] = await self.committer.write([result])
+        except IndexCannotWrite as refused:  # as the pool says it: the run stops on it
+            return PhotoOutcome.failed_write(result, NotWritten(refused.detail))
         return outcome
 
     async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:

@@ -4,14 +4,17 @@ missing, /healthz naming the cause, and the service recovering by itself."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,7 +29,7 @@ from facepass.demo.scenario import CatalogWriter, add_face_photos, fresh_databas
 from facepass.index.store import VectorStore
 from facepass.settings import Settings
 from serve_app import build_app
-from tests.conftest import secret_files
+from tests.conftest import InjectedDiskFull, secret_files
 from tests.integration.conftest import API_KEYS, Service
 
 pytestmark = pytest.mark.slow
@@ -340,3 +343,147 @@ def test_fifty_background_calls_at_once_are_each_answered_and_each_session_is_in
     assert samples[0] > 10, "the connection count was not watched"
     # The test process's own engines hold a few more (the store fixture: at most 5 + 2, the probe: 1).
     assert peak[0] <= index_connections_cap(service.settings) + 8, peak[0]
+
+
+class SmallDisk:
+    """The index's two tables on a filesystem of their own that a test fills and empties: a
+    tmpfs tablespace (a real full disk: PostgreSQL fails to extend the tables' files, SQLSTATE
+    53100). Where this machine lets no test mount (not root), PostgreSQL raises the same
+    SQLSTATE from a trigger on the session's ledger rows (``InjectedDiskFull``) instead."""
+
+    TABLES = ("indexed_photos", "face_embeddings")
+
+    def __init__(self, owner: sa.Engine, session_id: uuid.UUID, size_mb: int = 64) -> None:
+        self.owner = owner.execution_options(isolation_level="AUTOCOMMIT")
+        self.session_id = session_id
+        self.size_mb = size_mb
+        self.mount = Path(tempfile.mkdtemp(prefix="facepass-small-disk-"))
+        self.tablespace = f"facepass_small_{uuid.uuid4().hex[:8]}"
+        self.injected: InjectedDiskFull | None = None
+        self.kind = "tmpfs tablespace"
+
+    def __enter__(self) -> SmallDisk:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={self.size_mb}m,mode=0755", "tmpfs", str(self.mount)],
+            capture_output=True,
+            text=True,
+        )
+        if mounted.returncode != 0:
+            self.kind = f"a trigger raising SQLSTATE 53100 (no mount here: {mounted.stderr.strip()})"
+            self.mount.rmdir()
+            return self
+        try:
+            with self.owner.connect() as conn:
+                data = Path(str(conn.scalar(sa.text("SHOW data_directory"))))
+                folder = self.mount / "pg"
+                folder.mkdir()
+                os.chown(folder, data.stat().st_uid, data.stat().st_gid)
+                conn.execute(sa.text(f"CREATE TABLESPACE {self.tablespace} LOCATION '{folder}'"))
+                for table in self.TABLES:  # moved, then compacted: no free room left in their pages
+                    conn.execute(sa.text(f"ALTER TABLE {table} SET TABLESPACE {self.tablespace}"))
+                    conn.execute(sa.text(f"VACUUM FULL {table}"))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def fill(self) -> None:
+        if not self.kind.startswith("tmpfs"):
+            self.injected = InjectedDiskFull(self.owner, self.session_id).__enter__()
+            return
+        with open(self.mount / "filler", "wb", buffering=0) as filler:
+            for chunk in (1 << 20, 4096):
+                try:
+                    while True:
+                        filler.write(b"\0" * chunk)
+                except OSError:  # ENOSPC: the next, smaller chunk fills the rest
+                    pass
+        assert shutil.disk_usage(self.mount).free < 64 * 1024
+
+    def free(self) -> None:
+        if self.injected is not None:
+            self.injected.__exit__()
+            self.injected = None
+        elif self.kind.startswith("tmpfs"):
+            (self.mount / "filler").unlink(missing_ok=True)
+
+    def __exit__(self, *_: object) -> None:
+        self.free()
+        if not self.kind.startswith("tmpfs"):
+            return
+        try:
+            with self.owner.connect() as conn:
+                for table in self.TABLES:
+                    conn.execute(sa.text(f"ALTER TABLE {table} SET TABLESPACE pg_default"))
+                conn.execute(sa.text(f"DROP TABLESPACE IF EXISTS {self.tablespace}"))
+        finally:
+            subprocess.run(["umount", str(self.mount)], check=True)
+            self.mount.rmdir()
+
+
+def ledger_and_faces(engine: sa.Engine, session_id: uuid.UUID) -> tuple[int, int, int, int]:
+    """(ledger rows, faces the ledger counts, face rows, distinct (photo, face) keys) of a session."""
+    with engine.connect() as conn:
+        ledger, counted = conn.execute(
+            sa.text(
+                "SELECT count(*), coalesce(sum(face_count), 0) FROM indexed_photos WHERE session_id = :s"
+            ),
+            {"s": session_id},
+        ).one()
+        rows, keys = conn.execute(
+            sa.text(
+                "SELECT count(*), count(DISTINCT (photo_id, face_index)) FROM face_embeddings "
+                "WHERE session_id = :s"
+            ),
+            {"s": session_id},
+        ).one()
+    return int(ledger), int(counted), int(rows), int(keys)
+
+
+def test_a_full_index_disk_stops_the_run_and_healthz_says_the_index_cannot_write(
+    service: Service, catalog_writer: CatalogWriter, storage: Any
+) -> None:
+    """The index's tables on a small disk, filled: a force-reindex of 40 photos answers 503
+    index_cannot_write naming the local index and where the run stopped; the photos it had not
+    started are never downloaded; what committed is whole (every ledger row with its faces);
+    /healthz says the index cannot write while search still answers; space freed, the next call
+    indexes the rest, each photo once, and /healthz is 200 again."""
+    searched = catalog_writer.add_session("Поиск при полном диске")
+    add_face_photos(catalog_writer, storage, searched, 1)
+    assert service.reindex(searched).status_code == 200
+    sid = catalog_writer.add_session("Диск индекса полон")
+    refs = add_face_photos(catalog_writer, storage, sid, 40)
+    owner = sa.create_engine(service.settings.local_url(), poolclass=sa.pool.NullPool)
+    capacity = service.settings.embed_actors * service.settings.photos_in_flight_per_actor
+    try:
+        with SmallDisk(owner, sid) as disk:
+            print(f"full disk made with: {disk.kind}")
+            disk.fill()
+            before = sum(storage.hits[r.preview_path] for r in refs)
+            stopped = service.reindex(sid)
+            downloaded = sum(storage.hits[r.preview_path] for r in refs) - before
+            body = assert_503(stopped, "local index", "index_cannot_write", [])
+            assert "SQLSTATE 53100" in body["detail"] and "of 40 photos" in body["detail"], body
+            print(f"stopped: {body['detail']}; {downloaded} photos downloaded")
+            assert downloaded <= 2 * capacity < 40, f"{downloaded} photos downloaded after the disk filled"
+            ledger, counted, rows, keys = ledger_and_faces(owner, sid)
+            assert ledger < 40 and counted == rows == keys, (ledger, counted, rows, keys)
+            answer = health(service)
+            assert answer.status_code == 503, answer.text
+            checked = answer.json()
+            assert checked["local_db"].startswith("error: local index: cannot write (disk full"), checked
+            assert checked["cloud_db"] == "ok" and isinstance(checked["pool"], dict), checked
+            assert [p["code"] for p in checked["problems"]] == ["index_cannot_write"], checked
+            assert open_health(service)["local_db"] == "fail"
+            assert search(service, searched).status_code == 200  # reads still work
+            disk.free()
+            done = service.reindex(sid)
+            assert done.status_code == 200, done.text
+            report = done.json()
+            assert report["skipped_photos"] == ledger and report["failed_photos"] == 0, report
+            assert report["successful_photos"] == 40 - ledger, report
+            assert health(service).status_code == 200
+        ledger, counted, rows, keys = ledger_and_faces(owner, sid)
+        assert ledger == 40 and counted == rows == keys >= 40, (ledger, counted, rows, keys)
+    finally:
+        owner.dispose()

@@ -10,8 +10,14 @@ import sqlalchemy as sa
 
 from facepass.catalog.cloud import CloudCatalog
 from facepass.db import make_engine
-from facepass.errors import CLOUD_CATALOG, LOCAL_INDEX, DatabaseSchemaMissing, DatabaseUnavailable
-from facepass.health import DatabaseProbe, diagnose, is_database_failure
+from facepass.errors import (
+    CLOUD_CATALOG,
+    LOCAL_INDEX,
+    DatabaseSchemaMissing,
+    DatabaseUnavailable,
+    IndexCannotWrite,
+)
+from facepass.health import DatabaseProbe, cannot_write, diagnose, is_database_failure
 from facepass.index.store import VectorStore
 from facepass.settings import Settings
 
@@ -107,3 +113,26 @@ def test_errors_survive_pickling() -> None:
         str(error),
         ("indexed_photos",),
     )
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "what"), [("53100", "disk full"), ("53200", "out of memory"), ("53000", "out of resources")]
+)
+def test_no_room_is_index_cannot_write(sqlstate: str, what: str) -> None:
+    import psycopg.errors
+
+    error = psycopg.errors.lookup(sqlstate)("could not extend file: No space left on device")
+    wrapped = sa.exc.OperationalError("INSERT INTO indexed_photos ...", {}, error)
+    for exc in (error, wrapped):
+        refused = cannot_write(exc)
+        assert isinstance(refused, IndexCannotWrite) and refused.database == LOCAL_INDEX
+        assert f"({what}, SQLSTATE {sqlstate}: could not extend file" in refused.detail
+        assert isinstance(diagnose(exc, []), IndexCannotWrite)
+
+
+def test_too_many_connections_is_not_a_full_disk() -> None:
+    import psycopg.errors
+
+    error = psycopg.errors.TooManyConnections("sorry, too many clients already")
+    assert cannot_write(error) is None
+    assert cannot_write(sa.exc.OperationalError("SELECT 1", {}, error)) is None

@@ -14,7 +14,7 @@ from facepass.catalog.cloud import CloudCatalog
 from facepass.demo import photos
 from facepass.demo.scenario import SEED_SESSION_NAME, CatalogWriter, SeedScenario, build_seed_scenario
 from facepass.demo.storage import PhotoStorage
-from facepass.errors import FacePassDisabled, SessionNotFound
+from facepass.errors import FacePassDisabled, IndexCannotWrite, SessionNotFound
 from facepass.index.store import PruneResult, VectorStore, face_embeddings
 from facepass.models import Fence, PhotoOutcome, PhotoRef, PhotoStatus
 from facepass.runs.reindex import ReindexCoordinator, ReindexMode, SessionRun
@@ -22,6 +22,7 @@ from facepass.runs.report import ReindexReport
 from facepass.settings import Settings
 from facepass.vision.faces import FaceEmbedder, ModelPack
 from facepass.vision.pipeline import LocalProcessor, PhotoPipeline
+from tests.conftest import InjectedDiskFull
 
 SEED_ERRORS = sorted(
     [
@@ -340,3 +341,36 @@ def test_process_all_with_nothing_to_do(catalog: CloudCatalog, store: VectorStor
         return [outcome async for outcome in coordinator.process_all([])]
 
     assert asyncio.run(go()) == []
+
+
+def test_a_full_disk_stops_the_run_and_the_next_run_does_the_rest(
+    settings: Settings,
+    catalog: CloudCatalog,
+    store: VectorStore,
+    embedder: FaceEmbedder,
+    storage: PhotoStorage,
+    scenario: SeedScenario,
+) -> None:
+    """The index refuses the run's writes with "disk full" (PostgreSQL's SQLSTATE 53100, from a
+    trigger): the run stops at its first refused photo with ``IndexCannotWrite`` (no download of
+    the photos it had not started), the report says where it stopped, nothing is written; once
+    the space is back the next run processes all ten photos, as the seed run does."""
+    sid = scenario.session_id
+    paths = [p.preview_path for p in catalog.list_photos(sid)]
+    before = sum(storage.hits[path] for path in paths)
+    progress: list[ReindexReport] = []
+    with InjectedDiskFull(store.engine, sid), pytest.raises(IndexCannotWrite) as stopped:
+        reindex(settings, catalog, store, embedder, sid, progress=progress)
+    assert stopped.value.code == "index_cannot_write" and stopped.value.database == "local index"
+    assert re.search(r"stopped after \d+ of 10 photos \(0 written, none of the others\)", str(stopped.value))
+    assert "SQLSTATE 53100" in str(stopped.value)
+    lines = progress[-1].log_lines
+    started = [line for line in lines if line.startswith("Обработка фото")]
+    # LocalProcessor's window (4 photos in flight), + 1 for missing_file.jpg (a 404 writes nothing)
+    assert 1 <= len(started) <= 5, started
+    assert sum(storage.hits[path] for path in paths) - before <= len(started) < 10
+    assert any(line.startswith("=== ПЕРЕИНДЕКСАЦИЯ ОСТАНОВЛЕНА: индекс не может писать") for line in lines)
+    assert len(store.index_state(sid)) == 3  # only the three indexed before the run
+
+    again = reindex(settings, catalog, store, embedder, sid)
+    assert (again.processed_photos, again.successful_photos, again.skipped_photos) == (10, 8, 3)

@@ -6,10 +6,13 @@ import asyncio
 import uuid
 
 import numpy as np
+import pytest
 
+from facepass.errors import IndexCannotWrite
 from facepass.index.store import VectorStore
 from facepass.index.writer import GroupCommitter
 from facepass.models import PhotoStatus
+from tests.conftest import InjectedDiskFull
 from tests.unit.test_store import indexed, photo, rows_of
 
 
@@ -57,3 +60,34 @@ def test_a_bad_photo_fails_alone_across_callers(store: VectorStore) -> None:
     assert a[2].error_code == "write_error"  # type: ignore[attr-defined]
     assert rows_of(store, bad.photo.id) == []
     assert all(len(rows_of(store, r.photo.id)) == 2 for r in good)
+
+
+def test_a_full_disk_refuses_the_write_at_once_and_clears_with_the_next_commit(store: VectorStore) -> None:
+    """PostgreSQL's "disk full" (SQLSTATE 53100, from the server) in the writer's transaction:
+    ``IndexCannotWrite`` to every caller of that transaction, no second try (it cannot help),
+    nothing of the batch written, and the refusal kept for /healthz until a transaction commits."""
+    session_id = uuid.uuid4()
+    batch = [indexed(photo(session_id, f"full{i}.jpg"), 2, seed=i) for i in range(3)]
+
+    async def write(committer: GroupCommitter) -> list[object]:
+        return list(await committer.write(batch))
+
+    committer = GroupCommitter(store)
+    with InjectedDiskFull(store.engine, session_id) as disk:
+        with pytest.raises(IndexCannotWrite) as refused:
+            asyncio.run(write(committer))
+        assert disk.calls() == 1  # the first row refused, the transaction rolled back, no retry
+    assert refused.value.code == "index_cannot_write" and refused.value.database == "local index"
+    assert "disk full, SQLSTATE 53100" in str(refused.value) and "No space left on device" in str(
+        refused.value
+    )
+    assert all(rows_of(store, r.photo.id) == [] for r in batch)
+    assert committer.transactions == 0
+    now = committer.refusal()
+    assert now is not None and "cleared by the next write that commits" in now.detail
+    # Space freed (the trigger gone): the same batch commits, the refusal is gone.
+    outcomes = asyncio.run(write(committer))
+    assert all(o.status is PhotoStatus.INDEXED for o in outcomes)  # type: ignore[attr-defined]
+    assert all(len(rows_of(store, r.photo.id)) == 2 for r in batch)
+    assert committer.refusal() is None
+    committer.close()
