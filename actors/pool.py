@@ -393,10 +393,12 @@ class EmbeddingPool:
                 write.add_done_callback(lambda f: f.cancelled() or f.exception())
                 raise _Moved()
 
-    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:
+    async def prune(
+        self, session_id: uuid.UUID, photo_ids: list[uuid.UUID], fence: Fence | None = None
+    ) -> PruneResult:
         """Deleted photos leave the index through the one writer, like every other write."""
         try:
-            result: PruneResult = await self.writer.prune.remote(photo_ids, fence)
+            result: PruneResult = await self.writer.prune.remote(session_id, photo_ids, fence)
         except RayTaskError as exc:
             if isinstance(exc.cause, Exception):
                 raise exc.cause from None

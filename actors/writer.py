@@ -29,8 +29,10 @@ class IndexWriter:
     async def write_batch(self, results: list[PhotoResult]) -> list[PhotoOutcome]:
         return await self.committer.write(results)
 
-    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:
-        return await self.committer.prune(photo_ids, fence)
+    async def prune(
+        self, session_id: uuid.UUID, photo_ids: list[uuid.UUID], fence: Fence | None = None
+    ) -> PruneResult:
+        return await self.committer.prune(session_id, photo_ids, fence)
 
     async def stats(self) -> dict[str, int]:
         return {"transactions": self.committer.transactions, "photos": self.committer.photos_written}

@@ -56,7 +56,9 @@ class PlanOnly:
     async def process(self, photo: PhotoRef) -> PhotoOutcome:
         raise RuntimeError("a dry run processes nothing")
 
-    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:
+    async def prune(
+        self, session_id: uuid.UUID, photo_ids: list[uuid.UUID], fence: Fence | None = None
+    ) -> PruneResult:
         raise RuntimeError("a dry run removes nothing")
 
 

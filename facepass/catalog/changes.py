@@ -55,7 +55,8 @@ class CatalogChanges:
             f'WHERE "{s.session_id}" > :after ORDER BY "{s.session_id}" LIMIT :limit'
         )
         self._created = sa.text(
-            f'SELECT "{s.photo_id}", "{s.photo_created}" FROM "{s.photos}" WHERE "{s.photo_id}" = ANY(:ids)'
+            f'SELECT "{s.photo_id}", "{s.photo_created}" FROM "{s.photos}" '
+            f'WHERE "{s.photo_session}" = :sid AND "{s.photo_id}" = ANY(:ids)'
         )
 
     def sessions(self, page_size: int = 5000) -> list[CatalogSession]:
@@ -79,10 +80,10 @@ class CatalogChanges:
         found = {r[0]: Signature(int(r[1]), int(r[2] or 0)) for r in rows}
         return {sid: found.get(sid, Signature.empty()) for sid in session_ids}
 
-    def created_at(self, photo_ids: list[uuid.UUID]) -> dict[uuid.UUID, datetime]:
-        """``created_at`` of photos, by primary key (for the lag figure)."""
+    def created_at(self, session_id: uuid.UUID, photo_ids: list[uuid.UUID]) -> dict[uuid.UUID, datetime]:
+        """``created_at`` of a session's photos (for the lag figure)."""
         if not photo_ids:
             return {}
         with self.catalog.engine.connect() as conn:
-            rows = conn.execute(self._created, {"ids": photo_ids}).all()
+            rows = conn.execute(self._created, {"sid": session_id, "ids": photo_ids}).all()
         return {r[0]: r[1] for r in rows}

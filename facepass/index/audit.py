@@ -188,16 +188,19 @@ class IndexAuditor:
     def fix(self, report: AuditReport) -> FixResult:
         """Prune every defective photo the report names: deleted ones for good, the rest
         to be embedded again by the next run."""
-        deleted = {p for s in report.sessions for p in s.defects[Defect.DELETED]}
-        redo = {p for s in report.sessions for p in s.defect_photo_ids()} - deleted
-        return FixResult(removed=self._prune(sorted(deleted)), replanned=self._prune(sorted(redo)))
+        removed = replanned = PruneResult(0, 0)
+        for session in report.sessions:  # a photo id may repeat in two sessions: each its own
+            deleted = set(session.defects[Defect.DELETED])
+            removed += self._prune(session.session_id, sorted(deleted))
+            replanned += self._prune(session.session_id, sorted(session.defect_photo_ids() - deleted))
+        return FixResult(removed=removed, replanned=replanned)
 
-    def _prune(self, photo_ids: list[uuid.UUID]) -> PruneResult:
+    def _prune(self, session_id: uuid.UUID, photo_ids: list[uuid.UUID]) -> PruneResult:
         """In chunks: after a model change every photo of the index may be stale, and one
         statement takes at most 65,535 parameters."""
         photos = faces = 0
         for start in range(0, len(photo_ids), PRUNE_CHUNK):
-            pruned = self.store.prune_photos(photo_ids[start : start + PRUNE_CHUNK])
+            pruned = self.store.prune_photos(session_id, photo_ids[start : start + PRUNE_CHUNK])
             photos, faces = photos + pruned.photos, faces + pruned.faces
         return PruneResult(photos=photos, faces=faces)
 

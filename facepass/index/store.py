@@ -55,15 +55,23 @@ face_embeddings = sa.Table(
     ),
     sa.Column("model_name", sa.Text, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-    # Unique per model (migration 0004): a new model's rows are written beside the old ones.
-    sa.UniqueConstraint("photo_id", "model_name", "face_index", name="face_embeddings_photo_model_face_key"),
+    # Unique per model (migration 0004): a new model's rows are written beside the old ones;
+    # per session (0005): a catalog may repeat a photo id in two sessions.
+    sa.UniqueConstraint(
+        "session_id",
+        "photo_id",
+        "model_name",
+        "face_index",
+        name="face_embeddings_session_photo_model_face_key",
+    ),
 )
 
 indexed_photos = sa.Table(
     "indexed_photos",
     metadata,
+    # Keyed by (session, photo) (migration 0005): a photo id repeated in two sessions is two rows.
+    sa.Column("session_id", pg.UUID(as_uuid=True), primary_key=True, index=True),
     sa.Column("photo_id", pg.UUID(as_uuid=True), primary_key=True),
-    sa.Column("session_id", pg.UUID(as_uuid=True), nullable=False, index=True),
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("face_count", sa.Integer, nullable=False),
     sa.Column("error_code", sa.Text),
@@ -79,6 +87,9 @@ class PruneResult:
     photos: int  # ledger rows removed
     faces: int  # face rows removed
 
+    def __add__(self, other: PruneResult) -> PruneResult:
+        return PruneResult(self.photos + other.photos, self.faces + other.faces)
+
 
 @dataclass(frozen=True, slots=True)
 class SearchHit:
@@ -86,6 +97,13 @@ class SearchHit:
     face_index: int
     similarity: float
     bbox: tuple[float, float, float, float]
+
+
+_Key = tuple[uuid.UUID, uuid.UUID]  # (session, photo): the ledger's key
+
+
+def _key(result: PhotoResult) -> _Key:
+    return (result.photo.session_id, result.photo.id)
 
 
 class VectorStore:
@@ -127,7 +145,7 @@ class VectorStore:
             sa.select(fe.c.photo_id, sa.null().label("status"), fe.c.model_name)
             .where(
                 fe.c.session_id == session_id,
-                ~sa.exists().where(ip.c.photo_id == fe.c.photo_id),
+                ~sa.exists().where(ip.c.session_id == fe.c.session_id, ip.c.photo_id == fe.c.photo_id),
             )
             .distinct()
         )
@@ -150,9 +168,9 @@ class VectorStore:
         """
         started = time.perf_counter()
         # The last result of a photo wins (the same photo twice in one batch cannot upsert twice).
-        latest = {r.photo.id: r for r in results if r.status is not PhotoStatus.RETRY}
-        errors: dict[uuid.UUID, str] = {}
-        fenced: set[uuid.UUID] = set()
+        latest = {_key(r): r for r in results if r.status is not PhotoStatus.RETRY}
+        errors: dict[_Key, str] = {}
+        fenced: set[_Key] = set()
         if latest:
             try:
                 fenced = self._commit(list(latest.values()))
@@ -167,53 +185,60 @@ class VectorStore:
         write_ms = (time.perf_counter() - started) * 1000 / max(1, len(latest))
         outcomes = []
         for result in results:
-            if result.photo.id in fenced and latest.get(result.photo.id) is result:
+            key = _key(result)
+            if key in fenced and latest.get(key) is result:
                 outcomes.append(PhotoOutcome.failed_write(result, Fenced(f"token {result.photo.fence}")))
-            elif result.photo.id in errors:
-                outcomes.append(PhotoOutcome.failed_write(result, WriteFailed(errors[result.photo.id])))
-            elif result.status is PhotoStatus.RETRY or latest.get(result.photo.id) is not result:
+            elif key in errors:
+                outcomes.append(PhotoOutcome.failed_write(result, WriteFailed(errors[key])))
+            elif result.status is PhotoStatus.RETRY or latest.get(key) is not result:
                 outcomes.append(PhotoOutcome.from_result(result))
             else:
                 outcomes.append(PhotoOutcome.from_result(result, write_ms))
         return outcomes
 
-    def prune_photos(self, photo_ids: Sequence[uuid.UUID], fence: Fence | None = None) -> PruneResult:
-        """Remove photos from the index: their face rows and ledger rows, in one transaction
-        (a photo never loses its faces without its ledger row, or the reverse). With a fence,
-        only while no newer run holds the session (else ``Fenced``: nothing is removed)."""
+    def prune_photos(
+        self, session_id: uuid.UUID, photo_ids: Sequence[uuid.UUID], fence: Fence | None = None
+    ) -> PruneResult:
+        """Remove photos of a session from the index: their face rows and ledger rows, in one
+        transaction (a photo never loses its faces without its ledger row, or the reverse); the
+        same photo id in another session stays. With a fence (of this session), only while no
+        newer run holds the session (else ``Fenced``: nothing is removed)."""
         ids = list(dict.fromkeys(photo_ids))
         if not ids:
             return PruneResult(0, 0)
+        if fence is not None and fence.session_id != session_id:
+            raise ValueError(f"a fence of session {fence.session_id} cannot prune session {session_id}")
+        ip, fe = indexed_photos, face_embeddings
         with self.engine.begin() as conn:
             check_fence(conn, fence)
             # Ledger rows first, as a write takes them (its upsert): a write of one of these
             # photos in flight commits before the deletes below see its faces, never after them
             # (that left face rows without a ledger row when a second writer raced a prune).
             conn.execute(
-                sa.select(indexed_photos.c.photo_id)
-                .where(indexed_photos.c.photo_id.in_(ids))
-                .order_by(indexed_photos.c.photo_id)
+                sa.select(ip.c.photo_id)
+                .where(ip.c.session_id == session_id, ip.c.photo_id.in_(ids))
+                .order_by(ip.c.photo_id)
                 .with_for_update()
             ).all()
             gone_faces = list(
                 conn.scalars(
-                    sa.delete(face_embeddings)
-                    .where(face_embeddings.c.photo_id.in_(ids))
-                    .returning(face_embeddings.c.photo_id)
+                    sa.delete(fe)
+                    .where(fe.c.session_id == session_id, fe.c.photo_id.in_(ids))
+                    .returning(fe.c.photo_id)
                 )
             )
             gone_ledger = set(
                 conn.scalars(
-                    sa.delete(indexed_photos)
-                    .where(indexed_photos.c.photo_id.in_(ids))
-                    .returning(indexed_photos.c.photo_id)
+                    sa.delete(ip)
+                    .where(ip.c.session_id == session_id, ip.c.photo_id.in_(ids))
+                    .returning(ip.c.photo_id)
                 )
             )
         return PruneResult(photos=len(gone_ledger | set(gone_faces)), faces=len(gone_faces))
 
-    def _commit_one_by_one(self, results: list[PhotoResult]) -> tuple[dict[uuid.UUID, str], set[uuid.UUID]]:
-        errors: dict[uuid.UUID, str] = {}
-        fenced: set[uuid.UUID] = set()
+    def _commit_one_by_one(self, results: list[PhotoResult]) -> tuple[dict[_Key, str], set[_Key]]:
+        errors: dict[_Key, str] = {}
+        fenced: set[_Key] = set()
         for result in results:
             try:
                 fenced |= self._commit([result])
@@ -221,11 +246,11 @@ class VectorStore:
                 raise
             except psycopg.Error as exc:
                 log.error("write of photo %s failed: %s", result.photo.id, exc)
-                errors[result.photo.id] = _short(exc)
+                errors[_key(result)] = _short(exc)
         return errors, fenced
 
     @staticmethod
-    def _fenced(cur: psycopg.Cursor[Any], results: list[PhotoResult]) -> set[uuid.UUID]:
+    def _fenced(cur: psycopg.Cursor[Any], results: list[PhotoResult]) -> set[_Key]:
         """Photos of runs that a newer run of their session replaced. The session's fence row
         stays share-locked until this transaction ends, so a new run's token cannot land
         between this check and the commit (its UPDATE waits for it)."""
@@ -235,12 +260,12 @@ class VectorStore:
         cur.execute(_FENCES_FOR_SHARE, (sessions,))
         current: dict[uuid.UUID, int] = {row[0]: row[1] for row in cur.fetchall()}
         return {
-            r.photo.id
+            _key(r)
             for r in results
             if r.photo.fence is not None and current.get(r.photo.session_id, r.photo.fence) > r.photo.fence
         }
 
-    def _commit(self, results: list[PhotoResult]) -> set[uuid.UUID]:
+    def _commit(self, results: list[PhotoResult]) -> set[_Key]:
         """Ledger upsert + delete of old faces + binary COPY of new faces, one transaction.
         Returns the photos left out because their run was fenced off."""
         raw = self.engine.raw_connection()
@@ -250,14 +275,15 @@ class VectorStore:
                 register_vector(conn)
             with conn.cursor() as cur:
                 fenced = self._fenced(cur, results)
-                results = [r for r in results if r.photo.id not in fenced]
+                results = [r for r in results if _key(r) not in fenced]
                 ids = [r.photo.id for r in results]
+                sessions = [r.photo.session_id for r in results]
                 # The upsert locks the ledger rows first: two writers of one photo serialize here.
                 cur.execute(
                     _LEDGER_UPSERT,
                     (
                         ids,
-                        [r.photo.session_id for r in results],
+                        sessions,
                         [LedgerStatus(r.status.value).value for r in results],
                         [len(r.faces) for r in results],
                         [r.error_code if r.status is not PhotoStatus.INDEXED else None for r in results],
@@ -266,7 +292,7 @@ class VectorStore:
                     ),
                 )
                 # Only this model's rows: an older generation stays searchable until retired.
-                cur.execute(_FACES_DELETE, (ids, [r.model_name for r in results]))
+                cur.execute(_FACES_DELETE, (sessions, ids, [r.model_name for r in results]))
                 with cur.copy(_FACES_COPY) as copy:
                     copy.set_types(_FACES_COPY_TYPES)
                     for r in results:
@@ -397,14 +423,15 @@ def check_fence(conn: sa.Connection, fence: Fence | None) -> None:
 _LEDGER_UPSERT = """
 INSERT INTO indexed_photos (photo_id, session_id, status, face_count, error_code, error_message, model_name)
 SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[])
-ON CONFLICT (photo_id) DO UPDATE SET
-    session_id = EXCLUDED.session_id, status = EXCLUDED.status, face_count = EXCLUDED.face_count,
+ON CONFLICT (session_id, photo_id) DO UPDATE SET
+    status = EXCLUDED.status, face_count = EXCLUDED.face_count,
     error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message,
     model_name = EXCLUDED.model_name, processed_at = now()
 """
 _FACES_DELETE = (
-    "DELETE FROM face_embeddings f USING unnest(%s::uuid[], %s::text[]) AS r(photo_id, model_name) "
-    "WHERE f.photo_id = r.photo_id AND f.model_name = r.model_name"
+    "DELETE FROM face_embeddings f "
+    "USING unnest(%s::uuid[], %s::uuid[], %s::text[]) AS r(session_id, photo_id, model_name) "
+    "WHERE f.session_id = r.session_id AND f.photo_id = r.photo_id AND f.model_name = r.model_name"
 )
 _FACES_COPY = (
     "COPY face_embeddings (session_id, photo_id, face_index, bbox_x1, bbox_y1, bbox_x2, bbox_y2, "

@@ -84,11 +84,13 @@ class GroupCommitter:
             count += len(waiting[0])
         return group
 
-    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:
+    async def prune(
+        self, session_id: uuid.UUID, photo_ids: list[uuid.UUID], fence: Fence | None = None
+    ) -> PruneResult:
         """Remove photos from the index, on the same thread as the writes (never between a
         photo's write and its commit)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self.store.prune_photos, photo_ids, fence)
+        return await loop.run_in_executor(self._thread, self.store.prune_photos, session_id, photo_ids, fence)
 
     def write_now(self, results: list[PhotoResult]) -> list[PhotoOutcome]:
         """One transaction, retried once if the server dropped the connection (it rolled

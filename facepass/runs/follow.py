@@ -213,7 +213,7 @@ class Follower:
     async def _remove_deleted_session(self, session_id: uuid.UUID) -> None:
         state = await asyncio.to_thread(self.coordinator.store.index_state, session_id)
         if state:
-            result = await self.coordinator.processor.prune(list(state))
+            result = await self.coordinator.processor.prune(session_id, list(state))
             self.totals.photos_pruned += result.photos
             log.info("session %s left the catalog: %d photos left the index", session_id, result.photos)
 
@@ -354,7 +354,7 @@ class Follower:
         commit or a ``created_at`` in the past): the photo was not there then, so the lag
         counts from that check."""
         done = [(p, at) for p, at in self.ledger.processed_since(session_id, since) if p in fresh]
-        created = self.changes.created_at([photo_id for photo_id, _ in done])
+        created = self.changes.created_at(session_id, [photo_id for photo_id, _ in done])
         samples = []
         for photo_id, indexed_at in done:
             committed = created.get(photo_id)

@@ -65,7 +65,9 @@ class LanedPool(Protocol):
 
     async def process(self, photo: PhotoRef, lane: Lane = Lane.INTERACTIVE) -> PhotoOutcome: ...
 
-    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult: ...
+    async def prune(
+        self, session_id: uuid.UUID, photo_ids: list[uuid.UUID], fence: Fence | None = None
+    ) -> PruneResult: ...
 
 
 class LaneProcessor:
@@ -86,5 +88,7 @@ class LaneProcessor:
     async def process(self, photo: PhotoRef) -> PhotoOutcome:
         return await self.pool.process(photo, self.lane)
 
-    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:
-        return await self.pool.prune(photo_ids, fence)
+    async def prune(
+        self, session_id: uuid.UUID, photo_ids: list[uuid.UUID], fence: Fence | None = None
+    ) -> PruneResult:
+        return await self.pool.prune(session_id, photo_ids, fence)

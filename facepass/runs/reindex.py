@@ -46,9 +46,11 @@ class PhotoProcessor(Protocol):
 
     async def process(self, photo: PhotoRef) -> PhotoOutcome: ...
 
-    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:
-        """Remove photos from the index (through the one writer); with a fence, only while the
-        run still holds the session (else ``Fenced``)."""
+    async def prune(
+        self, session_id: uuid.UUID, photo_ids: list[uuid.UUID], fence: Fence | None = None
+    ) -> PruneResult:
+        """Remove photos of a session from the index (through the one writer); with a fence,
+        only while the run still holds the session (else ``Fenced``)."""
         ...
 
 
@@ -165,7 +167,7 @@ class ReindexCoordinator:
         """Photos deleted from the catalog leave the index (faces and ledger row together)."""
         if not plan.prune:
             return
-        result = await self.processor.prune(plan.prune, plan.fence)
+        result = await self.processor.prune(plan.session.id, plan.prune, plan.fence)
         run.report.pruned_photos += result.photos
         run.report.pruned_faces += result.faces
         self.say(run.report, words.pruned_line(result.photos, result.faces))

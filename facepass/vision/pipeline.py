@@ -269,8 +269,10 @@ class LocalProcessor:
             return PhotoOutcome.failed_write(result, NotWritten(refused.detail))
         return outcome
 
-    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:
-        return await self.committer.prune(photo_ids, fence)
+    async def prune(
+        self, session_id: uuid.UUID, photo_ids: list[uuid.UUID], fence: Fence | None = None
+    ) -> PruneResult:
+        return await self.committer.prune(session_id, photo_ids, fence)
 
 
 def model_batch_photos(settings: Settings) -> int:

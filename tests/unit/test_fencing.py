@@ -57,10 +57,10 @@ def test_a_fenced_off_run_can_neither_write_nor_undo_the_new_runs_work(
     assert rows_of(store, new_photo.photo.id) == []  # nothing doubled by the old run
     # ... and would prune what it thinks is deleted: refused, nothing removed.
     with pytest.raises(Fenced):
-        store.prune_photos([before.id, shared.id], Fence(sid, old_run.fence))
+        store.prune_photos(sid, [before.id, shared.id], Fence(sid, old_run.fence))
     assert len(rows_of(store, shared.id)) == 2 and len(rows_of(store, before.id)) == 1
     # The current run prunes; unfenced writes (the seed's loop, audits) are not affected.
-    assert store.prune_photos([before.id], Fence(sid, new_run.fence)).photos == 1
+    assert store.prune_photos(sid, [before.id], Fence(sid, new_run.fence)).photos == 1
     assert store.write_results([indexed(photo(sid, "plain.jpg"), 1)])[0].status is PhotoStatus.INDEXED
     new_run.release()
 

@@ -38,7 +38,9 @@ class FakePool:
         self.lanes.append(lane)
         return PhotoOutcome(photo_id=photo.id, filename=photo.filename, status=PhotoStatus.INDEXED)
 
-    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:
+    async def prune(
+        self, session_id: uuid.UUID, photo_ids: list[uuid.UUID], fence: Fence | None = None
+    ) -> PruneResult:
         return PruneResult(len(photo_ids), 0)
 
 

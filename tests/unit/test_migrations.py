@@ -121,6 +121,11 @@ def test_index_of_the_previous_schema_is_upgraded_and_keeps_its_rows(fresh_db: s
     assert "face_embeddings_embedding_hnsw" not in {
         ix["name"] for ix in inspector.get_indexes("face_embeddings")
     }
+    # 0005: the ledger keyed by (session, photo), face rows unique per session too.
+    assert inspector.get_pk_constraint("indexed_photos")["constrained_columns"] == ["session_id", "photo_id"]
+    assert [u["column_names"] for u in inspector.get_unique_constraints("face_embeddings")] == [
+        ["session_id", "photo_id", "model_name", "face_index"]
+    ]
     assert store.count_embeddings(session_id) == 30
     assert store.ledger(session_id) == dict.fromkeys(photo_ids, "indexed")
     with engine.connect() as conn:

@@ -12,7 +12,14 @@ import sqlalchemy as sa
 
 from facepass.catalog.cloud import CloudCatalog
 from facepass.demo import photos
-from facepass.demo.scenario import SEED_SESSION_NAME, CatalogWriter, SeedScenario, build_seed_scenario
+from facepass.demo.scenario import (
+    SEED_SESSION_NAME,
+    CatalogWriter,
+    SeedScenario,
+    add_face_photos,
+    build_seed_scenario,
+    new_catalog_database,
+)
 from facepass.demo.storage import PhotoStorage
 from facepass.errors import FacePassDisabled, IndexCannotWrite, SessionNotFound
 from facepass.index.store import PruneResult, VectorStore, face_embeddings
@@ -296,7 +303,9 @@ class CountingProcessor:
     def model_name(self) -> str:
         return self._model_name
 
-    async def prune(self, photo_ids: list[uuid.UUID], fence: Fence | None = None) -> PruneResult:
+    async def prune(
+        self, session_id: uuid.UUID, photo_ids: list[uuid.UUID], fence: Fence | None = None
+    ) -> PruneResult:
         raise AssertionError("this test plans no pruning")
 
     async def process(self, photo: PhotoRef) -> PhotoOutcome:
@@ -374,3 +383,47 @@ def test_a_full_disk_stops_the_run_and_the_next_run_does_the_rest(
 
     again = reindex(settings, catalog, store, embedder, sid)
     assert (again.processed_photos, again.successful_photos, again.skipped_photos) == (10, 8, 3)
+
+
+def test_a_photo_id_repeated_in_two_sessions_is_indexed_once_in_each(
+    settings: Settings, store: VectorStore, embedder: FaceEmbedder, storage: PhotoStorage
+) -> None:
+    """A catalog whose photo ids are unique per session only (its photos keyed by (session_id,
+    id)) lists one id in sessions A and B, two different images: each session gets its own ledger
+    row and faces, a second run of either has nothing to do (it used to take the other's row, in
+    a loop), and pruning B's copy leaves A's."""
+    dsn, writer = new_catalog_database(settings, "repeat")
+    with writer.engine.begin() as conn:
+        conn.execute(
+            sa.text("ALTER TABLE photos DROP CONSTRAINT photos_pkey, ADD PRIMARY KEY (session_id, id)")
+        )
+    a, b = writer.add_session("Повтор A"), writer.add_session("Повтор B")
+    [in_a] = add_face_photos(writer, storage, a, 1, prefix="a")
+    in_b, other = add_face_photos(writer, storage, b, 2, prefix="b")
+    shared = in_a.id
+    with writer.engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE photos SET id = :shared WHERE id = :id"), {"shared": shared, "id": in_b.id}
+        )
+    catalog = CloudCatalog(dsn)
+    try:
+        first = [reindex(settings, catalog, store, embedder, sid) for sid in (a, b)]
+        assert [(r.processed_photos, r.successful_photos) for r in first] == [(1, 1), (2, 2)]
+        again = [reindex(settings, catalog, store, embedder, sid) for sid in (a, b, a)]
+        assert [(r.processed_photos, r.skipped_photos) for r in again] == [(0, 1), (0, 2), (0, 1)]
+        assert store.ledger(a) == {shared: "indexed"}
+        assert store.ledger(b) == {shared: "indexed", other.id: "indexed"}
+        counts = (store.count_embeddings(a), store.count_embeddings(b))
+        assert counts[0] >= 1 and counts[1] >= 2
+        with writer.engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE photos SET deleted_at = now() WHERE session_id = :s AND id = :id"),
+                {"s": b, "id": shared},
+            )
+        pruned = reindex(settings, catalog, store, embedder, b)
+        assert (pruned.pruned_photos, pruned.processed_photos) == (1, 0)
+        assert store.ledger(b) == {other.id: "indexed"} and store.ledger(a) == {shared: "indexed"}
+        assert store.count_embeddings(a) == counts[0]
+    finally:
+        catalog.close()
+        writer.close()

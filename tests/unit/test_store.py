@@ -338,8 +338,8 @@ def test_search_equals_an_exact_scan_on_clustered_data(store: VectorStore) -> No
 def test_prune_removes_faces_and_ledger_rows_together(store: VectorStore, session_id: uuid.UUID) -> None:
     keep, drop, no_face = photo(session_id, "k.jpg"), photo(session_id, "d.jpg"), photo(session_id, "n.jpg")
     store.write_results([indexed(keep, 2), indexed(drop, 3), failed(no_face, "no_face", transient=False)])
-    result = store.prune_photos([drop.id, no_face.id, drop.id, uuid.uuid4()])
+    result = store.prune_photos(session_id, [drop.id, no_face.id, drop.id, uuid.uuid4()])
     assert (result.photos, result.faces) == (2, 3)
     assert store.ledger(session_id) == {keep.id: "indexed"}
     assert store.count_embeddings(session_id) == 2
-    assert store.prune_photos([]).photos == 0
+    assert store.prune_photos(session_id, []).photos == 0
