@@ -47,6 +47,18 @@ def as_role(url: str, role: str) -> str:
     return sa.make_url(url).set(username=role).render_as_string(hide_password=False)
 
 
+def grant_catalog_reader(catalog_url: str) -> str:
+    """The catalog at ``catalog_url`` (the owner's) readable by CATALOG_ROLE; its URL as that role."""
+    catalog = make_engine(catalog_url, pool_size=1)
+    try:
+        with catalog.begin() as conn:
+            conn.execute(sa.text(f'GRANT USAGE ON SCHEMA public TO "{CATALOG_ROLE}"'))
+            conn.execute(sa.text(f'GRANT SELECT ON sessions, photos TO "{CATALOG_ROLE}"'))
+    finally:
+        catalog.dispose()
+    return as_role(catalog_url, CATALOG_ROLE)
+
+
 def runtime_roles(settings: Settings) -> Settings:
     """The settings the service runs with: its own roles, no migration at start."""
     index, catalog = (
@@ -59,12 +71,10 @@ def runtime_roles(settings: Settings) -> Settings:
                 if not conn.scalar(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}):
                     conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
         grant_runtime_role(index, INDEX_ROLE)
-        with catalog.begin() as conn:
-            conn.execute(sa.text(f'GRANT USAGE ON SCHEMA public TO "{CATALOG_ROLE}"'))
-            conn.execute(sa.text(f'GRANT SELECT ON sessions, photos TO "{CATALOG_ROLE}"'))
     finally:
         index.dispose()
         catalog.dispose()
+    grant_catalog_reader(settings.cloud_url())
     return settings.with_databases(
         cloud=as_role(settings.cloud_url(), CATALOG_ROLE),
         local=as_role(settings.local_url(), INDEX_ROLE),

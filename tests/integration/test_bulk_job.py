@@ -19,7 +19,7 @@ from facepass.demo.scenario import CatalogWriter, add_face_photos, index_locally
 from facepass.demo.storage import PhotoStorage
 from facepass.index.store import VectorStore, face_embeddings
 from tests.conftest import secret_files
-from tests.integration.conftest import Service, wait_for_ray_logs
+from tests.integration.conftest import INDEX_ROLE, Service, as_role, grant_catalog_reader, wait_for_ray_logs
 
 pytestmark = pytest.mark.slow
 
@@ -28,10 +28,12 @@ TERMINAL = {JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED}
 
 
 def job_env(service: Service, cloud_dsn: str, secrets: Path) -> dict[str, str]:
-    """The job's env_vars: the databases as files (the README's way: Ray lists env_vars)."""
+    """The job's env_vars: the databases as files (the README's way: Ray lists env_vars), on
+    the runtime roles (the index's rows only, the catalog's SELECT: no migration at start)."""
     s = service.settings
+    catalog = grant_catalog_reader(cloud_dsn)
     return {
-        **secret_files(secrets, cloud_dsn=cloud_dsn, local_dsn=s.local_url()),
+        **secret_files(secrets, cloud_dsn=catalog, local_dsn=as_role(s.local_url(), INDEX_ROLE)),
         "FACEPASS_STORAGE_URL": s.storage_url,
         "FACEPASS_RAY_NAMESPACE": s.ray_namespace,
         "FACEPASS_EMBED_ACTORS": str(s.embed_actors),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from facepass.runs.session_runs import LocalJobRegistry, SessionRuns
 from facepass.settings import Settings
 from facepass.vision.faces import FaceEmbedder
 from facepass.vision.pipeline import LocalProcessor, PhotoPipeline
+from tests.conftest import InjectedDiskFull
 
 
 @dataclass
@@ -328,5 +331,73 @@ def test_hot_sessions_are_the_ones_with_work(world: World) -> None:
         await follower.follow_once()  # the sweep of 100 finds it; now it is hot
         assert {p.session_id for p in world.ledger.pick(3600, 10, 0)} == {busy}
         assert idle in world.ledger.known_sessions()
+
+    sync_test(body)
+
+
+def test_a_locked_catalog_costs_cycles_and_the_follower_goes_on(world: World) -> None:
+    """The catalog's `photos` table held by another connection (ACCESS EXCLUSIVE, in an open
+    transaction): each cycle fails at the connection's lock timeout (0.5 s here, 10 s in the
+    service), the follower keeps its lock and goes on; once the lock is gone it syncs the session."""
+    sid = world.writer.add_session("Каталог занят")
+    refs = add_face_photos(world.writer, world.storage, sid, 2, prefix="z")
+    url = sa.make_url(world.settings.cloud_url())
+    options = re.sub(r"lock_timeout=\d+", "lock_timeout=500", str(url.query["options"]))
+    short = CloudCatalog(url.update_query_dict({"options": options}).render_as_string(hide_password=False))
+    holder = world.writer.engine.connect()
+    transaction = holder.begin()
+    holder.execute(sa.text("SET LOCAL lock_timeout = 0"))
+    holder.execute(sa.text("LOCK TABLE photos IN ACCESS EXCLUSIVE MODE"))
+
+    async def scenario() -> None:
+        follower = dataclasses.replace(world, catalog=short).follower()
+        stop = asyncio.Event()
+        task = asyncio.create_task(follower.run(stop))
+        try:
+            for _ in range(200):
+                if follower.totals.errors >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert follower.totals.errors >= 2, follower.totals
+            assert "lock timeout" in (follower.totals.last_error or ""), follower.totals.last_error
+            assert follower.following_since is not None and world.ledger_ids(sid) == set()
+            transaction.rollback()
+            for _ in range(400):
+                if world.ledger_ids(sid) == {r.id for r in refs}:
+                    break
+                await asyncio.sleep(0.05)
+            assert world.ledger_ids(sid) == {r.id for r in refs}
+        finally:
+            stop.set()
+            await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        if transaction.is_active:
+            transaction.rollback()
+        holder.close()
+        short.close()
+
+
+def test_a_full_index_disk_holds_the_follower_syncs_for_a_while(world: World) -> None:
+    """A sync whose writes the index refuses ("disk full", SQLSTATE 53100 from the server) stops;
+    the follower starts no sync for ``follow_retry_after_s`` (no download meanwhile), then syncs
+    the session once the space is back."""
+    sid = world.writer.add_session("Диск полон")
+    refs = add_face_photos(world.writer, world.storage, sid, 3, prefix="d")
+
+    async def body() -> None:
+        follower = world.follower(follow_retry_after_s=1.5)
+        with InjectedDiskFull(world.store.engine, sid):
+            await follower.follow_once()
+            assert "cannot write (disk full, SQLSTATE 53100" in (follower.totals.last_error or "")
+            assert world.ledger_ids(sid) == set()
+            before = world.downloads()
+            stats = await follower.follow_once()
+            assert stats.sessions_started == 0 and world.downloads() == before
+        await asyncio.sleep(1.6)
+        await follower.follow_once()
+        assert world.ledger_ids(sid) == {r.id for r in refs}
 
     sync_test(body)
