@@ -11,6 +11,7 @@ import pytest
 
 from facepass.catalog.cloud import CloudCatalog
 from facepass.demo.scenario import CatalogWriter
+from facepass.errors import IndexCannotWrite, NotWritten
 from facepass.index.store import VectorStore
 from facepass.models import PhotoOutcome, PhotoRef, PhotoStatus
 from facepass.runs.bulk import BulkReindexer
@@ -160,3 +161,40 @@ def test_a_route_call_joins_the_bulk_jobs_run_of_its_session(
 
 async def never_runs(_: OwnedRun) -> JobState:
     raise AssertionError("the route call must join, not run")
+
+
+class FullDiskProcessor(FakeProcessor):
+    """The index refuses every write for lack of room: each photo comes back as the pool says
+    it then (``index_cannot_write``, not written)."""
+
+    async def process(self, photo: PhotoRef) -> PhotoOutcome:
+        self.photos.append(photo.filename)
+        error = NotWritten("cannot write (disk full, SQLSTATE 53100: No space left on device)")
+        return PhotoOutcome(
+            photo.id,
+            photo.filename,
+            PhotoStatus.RETRY,
+            error_code=error.code,
+            error_message=error.message(photo.filename),
+        )
+
+
+def test_a_full_index_disk_stops_the_bulk_job_and_frees_its_sessions(
+    catalog: CloudCatalog, store: VectorStore, catalog_writer: CatalogWriter, locks: SessionLocks
+) -> None:
+    """The first photo the index refuses stops the whole job (every other session would meet the
+    same disk): ``IndexCannotWrite``, no photo handed in after it, its runs failed with that code
+    and their sessions free."""
+    first, second = new_session(catalog_writer, "full-1", 6), new_session(catalog_writer, "full-2", 6)
+    registry = LocalJobRegistry()
+    processor = FullDiskProcessor()
+    bulk = BulkReindexer(
+        ReindexCoordinator(catalog, store, processor, keep_log=False),
+        runs=SessionRuns(locks, registry, runner="bulk"),
+    )
+    with pytest.raises(IndexCannotWrite, match=r"stopped after 1 of 6 photos \(0 written"):
+        asyncio.run(bulk.run([first, second]))
+    assert len(processor.photos) <= processor.capacity < 12
+    jobs = list(registry.book._jobs.values())
+    assert jobs and all(j["status"] == FAILED and j["code"] == "index_cannot_write" for j in jobs), jobs
+    assert locks.holder(first) is None and locks.holder(second) is None
