@@ -113,5 +113,8 @@ class EmbeddingActor:
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "intra_op_threads": embedder.threads,
             "runtime": embedder.runtime,
+            "variant": embedder.variant,
+            # The sharing gate's verdict on this build (None: the reference build needs none).
+            "gate": embedder.gate.as_json() if embedder.gate else None,
             "model_batch_photos": self.pipeline.model_batch,
         }

@@ -57,9 +57,9 @@ def faces_of_photos(
 
 
 def pack_label(embedder: FaceEmbedder) -> str:
-    """``fp32`` for the ONNX Runtime pack, else the generation's suffix (``ov-f32``)."""
-    name = embedder.model_name
-    return name.rsplit("@", 1)[1] if "@" in name else "fp32"
+    """``fp32`` for the ONNX Runtime pack, else ``ov-<precision>[-det]`` (its variant's build)."""
+    build = embedder.variant.split("/", 1)[0]
+    return "fp32" if build.startswith("onnxruntime") else "ov-" + build.removeprefix("openvino-")
 
 
 def default_batch(embedder: FaceEmbedder) -> int:

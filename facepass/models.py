@@ -77,6 +77,9 @@ class PhotoResult:
     error_transient: bool = False
     download_ms: float = 0.0
     inference_ms: float = 0.0
+    # The build of the generation's weights that made the vectors ("openvino-f32/cpu"): recorded
+    # in the ledger, not part of the generation (None: not said, e.g. a benchmark's stand-in).
+    variant: str | None = None
 
     def fail(self, error: PhotoError, code: str | None = None, transient: bool | None = None) -> None:
         """Record a per-photo error in the seed's words (no faces kept)."""

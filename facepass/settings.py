@@ -218,13 +218,17 @@ class Settings(BaseSettings):
     det_thresh: float = Field(default=0.5, gt=0, lt=1)
 
     # Model runtime and batching (issue 16). model_runtime "auto": the CPU fast path on CPU
-    # actors (recognizer on OpenVINO, detector input fitted to the photo's aspect; its own model
-    # generation "<pack>@ov-<precision>"), ONNX Runtime (CUDA) on GPU actors; "onnxruntime":
+    # actors (recognizer on OpenVINO, detector input fitted to the photo's aspect; a build of the
+    # pack's weights: their generation, variant "openvino-<precision>/cpu" recorded with each
+    # photo), ONNX Runtime (CUDA) on GPU actors; "onnxruntime":
     # the fp32 pack everywhere; "openvino": CPU only. The detector stays on ONNX Runtime unless
     # openvino_detector (measured slower on OpenVINO here, on a CPU without AVX-512).
     model_runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"
     openvino_precision: Literal["f32", "bf16"] = "f32"  # bf16 only where the CPU has it
     openvino_detector: bool = False
+    # Where the sharing gate's verdicts are kept (facepass/vision/share_gate.py); None:
+    # ~/.cache/facepass/accuracy-gate.
+    gate_cache_dir: Path | None = None
     # Photos per model batch: recognition over all their faces in one call. 0: auto:
     # actor_batch_photos on GPU, 1 on CPU (batched measured no faster there).
     model_batch_photos: int = Field(default=0, ge=0)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -59,6 +59,9 @@ class SessionAudit:
     stale_rows: int  # face rows of another model
     bad_norm_rows: int
     defects: dict[Defect, tuple[uuid.UUID, ...]]  # every kind present, ids sorted
+    # The current generation's photos per build of its weights ("openvino-f32/cpu": 12, ...):
+    # a mix is no defect (every build that passed the accuracy gate writes into it).
+    variants: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -86,6 +89,7 @@ class SessionAudit:
             "unindexed_photos": self.unindexed_photos,
             "stale_rows": self.stale_rows,
             "bad_norm_rows": self.bad_norm_rows,
+            "variants": dict(self.variants),
             "defects": {
                 kind.value: {"photos": len(ids), "photo_ids": [str(i) for i in ids[:max_ids]]}
                 for kind, ids in self.defects.items()
@@ -114,12 +118,21 @@ class AuditReport:
         totals.update({kind.value: sum(s.count(kind) for s in self.sessions) for kind in Defect})
         return totals
 
+    def variants(self) -> dict[str, int]:
+        """The current generation's photos per build, over the sessions audited."""
+        mix: dict[str, int] = {}
+        for session in self.sessions:
+            for variant, photos in session.variants.items():
+                mix[variant] = mix.get(variant, 0) + photos
+        return dict(sorted(mix.items()))
+
     def as_dict(self, max_ids: int = 20) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "sessions_audited": len(self.sessions),
             "sessions_with_defects": sum(not s.ok for s in self.sessions),
             "totals": self.totals(),
+            "variants": self.variants(),
             "sessions": [s.as_dict(max_ids) for s in self.sessions],
         }
 
@@ -162,6 +175,7 @@ class IndexAuditor:
         params = {"sid": session_id, "model": self.model_name, "tol": self.norm_tolerance}
         with self.store.engine.connect() as conn:
             row = conn.execute(_SESSION_AUDIT, params).one()
+            variants = {str(v): int(n) for v, n in conn.execute(_SESSION_VARIANTS, params)}
         live = self._live_photo_ids(session_id)  # after the index: see the module's docstring
         held = set(row.held or ())
         defects = {
@@ -183,6 +197,7 @@ class IndexAuditor:
             stale_rows=row.stale_rows,
             bad_norm_rows=row.bad_norm_rows,
             defects=defects,
+            variants=variants,
         )
 
     def fix(self, report: AuditReport) -> FixResult:
@@ -238,6 +253,11 @@ def _sorted(ids: Iterable[uuid.UUID] | None) -> tuple[uuid.UUID, ...]:
 
 _INDEX_SESSIONS = sa.text(
     "SELECT session_id FROM indexed_photos UNION SELECT session_id FROM face_embeddings"
+)
+
+_SESSION_VARIANTS = sa.text(
+    "SELECT coalesce(variant, 'unrecorded'), count(*) FROM indexed_photos "
+    "WHERE session_id = :sid AND model_name = :model AND status <> 'failed' GROUP BY 1 ORDER BY 1"
 )
 
 # One pass over the session's ledger and face rows; one row back, defects as id arrays.

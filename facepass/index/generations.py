@@ -41,6 +41,11 @@ _PROGRESS = sa.text(
     "SELECT model_name, count(*) FILTER (WHERE status <> 'failed'), count(DISTINCT session_id) "
     "FROM indexed_photos GROUP BY model_name"
 )
+# Which builds of each generation's weights made its photos (migration 0006; NULL: not recorded).
+_VARIANTS = sa.text(
+    "SELECT model_name, coalesce(variant, 'unrecorded'), count(*) FROM indexed_photos "
+    "WHERE status <> 'failed' GROUP BY 1, 2"
+)
 _BUILDING = sa.text(
     "SELECT count(DISTINCT session_id) FROM indexed_photos WHERE model_name <> :model AND status <> 'failed'"
 )
@@ -75,12 +80,17 @@ class Generations:
         return int(result.rowcount or 0)
 
     def progress(self) -> list[dict[str, Any]]:
-        """Per generation: photos and sessions of the ledger; for the current one, how many
+        """Per generation: photos and sessions of the ledger, and the builds of its weights that
+        made them (``variants``: photos per variant); for the current one, how many
         sessions are still being built (they search an older generation meanwhile).
         One pass over the ledger (not over the face rows): the follower runs it now and then."""
         with self.engine.connect() as conn:
             rows = conn.execute(_PROGRESS).all()
+            mix = conn.execute(_VARIANTS).all()
             building = int(conn.scalar(_BUILDING, {"model": self.current}) or 0)
+        variants: dict[str, dict[str, int]] = {}
+        for model, variant, photos in mix:
+            variants.setdefault(model, {})[variant] = int(photos)
         found: list[dict[str, Any]] = []
         for model, photos, sessions in rows:
             entry: dict[str, Any] = {
@@ -89,10 +99,17 @@ class Generations:
                 "photos": int(photos),
             }
             entry["sessions"] = int(sessions)
+            entry["variants"] = variants.get(model, {})  # photos per build of the weights
             found.append(entry)
         current = next((g for g in found if g["current"]), None)
         if current is None:
-            current = {"generation": self.current, "current": True, "photos": 0, "sessions": 0}
+            current = {
+                "generation": self.current,
+                "current": True,
+                "photos": 0,
+                "sessions": 0,
+                "variants": {},
+            }
             found.append(current)
         current["sessions_building"] = building  # they search their previous generation meanwhile
         total = sum(g["photos"] for g in found)

@@ -78,6 +78,9 @@ indexed_photos = sa.Table(
     sa.Column("error_message", sa.Text),
     sa.Column("model_name", sa.Text, nullable=False),
     sa.Column("processed_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+    # The build of the generation's weights that made the photo's vectors (migration 0006):
+    # "openvino-f32/cpu", "onnxruntime-fp32/cuda"; NULL where it was not recorded.
+    sa.Column("variant", sa.Text),
     sa.CheckConstraint("status IN ('indexed', 'no_face', 'failed')", name="indexed_photos_status_check"),
 )
 
@@ -289,6 +292,7 @@ class VectorStore:
                         [r.error_code if r.status is not PhotoStatus.INDEXED else None for r in results],
                         [r.error_message for r in results],
                         [r.model_name for r in results],
+                        [r.variant for r in results],
                     ),
                 )
                 # Only this model's rows: an older generation stays searchable until retired.
@@ -421,12 +425,15 @@ def check_fence(conn: sa.Connection, fence: Fence | None) -> None:
 
 
 _LEDGER_UPSERT = """
-INSERT INTO indexed_photos (photo_id, session_id, status, face_count, error_code, error_message, model_name)
-SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[])
+INSERT INTO indexed_photos
+    (photo_id, session_id, status, face_count, error_code, error_message, model_name, variant)
+SELECT * FROM unnest(
+    %s::uuid[], %s::uuid[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::text[]
+)
 ON CONFLICT (session_id, photo_id) DO UPDATE SET
     status = EXCLUDED.status, face_count = EXCLUDED.face_count,
     error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message,
-    model_name = EXCLUDED.model_name, processed_at = now()
+    model_name = EXCLUDED.model_name, variant = EXCLUDED.variant, processed_at = now()
 """
 _FACES_DELETE = (
     "DELETE FROM face_embeddings f "

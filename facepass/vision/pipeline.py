@@ -90,6 +90,10 @@ class PhotoPipeline:
     def load(self) -> None:
         self.embedder.load()
 
+    def _result(self, photo: PhotoRef) -> PhotoResult:
+        """A photo's result, named for the generation and the build that make its vectors."""
+        return PhotoResult(photo=photo, model_name=self.model_name, variant=self.embedder.variant)
+
     def _decode_and_embed(self, data: bytes) -> list[DetectedFace]:
         image = decode_image(data, self.settings.max_image_pixels)
         return self.embedder.embed(image)
@@ -109,7 +113,7 @@ class PhotoPipeline:
         """
         if self.settings.uses_gpu:
             return await self.embed_decoded(await self.loader.load(photo))
-        result = PhotoResult(photo=photo, model_name=self.model_name)
+        result = self._result(photo)
         data = await self._fetch(result)
         if data is None:
             return result
@@ -133,7 +137,7 @@ class PhotoPipeline:
         if self.settings.uses_gpu:
             decoded = await asyncio.gather(*(self.loader.load(photo) for photo in photos))
             return await self.embed_decoded_batch(list(decoded))
-        results = [PhotoResult(photo=photo, model_name=self.model_name) for photo in photos]
+        results = [self._result(photo) for photo in photos]
         fetched = await asyncio.gather(*(self._fetch(result) for result in results))
         ready = [(result, data) for result, data in zip(results, fetched, strict=True) if data is not None]
         if ready:
@@ -199,7 +203,7 @@ class PhotoPipeline:
         results = []
         images: list[BgrImage] = []
         for item in decoded:
-            result = PhotoResult(photo=item.photo, model_name=self.model_name)
+            result = self._result(item.photo)
             result.download_ms = item.download_ms
             results.append(result)
             if item.error is not None or item.image is None:
@@ -221,7 +225,7 @@ class PhotoPipeline:
 
     async def embed_decoded(self, decoded: DecodedPhoto) -> PhotoResult:
         """The model half: faces of a decoded photo (or its loading error, passed on)."""
-        result = PhotoResult(photo=decoded.photo, model_name=self.model_name)
+        result = self._result(decoded.photo)
         result.download_ms = decoded.download_ms
         if decoded.error is not None or decoded.image is None:
             error = decoded.error or PhotoError("no image")

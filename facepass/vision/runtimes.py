@@ -5,8 +5,9 @@ ONNX Runtime (CPU, or CUDA when the actor holds a GPU) runs the original fp32
 pack; on CPU the fast path runs the recognizer (and, on request, the detector)
 of the same ONNX files on OpenVINO, faster on this kind of core (see the
 README's "CPU fast path"). Its outputs differ from ONNX Runtime's in the last
-bits, so it is a model generation of its own: the pack's name says which
-runtime and precision made a vector.
+bits only (the accuracy gate measures it), so every build of the same weights
+writes into one generation (``ModelPack.name``); which build made a photo's
+vectors is recorded beside it (``variant_name``).
 """
 
 from __future__ import annotations
@@ -52,13 +53,15 @@ def detector_runtime(settings: Settings) -> str:
     return OPENVINO if runtime == OPENVINO and settings.openvino_detector else ONNXRUNTIME
 
 
-def generation_suffix(settings: Settings) -> str:
-    """What the runtime adds to the pack's model name ("" for the fp32 ONNX Runtime pack):
-    ``@ov-f32`` (recognizer on OpenVINO), ``@ov-f32-det`` (the detector too)."""
-    if effective_runtime(settings) != OPENVINO:
-        return ""
-    detector = "-det" if detector_runtime(settings) == OPENVINO else ""
-    return f"@ov-{settings.openvino_precision}{detector}"
+def variant_name(settings: Settings, device: str | None = None) -> str:
+    """Which build of the pack's weights makes the vectors: runtime, precision, device.
+    ``openvino-f32/cpu`` (the CPU fast path: recognizer on OpenVINO), ``openvino-f32-det/cpu``
+    (the detector too), ``onnxruntime-fp32/cuda`` or ``/cpu``. Recorded with every photo; not
+    part of the generation (the weights are: ``ModelPack.name``)."""
+    if effective_runtime(settings) == OPENVINO:
+        detector = "-det" if detector_runtime(settings) == OPENVINO else ""
+        return f"openvino-{settings.openvino_precision}{detector}/cpu"
+    return f"onnxruntime-fp32/{device or ('cuda' if settings.uses_gpu else 'cpu')}"
 
 
 class OrtSession:

@@ -25,6 +25,7 @@ from facepass.demo.scenario import (
 from facepass.demo.storage import PhotoStorage
 from facepass.index.store import VectorStore, face_embeddings, indexed_photos
 from facepass.settings import Settings
+from facepass.vision.faces import ModelPack
 from tests.integration.conftest import Service, wait_for_ray_logs
 
 SEED_KEYS = {
@@ -232,8 +233,10 @@ def test_group_photo_gives_one_row_per_face_matching_insightface(
     with store.engine.connect() as conn:
         rows = conn.execute(query).mappings().all()
     assert sorted(r["face_index"] for r in rows) == list(range(6))
-    # The CPU default: the OpenVINO fast path (issue 16), a model generation of its own.
-    assert {r["model_name"] for r in rows} == {"model/scrfd_500m_bnkps+w600k_mbf@ov-f32"}
+    # The CPU default: the OpenVINO fast path (issue 16), a build of the pack's weights: their
+    # generation (issue 30), the build in the ledger.
+    assert {r["model_name"] for r in rows} == {ModelPack.from_settings(Settings()).name}
+    assert {r.variant for r in store.ledger_rows(sid)} == {"openvino-f32/cpu"}
     stored = np.stack([np.asarray(r["embedding"], dtype=np.float32) for r in rows])
     np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-5)
 

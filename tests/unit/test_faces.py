@@ -14,7 +14,7 @@ from facepass.demo import photos
 from facepass.errors import NoFaceDetected
 from facepass.models import EMBEDDING_DIM, DetectedFace
 from facepass.settings import Settings
-from facepass.vision.faces import FaceEmbedder, ModelPack
+from facepass.vision.faces import FaceEmbedder, ModelPack, weights_id, weights_of
 from facepass.vision.images import decode_image
 
 # Exact with the default pack, det_size 640 and det_thresh 0.5 (design.md lists the same numbers).
@@ -50,13 +50,14 @@ def _centre(bbox: Any) -> np.ndarray:
 
 
 def test_model_name(embedder: FaceEmbedder) -> None:
-    """The CPU default is the OpenVINO fast path: a model generation of its own, also in the
-    pack's name that the pool, the bulk job and the audit use."""
+    """The CPU default is the OpenVINO fast path: a build of the pack's weights, the same
+    generation as the fp32 pack (the weights name it); the build is the embedder's variant."""
     assert ModelPack.from_settings(Settings()).name == embedder.model_name
-    assert embedder.runtime == "openvino"
-    assert embedder.model_name == "model/scrfd_500m_bnkps+w600k_mbf@ov-f32"
-    fp32 = FaceEmbedder(Settings(model_runtime="onnxruntime"))
-    assert fp32.model_name == "model/scrfd_500m_bnkps+w600k_mbf"
+    assert embedder.runtime == "openvino" and embedder.variant == "openvino-f32/cpu"
+    pack = ModelPack.from_settings(Settings())
+    expected = f"model/scrfd_500m_bnkps+w600k_mbf#{weights_id(pack.detector, pack.recognizer)}"
+    assert embedder.model_name == expected
+    assert FaceEmbedder(Settings(model_runtime="onnxruntime")).model_name == expected
 
 
 def test_model_pack_files() -> None:
@@ -76,9 +77,23 @@ def test_model_pack_honours_configured_files(tmp_path: Path) -> None:
     )
     chosen = ModelPack.from_settings(custom)
     assert chosen.detector == folder / "my_det.onnx"
-    assert chosen.name == "mypack/my_det+my_rec@ov-f32"  # the CPU default: the fast path
+    weights = weights_id(pack.detector, pack.recognizer)  # the same bytes: the same weights id
+    assert chosen.name == f"mypack/my_det+my_rec#{weights}"
     fp32 = ModelPack.from_settings(custom.model_copy(update={"model_runtime": "onnxruntime"}))
-    assert fp32.name == "mypack/my_det+my_rec"
+    assert fp32.name == chosen.name
+
+
+def test_other_weights_under_the_same_names_are_another_generation(tmp_path: Path) -> None:
+    """The same pack and file names with other bytes in the recognizer: another weights id."""
+    pack = ModelPack.from_settings(Settings())
+    folder = tmp_path / "model"
+    folder.mkdir()
+    os.symlink(pack.detector, folder / pack.detector.name)
+    changed = bytearray(pack.recognizer.read_bytes())
+    changed[-1] ^= 0xFF
+    (folder / pack.recognizer.name).write_bytes(bytes(changed))
+    other = ModelPack.from_settings(Settings(model_root=tmp_path))
+    assert other.name != pack.name and weights_of(other.name) == weights_of(pack.name)
 
 
 def test_model_pack_without_models_is_an_error(tmp_path: Path) -> None:
@@ -188,14 +203,16 @@ def test_a_face_matches_itself_across_re_encoding(embedder: FaceEmbedder) -> Non
 
 def test_gpu_settings_fall_back_to_cpu_when_there_is_no_gpu() -> None:
     """GPU actors keep ONNX Runtime with CUDA (auto never picks OpenVINO for them), and
-    their vectors are the fp32 generation's."""
+    their vectors are the weights' generation, like every other build's."""
     gpu = FaceEmbedder(Settings(gpus_per_actor=1))
-    assert gpu.runtime == "onnxruntime"
-    assert gpu.model_name == "model/scrfd_500m_bnkps+w600k_mbf"
+    assert gpu.runtime == "onnxruntime" and gpu.variant == "onnxruntime-fp32/cuda"
+    assert gpu.model_name == ModelPack.from_settings(Settings()).name
     assert gpu.requested_providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert gpu.threads == 1
     gpu.load()
     assert "CPUExecutionProvider" in gpu.active_providers
+    assert gpu.variant == "onnxruntime-fp32/cpu"  # what really runs it: no CUDA here (no gate)
+    assert gpu.gate is None
     assert len(gpu.embed(photos.load("t1.jpg"))) == 6
 
 

@@ -15,6 +15,7 @@ from facepass.db import make_engine
 from facepass.index.migrations import current_revision, head_revision, migrate
 from facepass.index.store import VectorStore
 from facepass.settings import Settings
+from facepass.vision.faces import ModelPack
 
 # The schema exactly as main's VectorStore.create_schema() made it (metadata.create_all + HNSW).
 old = sa.MetaData()
@@ -242,3 +243,79 @@ def test_grant_gives_the_service_role_rows_and_no_ddl(fresh_db: str, settings: S
             conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
             conn.execute(sa.text(f'DROP ROLE "{role}"'))
         owner.dispose()
+
+
+def test_0006_moves_every_build_of_the_weights_into_their_generation(fresh_db: str) -> None:
+    """Rows of the legacy generations `<pack>@ov-f32` and `<pack>` (the fp32 build) become the
+    weights' generation `<pack>#<weights id>`, no row re-embedded: a photo caught mid-change with
+    rows of both keeps its ledger row's build; the ledger says which build made each photo where
+    the old name said it; a pack that is not here keeps its name (its own generation)."""
+    engine = make_engine(fresh_db)
+    migrate(engine, "0005")
+    current = ModelPack.from_settings(Settings()).name
+    plain = current.split("#")[0]
+    ov, other = f"{plain}@ov-f32", "otherpack/a+b@ov-f32"
+    session_id = uuid.uuid4()
+    both, fp32_only, elsewhere = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    rng = np.random.default_rng(1)
+    faces = [
+        (both, ov, 0),
+        (both, ov, 1),
+        (both, plain, 0),  # the previous build's rows, not yet retired
+        (fp32_only, plain, 0),
+        (elsewhere, other, 0),
+    ]
+    with engine.begin() as conn:
+        for photo, model in ((both, ov), (fp32_only, plain), (elsewhere, other)):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO indexed_photos (photo_id, session_id, status, face_count, model_name) "
+                    "VALUES (:p, :s, 'indexed', :n, :m)"
+                ),
+                {
+                    "p": photo,
+                    "s": session_id,
+                    "n": sum(1 for f in faces if f[:2] == (photo, model)),
+                    "m": model,
+                },
+            )
+        for photo, model, index in faces:
+            vector = rng.standard_normal(512)
+            vector /= np.linalg.norm(vector)
+            conn.execute(
+                sa.text(
+                    "INSERT INTO face_embeddings (session_id, photo_id, face_index, bbox_x1, bbox_y1, "
+                    "bbox_x2, bbox_y2, det_score, embedding, model_name) "
+                    "VALUES (:s, :p, :i, 0, 0, 1, 1, 0.9, CAST(:v AS vector), :m)"
+                ),
+                {"s": session_id, "p": photo, "i": index, "v": str(vector.tolist()), "m": model},
+            )
+        conn.execute(
+            sa.text("INSERT INTO follow_sessions (session_id, model_name) VALUES (:s, :m)"),
+            {"s": session_id, "m": ov},
+        )
+    migrate(engine)
+    assert current_revision(engine) == head_revision()
+    with engine.connect() as conn:
+        ledger = {
+            r.photo_id: (r.model_name, r.variant)
+            for r in conn.execute(sa.text("SELECT photo_id, model_name, variant FROM indexed_photos"))
+        }
+        rows = sorted(
+            (r.photo_id == both, r.photo_id == elsewhere, r.model_name, r.face_index)
+            for r in conn.execute(sa.text("SELECT photo_id, model_name, face_index FROM face_embeddings"))
+        )
+        followed = conn.scalar(sa.text("SELECT model_name FROM follow_sessions"))
+    assert ledger == {
+        both: (current, "openvino-f32/cpu"),
+        fp32_only: (current, None),  # the fp32 build did not say its device
+        elsewhere: (other, "openvino-f32/cpu"),
+    }
+    assert rows == [
+        (False, False, current, 0),
+        (False, True, other, 0),
+        (True, False, current, 0),  # the ledger's build (OpenVINO): its two faces
+        (True, False, current, 1),
+    ]
+    assert followed == current
+    engine.dispose()

@@ -3,21 +3,25 @@ with CUDA on GPU actors, the fp32 pack on request; a precision the CPU lacks is 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from facepass.demo import photos
 from facepass.errors import ModelLoadError
 from facepass.settings import Settings
-from facepass.vision.faces import FaceEmbedder
-from facepass.vision.runtimes import detector_runtime, effective_runtime, generation_suffix
+from facepass.vision.faces import FaceEmbedder, ModelPack
+from facepass.vision.runtimes import detector_runtime, effective_runtime, variant_name
+
+PACK = "model/scrfd_500m_bnkps+w600k_mbf"
 
 
 def test_auto_is_openvino_on_cpu_and_onnxruntime_on_gpu() -> None:
     assert effective_runtime(Settings()) == "openvino"
-    assert generation_suffix(Settings()) == "@ov-f32"
+    assert variant_name(Settings()) == "openvino-f32/cpu"
     gpu = Settings(gpus_per_actor=1)
     assert effective_runtime(gpu) == "onnxruntime"
-    assert generation_suffix(gpu) == ""
+    assert variant_name(gpu) == "onnxruntime-fp32/cuda"
     assert gpu.onnx_providers()[0] == "CUDAExecutionProvider"
 
 
@@ -25,7 +29,7 @@ def test_the_detector_moves_to_openvino_only_on_request() -> None:
     assert detector_runtime(Settings()) == "onnxruntime"
     both = Settings(openvino_detector=True)
     assert detector_runtime(both) == "openvino"
-    assert generation_suffix(both) == "@ov-f32-det"
+    assert variant_name(both) == "openvino-f32-det/cpu"
     assert detector_runtime(Settings(model_runtime="onnxruntime", openvino_detector=True)) == "onnxruntime"
     embedder = FaceEmbedder(both).load()
     assert embedder.active_providers == ["OpenVINO CPU (f32)"]
@@ -35,7 +39,24 @@ def test_the_detector_moves_to_openvino_only_on_request() -> None:
 def test_the_fp32_pack_stays_available() -> None:
     fp32 = Settings(model_runtime="onnxruntime")
     assert effective_runtime(fp32) == "onnxruntime"
-    assert FaceEmbedder(fp32).model_name == "model/scrfd_500m_bnkps+w600k_mbf"
+    embedder = FaceEmbedder(fp32).load()
+    assert embedder.variant == "onnxruntime-fp32/cpu"  # no CUDA provider here
+
+
+def test_a_generation_is_the_weights_whichever_build_runs_them() -> None:
+    """The pack, its two files and a hash of their bytes: the same name on OpenVINO f32 or bf16
+    and on ONNX Runtime (CPU or CUDA), the build recorded apart as the variant."""
+    builds = [
+        Settings(),
+        Settings(model_runtime="onnxruntime"),
+        Settings(openvino_precision="bf16"),
+        Settings(openvino_detector=True),
+        Settings(gpus_per_actor=1),
+    ]
+    names = {FaceEmbedder(s).model_name for s in builds}
+    [name] = names
+    assert re.fullmatch(rf"{re.escape(PACK)}#[0-9a-f]{{12}}", name), name
+    assert len({variant_name(s) for s in builds}) == len(builds)
 
 
 def test_openvino_on_gpu_actors_is_refused() -> None:
@@ -49,7 +70,7 @@ def test_bf16_is_named_and_refused_where_the_cpu_lacks_it() -> None:
     capabilities = openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     settings = Settings(openvino_precision="bf16")
     embedder = FaceEmbedder(settings)
-    assert embedder.model_name.endswith("@ov-bf16")
+    assert embedder.variant == "openvino-bf16/cpu"
     if "BF16" in capabilities:
         assert embedder.load().active_providers == ["CPUExecutionProvider", "OpenVINO CPU (bf16)"]
     else:  # this machine: OpenVINO would drop the hint and run f32 under a bf16 name
@@ -67,17 +88,17 @@ def test_runtime_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         Settings()
 
 
-def test_an_earlier_generation_is_rebuilt_with_its_runtime() -> None:
-    """A selfie during a change of generation is embedded by the pack that made the rows:
-    the fast path's name rebuilds OpenVINO, the fp32 name ONNX Runtime."""
-    from facepass.vision.faces import ModelPack
+def test_an_earlier_generation_is_found_by_its_weights_and_run_by_this_build() -> None:
+    """A selfie during a change of generation is embedded by the weights that made the rows
+    (this process's build of them); a legacy name (runtime suffix, no weights id) finds its pack
+    by its file names; a weights id that no pack here has finds nothing."""
     from facepass.vision.generation_packs import pack_settings
 
-    fast, fp32 = "model/scrfd_500m_bnkps+w600k_mbf@ov-f32", "model/scrfd_500m_bnkps+w600k_mbf"
-    found_fast = pack_settings(Settings(model_runtime="onnxruntime"), fast)
-    found_fp32 = pack_settings(Settings(), fp32)
-    assert found_fast is not None and found_fp32 is not None
-    assert ModelPack.from_settings(found_fast).name == fast
-    assert ModelPack.from_settings(found_fp32).name == fp32
-    on_gpu = pack_settings(Settings(gpus_per_actor=1), fast)  # OpenVINO does not run there
-    assert on_gpu is not None and effective_runtime(on_gpu) == "onnxruntime"
+    current = ModelPack.from_settings(Settings()).name
+    found = pack_settings(Settings(model_runtime="onnxruntime"), current)
+    assert found is not None and ModelPack.from_settings(found).name == current
+    assert effective_runtime(found) == "onnxruntime"
+    for legacy in (f"{PACK}@ov-f32", PACK):
+        by_files = pack_settings(Settings(), legacy)
+        assert by_files is not None and ModelPack.from_settings(by_files).name == current
+    assert pack_settings(Settings(), f"{PACK}#000000000000") is None

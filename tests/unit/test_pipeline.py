@@ -40,7 +40,9 @@ def test_group_photo(settings: Settings, storage: PhotoStorage, embedder: FaceEm
     result = run(PhotoPipeline(settings, embedder), ref)
     assert result.status is PhotoStatus.INDEXED
     assert len(result.faces) == 6
-    assert result.model_name == embedder.model_name == "model/scrfd_500m_bnkps+w600k_mbf@ov-f32"
+    assert result.model_name == embedder.model_name
+    assert result.model_name.startswith("model/scrfd_500m_bnkps+w600k_mbf#")
+    assert result.variant == embedder.variant == "openvino-f32/cpu"
     assert result.download_ms > 0 and result.inference_ms > 0
     assert all(f.embedding.shape == (EMBEDDING_DIM,) for f in result.faces)
 
@@ -82,6 +84,7 @@ def test_pixel_cap_is_permanent(settings: Settings, storage: PhotoStorage, embed
 
 class ExplodingEmbedder:
     model_name = "exploding"
+    variant = "exploding/cpu"
 
     def load(self) -> None: ...
 
