@@ -114,6 +114,7 @@ class EmbeddingActor:
             "intra_op_threads": embedder.threads,
             "runtime": embedder.runtime,
             "variant": embedder.variant,
+            "variant_requested": embedder.requested_variant,
             # The sharing gate's verdict on this build (None: the reference build needs none).
             "gate": embedder.gate.as_json() if embedder.gate else None,
             "model_batch_photos": self.pipeline.model_batch,

@@ -84,13 +84,19 @@ class Member:
 
 class PoolMembers:
     def __init__(
-        self, settings: Settings, make_actor: Callable[[Slot], Any], model_name: str | None = None
+        self,
+        settings: Settings,
+        make_actor: Callable[[Slot], Any],
+        model_name: str | None = None,
+        variant: str | None = None,
     ) -> None:
         self.settings = settings
         self._make_actor = make_actor
-        # The model this pool's actors must hold. The actors are detached and outlive a
-        # deployment: after a pack change, one found under its name may hold the old model.
+        # The model this pool's actors must hold, and the build this deployment asks for. The
+        # actors are detached and outlive a deployment: after a pack change, or a change of
+        # runtime or precision, one found under its name may hold the old model or build.
         self.model_name = model_name
+        self.variant = variant
         self.members: dict[str, Member] = {}
         self.planned = 0  # slots in the last plan
         self._ready = asyncio.Event()
@@ -253,10 +259,21 @@ class PoolMembers:
                 return
             member.probing = False
             held = info.get("model_name")
+            # The build it was asked for (not the one it runs: a build refused by the sharing
+            # gate runs the reference one, and is not remade for that).
+            asked = info.get("variant_requested")
             if self.model_name is not None and held != self.model_name:
                 # Made by an earlier deployment with another pack: it goes, the next look
                 # makes the slot's actor again with this pool's settings.
                 log.warning("pool: actor %s holds %s, not %s: replaced", member.name, held, self.model_name)
+                self.members = {k: v for k, v in self.members.items() if v is not member}
+                self.kill_actor(member.handle)
+                return
+            if self.variant is not None and asked not in (None, self.variant):
+                # The same weights (its vectors stay valid), another build: remade with this one.
+                log.warning(
+                    "pool: actor %s runs build %s, not %s: replaced", member.name, asked, self.variant
+                )
                 self.members = {k: v for k, v in self.members.items() if v is not member}
                 self.kill_actor(member.handle)
                 return

@@ -132,6 +132,7 @@ class FaceEmbedder:
         self._detector: ScrfdDetector | None = None
         self._recognizer: ArcFaceRecognizer | None = None
         self.gate: GateVerdict | None = None  # the sharing gate's verdict on this build
+        self.requested_variant = variant_name(settings)  # the build asked for (before any refusal)
         self._lock = threading.RLock()  # the gate embeds with this embedder while it loads
 
     @property

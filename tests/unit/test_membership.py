@@ -119,6 +119,40 @@ def test_an_actor_holding_another_model_is_replaced_not_used() -> None:
     assert not killed and len(members.usable()) == 1
 
 
+def test_an_actor_asked_for_another_build_of_the_weights_is_remade() -> None:
+    """After FACEPASS_MODEL_RUNTIME changed: an actor of the earlier deployment that was asked
+    for OpenVINO is remade with ONNX Runtime (its rows stay valid: one generation); one that
+    was asked for this build but runs the reference one (refused by the gate) stays."""
+
+    class Actor:
+        def __init__(self, asked: str) -> None:
+            self.asked = asked
+            self.info = self
+
+        async def remote(self) -> dict[str, Any]:
+            return {
+                "model_name": "pack",
+                "variant_requested": self.asked,
+                "variant": "onnxruntime-fp32/cpu",
+                "node_id": node(0).node_id,
+            }
+
+    async def probe(asked: str, wanted: str) -> tuple[PoolMembers, list[Any]]:
+        members = PoolMembers(Settings(), lambda slot: Actor(asked), model_name="pack", variant=wanted)
+        killed: list[Any] = []
+        members.kill_actor = killed.append  # type: ignore[method-assign]
+        for member in members.apply([node(0)], busy=True):
+            members.probe(member)
+        await asyncio.sleep(0.05)
+        return members, killed
+
+    members, killed = asyncio.run(probe("openvino-f32/cpu", "onnxruntime-fp32/cpu"))
+    assert killed and members.usable() == []
+    # Asked for OpenVINO like this deployment, running the reference build (refused): it stays.
+    members, killed = asyncio.run(probe("openvino-f32/cpu", "openvino-f32/cpu"))
+    assert not killed and len(members.usable()) == 1
+
+
 def test_the_pool_keeps_looking_while_batches_wait() -> None:
     """No photo handed in for a while (every batch waits on a stalled bucket): the pool still
     looks at the cluster every refresh period, and stops once idle."""
