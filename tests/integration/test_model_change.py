@@ -47,6 +47,21 @@ def model_root(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> 
     return root
 
 
+@pytest.fixture(scope="module")
+def other_bytes_root(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Path:
+    """pack_a again, in another folder, its recognizer with other bytes (the same graph saved
+    with another doc string): other weights under the same pack and file names (issue 30)."""
+    import onnx
+
+    root = tmp_path_factory.mktemp("models_other_bytes")
+    (root / "pack_a").mkdir()
+    (root / "pack_a" / "scrfd_500m_bnkps.onnx").symlink_to(settings.model_dir / "scrfd_500m_bnkps.onnx")
+    recognizer = onnx.load(str(settings.model_dir / "w600k_mbf.onnx"))
+    recognizer.doc_string = "the same graph, saved again"
+    onnx.save(recognizer, str(root / "pack_a" / "w600k_mbf.onnx"))
+    return root
+
+
 def models_of(store: VectorStore, sid: uuid.UUID) -> set[str]:
     with store.engine.connect() as conn:
         query = sa.text("SELECT DISTINCT model_name FROM face_embeddings WHERE session_id = :s")
@@ -78,12 +93,25 @@ def base(service: Service, model_root: Path) -> Iterator[Settings]:
         kill_pool_actors(settings)
 
 
+@pytest.mark.parametrize("change", ["another pack", "the same names, other bytes"])
 def test_a_model_change_leaves_no_gap_in_search(
-    base: Settings, service: Service, storage: PhotoStorage, store: VectorStore
+    change: str,
+    base: Settings,
+    model_root: Path,
+    other_bytes_root: Path,
+    service: Service,
+    storage: PhotoStorage,
+    store: VectorStore,
 ) -> None:
     old = base.model_copy(update={"model_name": "pack_a"})
-    new = base.model_copy(update={"model_name": "pack_b"})
+    if change == "another pack":
+        new = base.model_copy(update={"model_name": "pack_b"})
+    else:  # the earlier files stay where FACEPASS_GENERATION_MODEL_ROOTS says (selfies meanwhile)
+        update = {"model_root": other_bytes_root, "generation_model_roots": [model_root]}
+        new = base.model_copy(update=update)
+        new = new.model_copy(update={"model_name": "pack_a"})
     old_model, new_model = FaceEmbedder(old).model_name, FaceEmbedder(new).model_name
+    assert old_model != new_model  # other weights: another generation
     url = f"{service.base_url}{PREFIX}/api/v1/faces/search/"
 
     def search(sid: uuid.UUID) -> set[str]:
@@ -131,7 +159,8 @@ def test_a_model_change_leaves_no_gap_in_search(
     assert ledger_models == {new_model}
     mixed = sum(1 for s in states if s == {old_model, new_model})
     print(
-        f"model change: {len(states)} searches during the rebuild, {mixed} while both generations were there"
+        f"model change ({change}): {len(states)} searches during the rebuild, {mixed} while both "
+        "generations were there"
     )
 
     def current_generation() -> str | None:
