@@ -6,7 +6,6 @@ import importlib.util
 import ipaddress
 import json
 import os
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -371,8 +370,10 @@ class Settings(BaseSettings):
             update["local_dsn"] = SecretStr(local)
         return self.model_copy(update=update)
 
-    @cached_property
+    @property
     def model_dir(self) -> Path:
+        """The pack's folder. Not cached: a cached value was carried by ``model_copy`` into copies
+        with another ``model_name`` or ``model_root`` (they then named the old pack's files)."""
         root = self.model_root or packaged_model_root()
         for candidate in (root / self.model_name, root / "models" / self.model_name):
             if candidate.is_dir():

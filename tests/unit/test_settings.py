@@ -324,3 +324,14 @@ def test_a_missing_keys_file_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_pat
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.1.1", "localhost", "::1", "[::1]"])
 def test_loopback_bind_needs_no_key(host: str) -> None:
     assert Settings(http_host=host).api_keys == ()
+
+
+def test_a_copy_with_another_pack_finds_that_packs_folder(tmp_path: Path) -> None:
+    """The pack's folder is not carried over by ``model_copy`` from a settings object that
+    already looked it up (it named the old pack's files: the same weights id for other weights)."""
+    settings = Settings()
+    assert settings.model_dir.name == "model"
+    (tmp_path / "pack_a").mkdir()
+    copy = settings.model_copy(update={"model_root": tmp_path, "model_name": "pack_a"})
+    assert copy.model_dir == tmp_path / "pack_a"
+    assert settings.with_databases(model_root=tmp_path, model_name="pack_a").model_dir == tmp_path / "pack_a"
