@@ -12,8 +12,11 @@ from typing import Any
 
 import ray
 
+from actors.metrics import model_metrics
+from facepass.index.trials import trial_store
 from facepass.models import DetectedFace, PhotoRef, PhotoResult
 from facepass.settings import Settings
+from facepass.vision.faces import FaceEmbedder
 from facepass.vision.heap import HeapTrimmer
 from facepass.vision.pipeline import DecodedPhoto, PhotoPipeline
 
@@ -26,8 +29,9 @@ class EmbeddingActor:
     def __init__(self, settings: Settings, idle_exit_s: float | None = None) -> None:
         logging.basicConfig(level=logging.INFO)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per download is noise
-        self.pipeline = PhotoPipeline(settings)
+        self.pipeline = PhotoPipeline(settings, FaceEmbedder(settings, trials=trial_store(settings)))
         self.pipeline.load()
+        model_metrics().loaded(self.pipeline.embedder)
         self._trim = HeapTrimmer()
         # An actor beyond the pool's minimum leaves when it had no work this long, so its
         # node can go idle (and the autoscaler can take it away).
@@ -117,5 +121,8 @@ class EmbeddingActor:
             "variant_requested": embedder.requested_variant,
             # The sharing gate's verdict on this build (None: the reference build needs none).
             "gate": embedder.gate.as_json() if embedder.gate else None,
+            # Which variant runs and why: measured here, kept from an earlier load of this kind
+            # of machine, or pinned; the timings and verdicts behind it (issue 31).
+            "variant_choice": embedder.choice.as_json() if embedder.choice else None,
             "model_batch_photos": self.pipeline.model_batch,
         }

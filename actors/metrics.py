@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.util import metrics
 
 from facepass.models import PhotoOutcome
 from facepass.runs.lanes import Lane
+
+if TYPE_CHECKING:
+    from facepass.vision.faces import FaceEmbedder
 
 _MS_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 
@@ -168,3 +171,45 @@ class FollowMetrics:
 @cache
 def follow_metrics() -> FollowMetrics:
     return FollowMetrics()
+
+
+class ModelMetrics:
+    def __init__(self) -> None:
+        self.variant = metrics.Gauge(
+            "facepass_model_variant",
+            "1 per embedding actor for the variant it runs (detector and recognizer builds), "
+            "how it was chosen (measured, kept, pinned, refused) and the machine's kind",
+            tag_keys=("generation", "variant", "detector", "recognizer", "how", "machine"),
+        )
+        self.estimate = metrics.Gauge(
+            "facepass_model_variant_estimate_ms",
+            "The chosen variant's measured time per photo at load (detector + 3 faces)",
+            tag_keys=("generation", "variant"),
+        )
+
+    def loaded(self, embedder: FaceEmbedder) -> None:
+        choice = embedder.choice
+        if choice is None:
+            return
+        detector, _, recognizer = choice.variant.partition("+")
+        hardware = choice.hardware
+        machine = hardware.get("gpu") or hardware.get("cpu_model") or "unknown"
+        tags = {"generation": embedder.model_name, "variant": choice.variant}
+        self.variant.set(
+            1,
+            tags={
+                **tags,
+                "detector": detector,
+                "recognizer": recognizer or detector,
+                "how": choice.how,
+                "machine": str(machine),
+            },
+        )
+        if choice.variant in choice.estimate_ms:
+            self.estimate.set(choice.estimate_ms[choice.variant], tags=tags)
+
+
+@cache
+def model_metrics() -> ModelMetrics:
+    """One set per embedding actor, made at load."""
+    return ModelMetrics()

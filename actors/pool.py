@@ -41,7 +41,7 @@ from facepass.models import DetectedFace, Fence, PhotoOutcome, PhotoRef, PhotoSt
 from facepass.runs.lanes import Lane, LaneGate
 from facepass.settings import Settings
 from facepass.vision.faces import ModelPack
-from facepass.vision.runtimes import variant_name
+from facepass.vision.variants import requested
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class EmbeddingPool:
             "get_if_exists": True,
             "max_restarts": -1,
         }
-        self.members = PoolMembers(settings, self._make_actor, self._model_name, variant_name(settings))
+        self.members = PoolMembers(settings, self._make_actor, self._model_name, requested(settings))
         self.decoders = [
             ImageDecoderActor.options(  # type: ignore[attr-defined]
                 name=decoder_actor_name(i),

@@ -20,19 +20,23 @@ from facepass.catalog.cloud import CloudCatalog
 from facepass.demo.scenario import CatalogWriter
 from facepass.errors import NoFaceDetected, PhotoError, PhotoNotFound, StorageUnavailable
 from facepass.index.store import VectorStore
+from facepass.index.trials import trial_store
 from facepass.models import DetectedFace, PhotoRef, PhotoResult
 from facepass.settings import Settings
 from facepass.vision.faces import FaceEmbedder
 from facepass.vision.images import UrlPolicy, decode_image
 from facepass.vision.pipeline import model_batch_photos
+from facepass.vision.variants import REFERENCE_VARIANT
 
 CHUNK = 32  # photos built (untimed) before each timed stretch of the limit run
 
 
 def make_embedder(settings: Settings, threads: int, **update: object) -> FaceEmbedder:
-    """The model with ``threads`` intra-op threads (and any other setting, e.g. the runtime)."""
-    embedder = FaceEmbedder(settings.model_copy(update={"ort_intra_op_threads": threads, **update}))
-    return embedder.load()
+    """The model with ``threads`` intra-op threads (and any other setting, e.g. the runtime);
+    its variant chosen as the service's actors choose it (the same record of this machine in
+    the index database where the settings name one)."""
+    configured = settings.model_copy(update={"ort_intra_op_threads": threads, **update})
+    return FaceEmbedder(configured, trials=trial_store(configured)).load()
 
 
 def faces_of(embedder: FaceEmbedder, data: bytes, max_pixels: int) -> list[DetectedFace]:
@@ -57,9 +61,8 @@ def faces_of_photos(
 
 
 def pack_label(embedder: FaceEmbedder) -> str:
-    """``fp32`` for the ONNX Runtime pack, else ``ov-<precision>[-det]`` (its variant's build)."""
-    build = embedder.variant.split("/", 1)[0]
-    return "fp32" if build.startswith("onnxruntime") else "ov-" + build.removeprefix("openvino-")
+    """``fp32`` for the reference build, else the variant's name."""
+    return "fp32" if embedder.variant == REFERENCE_VARIANT else embedder.variant
 
 
 def default_batch(embedder: FaceEmbedder) -> int:

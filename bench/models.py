@@ -39,9 +39,26 @@ def run_model_comparison(
     rate = {key: run.photos_per_s for key, run in runs.items()}
     per_cpu_s = {key: run.photos / run.extra["cpu_s"] for key, run in runs.items() if run.extra["cpu_s"]}
     fast_default = rate["fast_batched"] if model_batch_photos(fast.settings) > 1 else rate["fast"]
+    choice = fast.choice.as_json() if fast.choice else {}
+    hardware = choice.get("hardware", {})
     figures: dict[str, Any] = {
-        "model_fp32_name": fp32.model_name,
-        "model_fast_name": fast.model_name,
+        "model_generation": fast.model_name,
+        "model_fp32_name": fp32.variant,
+        "model_fast_name": fast.variant,
+        # The variant the machine chose (measured now or kept from an earlier load), why, and
+        # every build it timed and variant it gated; the CPU it ran on.
+        "model_fast_choice": choice.get("how"),
+        "model_variant_store": choice.get("store"),
+        "model_variant_timings_ms": choice.get("timings_ms"),
+        "model_variant_estimate_ms": choice.get("estimate_ms"),
+        "model_variant_gates": {
+            name: {"passed": g["passed"], **{k: g["report"][k] for k in ("embedding_cos_p1", "faces_missed")}}
+            for name, g in (choice.get("gates") or {}).items()
+        },
+        "cpu_model": hardware.get("cpu_model"),
+        "cpu_flags": hardware.get("cpu_flags"),
+        "openvino_capabilities": hardware.get("openvino_capabilities"),
+        "model_runtimes": hardware.get("runtimes"),
         "model_sample_photos": n,
         "model_threads": threads,
         "model_batch_photos": batch,

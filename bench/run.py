@@ -176,8 +176,15 @@ def _machine() -> dict[str, Any]:
     import openvino
     import ray
 
+    from facepass.settings import Settings
+    from facepass.vision.variants import detect_hardware
+
+    hardware = detect_hardware(Settings())
     return {
         "cpus": os.cpu_count(),
+        # lscpu's model name and the flags that decide the builds (issue 31's bar names them).
+        "cpu_model": hardware.cpu_model,
+        "cpu_flags": list(hardware.cpu_flags),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "ray": ray.__version__,

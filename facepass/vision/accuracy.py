@@ -139,8 +139,17 @@ def top_k_swaps(reference: list[int], candidate: list[int]) -> int:
 
 
 def compare(reference: Embed, candidate: Embed) -> AccuracyReport:
+    return compare_to(faces_on_gate(reference), candidate)
+
+
+def faces_on_gate(embed: Embed) -> list[list[DetectedFace]]:
+    """The faces ``embed`` finds on each gate image, one image per call (the reference's are
+    computed once when several candidates are compared to it)."""
+    return [embed([image])[0] for _, image in gate_images()]
+
+
+def compare_to(ref_faces: list[list[DetectedFace]], candidate: Embed) -> AccuracyReport:
     images = gate_images()
-    ref_faces = [reference([image])[0] for _, image in images]
     cand_faces = [candidate([image])[0] for _, image in images]
     cosines: list[float] = []
     ious: list[float] = []

@@ -27,17 +27,12 @@ from facepass.settings import Settings
 from facepass.vision.detector import ScrfdDetector
 from facepass.vision.heap import keep_buffers_in_heap
 from facepass.vision.images import BgrImage
-from facepass.vision.runtimes import (
-    ONNXRUNTIME,
-    OPENVINO,
-    ModelSession,
-    detector_runtime,
-    effective_runtime,
-    open_session,
-    variant_name,
-)
+from facepass.vision.runtimes import ModelSession
+from facepass.vision.trials import FileTrialStore, TrialStore, default_cache_dir
+from facepass.vision.variants import requested
 
 if TYPE_CHECKING:
+    from facepass.vision.selection import Choice, Loaded
     from facepass.vision.share_gate import GateVerdict
 
 log = logging.getLogger(__name__)
@@ -111,29 +106,28 @@ class ModelPack:
 class FaceEmbedder:
     """``load()`` is idempotent; ``embed()`` returns every face of a photo, L2-normalized;
     ``embed_batch()`` does the same for several photos with one detector call and one
-    recognizer call (all their faces together)."""
+    recognizer call (all their faces together).
 
-    def __init__(self, settings: Settings) -> None:
+    Which variant (builds of the two networks) runs is chosen at load: measured on this
+    machine or pinned by the settings (``facepass/vision/selection.py``); the choice, its
+    timings and gate verdicts are kept in ``trials`` (the index database for actors, a folder
+    otherwise)."""
+
+    def __init__(self, settings: Settings, trials: TrialStore | None = None) -> None:
         self.settings = settings
-        self.runtime = effective_runtime(settings)
         self.pack = ModelPack.from_settings(settings)
-        # What each network asks for: ORT's providers (the detector, and the recognizer of the
-        # fp32 pack), "OpenVINO" for a network on the OpenVINO runtime.
-        onnx = settings.onnx_providers()
-        detector = onnx if detector_runtime(settings) == ONNXRUNTIME else ["OpenVINO"]
-        recognizer = onnx if self.runtime == ONNXRUNTIME else ["OpenVINO"]
-        self.requested_providers = list(dict.fromkeys(detector + recognizer))
+        self.trials: TrialStore = trials or FileTrialStore(default_cache_dir(settings))
         self.det_size = settings.det_size
         self.det_thresh = settings.det_thresh
         self.threads = settings.intra_op_threads()
         # Photos per detector call (0: all photos of a batch in one call). Auto: per photo on CPU.
         self.detector_batch = settings.detector_batch_photos or (0 if settings.uses_gpu else 1)
+        self.requested_variant = requested(settings)  # "auto" or the pinned variant's name
         self.active_providers: list[str] = []
-        self._detector: ScrfdDetector | None = None
-        self._recognizer: ArcFaceRecognizer | None = None
-        self.gate: GateVerdict | None = None  # the sharing gate's verdict on this build
-        self.requested_variant = variant_name(settings)  # the build asked for (before any refusal)
-        self._lock = threading.RLock()  # the gate embeds with this embedder while it loads
+        self.gate: GateVerdict | None = None  # the sharing gate's verdict on the running variant
+        self.choice: Choice | None = None  # what runs and why (timings, verdicts, where kept)
+        self._loaded: Loaded | None = None
+        self._lock = threading.RLock()
 
     @property
     def model_name(self) -> str:
@@ -141,74 +135,76 @@ class FaceEmbedder:
 
     @property
     def variant(self) -> str:
-        """The build that makes this embedder's vectors (``variant_name``), its device as loaded
-        (ONNX Runtime without its CUDA provider runs on the CPU)."""
-        device = None
-        if self.active_providers and self.runtime == ONNXRUNTIME:
-            device = "cuda" if "CUDAExecutionProvider" in self.active_providers else "cpu"
-        return variant_name(self.settings, device)
+        """The variant that makes this embedder's vectors (its builds' names), once loaded."""
+        return self._loaded.variant.name if self._loaded else self.requested_variant
+
+    @property
+    def runtime(self) -> str:
+        """The recognizer's runtime (where most of a photo's time goes)."""
+        return self._loaded.variant.recognizer.runtime if self._loaded else "auto"
+
+    @property
+    def detector(self) -> ScrfdDetector | None:
+        return self._loaded.detector if self._loaded else None
+
+    @property
+    def recognizer(self) -> ArcFaceRecognizer | None:
+        return self._loaded.recognizer if self._loaded else None
+
+    @property
+    def requested_providers(self) -> list[str]:
+        """What each network asks for: ONNX Runtime's providers, or "OpenVINO"."""
+        if self._loaded is None:
+            return []
+        asked: list[str] = []
+        for build in (self._loaded.variant.detector, self._loaded.variant.recognizer):
+            if build.runtime == "openvino":
+                asked.append("OpenVINO")
+            else:
+                asked += (
+                    ["CUDAExecutionProvider", "CPUExecutionProvider"]
+                    if build.device == "cuda"
+                    else ["CPUExecutionProvider"]
+                )
+        return list(dict.fromkeys(asked))
 
     def load(self) -> FaceEmbedder:
-        """Load both networks; a build other than the reference (ONNX Runtime fp32 on the CPU)
-        writes into the weights' generation only if it passes the sharing gate; one that fails
-        is refused (logged) and this embedder runs the reference build instead."""
+        """Load the variant chosen for this machine (or pinned); a variant other than the
+        reference writes into the weights' generation only if it passes the sharing gate."""
         with self._lock:
-            if self._detector is None:
+            if self._loaded is None:
                 self._load()
-                self._check_build()
         return self
-
-    def _check_build(self) -> None:
-        from facepass.vision.share_gate import REFERENCE_VARIANT, gate, reference_settings
-
-        if self.variant == REFERENCE_VARIANT:
-            return
-        self.gate = verdict = gate(self)
-        if verdict.passed:
-            log.info(
-                "build %s of generation %s passed the sharing gate%s: %s",
-                self.variant,
-                self.model_name,
-                " (verdict cached)" if verdict.cached else "",
-                verdict.summary(),
-            )
-            return
-        log.error(
-            "build %s of generation %s refused: it fails the sharing gate (%s); this process embeds "
-            "with the reference build %s instead",
-            self.variant,
-            self.model_name,
-            verdict.summary(),
-            REFERENCE_VARIANT,
-        )
-        self.settings = reference_settings(self.settings)
-        self.runtime = effective_runtime(self.settings)
-        self._detector = self._recognizer = None
-        self._load()
 
     def _load(self) -> None:
         import onnxruntime
 
+        from facepass.vision.selection import choose
+        from facepass.vision.variants import detect_hardware
+
         onnxruntime.set_default_logger_severity(3)  # the batch-shape warning is noise
         keep_buffers_in_heap()  # per-inference tensors: no mmap/munmap (page faults) per photo
-        detector_session = open_session(
-            self.pack.detector, self.settings, self.threads, detector_runtime(self.settings)
-        )
-        recognizer_session = open_session(self.pack.recognizer, self.settings, self.threads)
-        # The fast path's detector input keeps the photo's aspect (less padding to convolve).
-        fit = self.runtime == OPENVINO
-        detector = ScrfdDetector(detector_session, self.det_size, self.det_thresh, fit=fit)
-        recognizer = ArcFaceRecognizer(recognizer_session, self.pack.recognizer)
-        self.active_providers = list(dict.fromkeys(detector_session.providers + recognizer_session.providers))
+        hardware = detect_hardware(self.settings)
+        loaded, choice, verdict = choose(self.pack, self.settings, self.threads, self.trials, hardware)
+        self.active_providers = loaded.providers
+        self.gate, self.choice = verdict, choice
         log.info(
-            "model %s loaded (%s); providers requested %s, in use %s; %d intra-op threads",
+            "model %s loaded: %s; providers in use %s; %d intra-op threads; hardware %s",
             self.model_name,
-            self.runtime,
-            self.requested_providers,
+            choice.summary(),
             self.active_providers,
             self.threads,
+            hardware.as_json(),
         )
-        self._detector, self._recognizer = detector, recognizer
+        if verdict is not None and verdict.passed:
+            log.info(
+                "build %s of generation %s passed the sharing gate%s: %s",
+                loaded.variant.name,
+                self.model_name,
+                " (verdict kept)" if verdict.cached else "",
+                verdict.summary(),
+            )
+        self._loaded = loaded
 
     def embed(self, image: BgrImage) -> list[DetectedFace]:
         """Every face in the image; raises NoFaceDetected when there is none."""
@@ -219,38 +215,42 @@ class FaceEmbedder:
 
     def embed_batch(self, images: list[BgrImage]) -> list[list[DetectedFace]]:
         """The faces of each image ([] for an image without a face), in the images' order."""
-        from insightface.utils import face_align
-
         self.load()
-        assert self._detector is not None and self._recognizer is not None
-        step = max(1, self.detector_batch) if self.detector_batch else len(images) or 1
-        found = [
-            d
-            for at in range(0, len(images), step)
-            for d in self._detector.detect_batch(images[at : at + step])
-        ]
-        size = self._recognizer.input_size
-        crops = [
-            face_align.norm_crop(image, landmark=kps, image_size=size)
-            for image, detections in zip(images, found, strict=True)
-            for kps in detections.landmarks
-        ]
-        unit = self._recognizer.embed(crops)
-        faces: list[list[DetectedFace]] = []
-        at = 0
-        for detections in found:
-            faces.append(
-                [
-                    DetectedFace(
-                        bbox=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
-                        det_score=float(b[4]),
-                        embedding=unit[at + i],
-                    )
-                    for i, b in enumerate(detections.boxes)
-                ]
-            )
-            at += len(detections)
-        return faces
+        assert self._loaded is not None
+        return embed_with(self._loaded.detector, self._loaded.recognizer, images, self.detector_batch)
+
+
+def embed_with(
+    detector: ScrfdDetector, recognizer: ArcFaceRecognizer, images: list[BgrImage], detector_batch: int
+) -> list[list[DetectedFace]]:
+    """The faces of each image: ``detector_batch`` photos per detector call (0: all), then
+    every face of them through the recognizer in one call."""
+    from insightface.utils import face_align
+
+    step = max(1, detector_batch) if detector_batch else len(images) or 1
+    found = [d for at in range(0, len(images), step) for d in detector.detect_batch(images[at : at + step])]
+    size = recognizer.input_size
+    crops = [
+        face_align.norm_crop(image, landmark=kps, image_size=size)
+        for image, detections in zip(images, found, strict=True)
+        for kps in detections.landmarks
+    ]
+    unit = recognizer.embed(crops)
+    faces: list[list[DetectedFace]] = []
+    at = 0
+    for detections in found:
+        faces.append(
+            [
+                DetectedFace(
+                    bbox=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+                    det_score=float(b[4]),
+                    embedding=unit[at + i],
+                )
+                for i, b in enumerate(detections.boxes)
+            ]
+        )
+        at += len(detections)
+    return faces
 
 
 class ArcFaceRecognizer:

@@ -1,17 +1,16 @@
 """One ONNX file behind one call: ``session.run(batch) -> outputs``, on ONNX Runtime or OpenVINO.
 
-Which runtime an embedder uses is a choice of the settings (``model_runtime``):
-ONNX Runtime (CPU, or CUDA when the actor holds a GPU) runs the original fp32
-pack; on CPU the fast path runs the recognizer (and, on request, the detector)
-of the same ONNX files on OpenVINO, faster on this kind of core (see the
-README's "CPU fast path"). Its outputs differ from ONNX Runtime's in the last
-bits only (the accuracy gate measures it), so every build of the same weights
-writes into one generation (``ModelPack.name``); which build made a photo's
-vectors is recorded beside it (``variant_name``).
+Which build runs each network (runtime, precision, device) is a ``Build``
+(``facepass/vision/variants.py``); which builds an embedder runs is measured at load or pinned
+by the settings (``facepass/vision/selection.py``). Outputs of the builds differ from the
+reference's (ONNX Runtime fp32 on the CPU) in the last bits only where the sharing gate says
+so: every build that passes it writes into the weights' generation (``ModelPack.name``); which
+build made a photo's vectors is recorded beside it (the variant's name).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,10 +19,10 @@ import numpy as np
 import numpy.typing as npt
 
 from facepass.errors import ModelLoadError
-from facepass.settings import CUDA_PROVIDER, Settings
+from facepass.settings import CPU_PROVIDER, CUDA_PROVIDER, Settings
+from facepass.vision.variants import OPENVINO, Build
 
-ONNXRUNTIME = "onnxruntime"
-OPENVINO = "openvino"
+log = logging.getLogger(__name__)
 Array = npt.NDArray[np.float32]
 
 
@@ -35,40 +34,29 @@ class ModelSession(Protocol):
     def run(self, batch: Array) -> list[Array]: ...
 
 
-def effective_runtime(settings: Settings) -> str:
-    """``auto``: ONNX Runtime with CUDA on GPU actors, OpenVINO on CPU actors."""
-    if settings.model_runtime == "auto":
-        return ONNXRUNTIME if settings.uses_gpu else OPENVINO
-    if settings.model_runtime == OPENVINO and settings.uses_gpu:
-        raise ModelLoadError(
-            "FACEPASS_MODEL_RUNTIME=openvino runs on CPU only; GPU actors (FACEPASS_GPUS_PER_ACTOR > 0) "
-            "need onnxruntime (or auto)"
-        )
-    return settings.model_runtime
+def fp16_copy(path: Path, cache_dir: Path) -> Path:
+    """The network with fp16 weights and arithmetic (float32 in and out), made once next to
+    the trial cache with ONNX Runtime's own converter (for the CUDA fp16 build)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    from facepass.vision.faces import weights_id
 
-def detector_runtime(settings: Settings) -> str:
-    """The fast path keeps the detector on ONNX Runtime (same boxes as fp32) unless asked."""
-    runtime = effective_runtime(settings)
-    return OPENVINO if runtime == OPENVINO and settings.openvino_detector else ONNXRUNTIME
-
-
-def variant_name(settings: Settings, device: str | None = None) -> str:
-    """Which build of the pack's weights makes the vectors: runtime, precision, device.
-    ``openvino-f32/cpu`` (the CPU fast path: recognizer on OpenVINO), ``openvino-f32-det/cpu``
-    (the detector too), ``onnxruntime-fp32/cuda`` or ``/cpu``. Recorded with every photo; not
-    part of the generation (the weights are: ``ModelPack.name``)."""
-    if effective_runtime(settings) == OPENVINO:
-        detector = "-det" if detector_runtime(settings) == OPENVINO else ""
-        return f"openvino-{settings.openvino_precision}{detector}/cpu"
-    return f"onnxruntime-fp32/{device or ('cuda' if settings.uses_gpu else 'cpu')}"
+    target = cache_dir / "fp16" / f"{path.stem}-{weights_id(path)}-fp16.onnx"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+        partial = target.with_suffix(".partial")
+        onnx.save(model, str(partial))
+        partial.replace(target)
+    return target
 
 
 class OrtSession:
-    def __init__(self, path: Path, settings: Settings, threads: int) -> None:
+    def __init__(self, path: Path, build: Build, threads: int) -> None:
         import onnxruntime
 
-        providers = settings.onnx_providers()
+        providers = [CUDA_PROVIDER, CPU_PROVIDER] if build.device == "cuda" else [CPU_PROVIDER]
         if CUDA_PROVIDER in providers and hasattr(onnxruntime, "preload_dlls"):
             # CUDA/cuDNN from the `gpu` extra's nvidia-* wheels (site-packages): a GPU node
             # then needs only the driver. Without them ORT prints why and falls back to CPU.
@@ -95,18 +83,18 @@ class OpenVinoSession:
     request must never be shared by two calls at once).
     """
 
-    def __init__(self, path: Path, settings: Settings, threads: int) -> None:
+    def __init__(self, path: Path, build: Build, threads: int) -> None:
         import openvino
 
         core = openvino.Core()
-        precision = settings.openvino_precision
+        precision = build.precision
         capabilities = [str(c).upper() for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
         if precision == "bf16" and "BF16" not in capabilities:
             # A hint the CPU cannot follow is silently dropped by OpenVINO; the vectors would
             # then be named for a precision that did not make them.
             raise ModelLoadError(
                 f"this CPU has no {precision} inference (OpenVINO reports {capabilities}); "
-                "set FACEPASS_OPENVINO_PRECISION=f32"
+                "pin another variant (FACEPASS_MODEL_VARIANT) or leave it auto"
             )
         config: dict[str, Any] = {
             "INFERENCE_NUM_THREADS": threads,
@@ -130,7 +118,11 @@ class OpenVinoSession:
             return [np.array(self._request.get_output_tensor(i).data) for i in range(self._outputs)]
 
 
-def open_session(path: Path, settings: Settings, threads: int, runtime: str | None = None) -> ModelSession:
-    if (runtime or effective_runtime(settings)) == OPENVINO:
-        return OpenVinoSession(path, settings, threads)
-    return OrtSession(path, settings, threads)
+def open_session(path: Path, build: Build, threads: int, settings: Settings) -> ModelSession:
+    """The network of ``path`` as ``build`` runs it."""
+    if build.runtime == OPENVINO:
+        return OpenVinoSession(path, build, threads)
+    if build.precision == "fp16":
+        cache = settings.gate_cache_dir or Path.home() / ".cache" / "facepass" / "accuracy-gate"
+        path = fp16_copy(path, cache)
+    return OrtSession(path, build, threads)

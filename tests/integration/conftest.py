@@ -101,6 +101,15 @@ class Service:
         return httpx.get(f"{self.base_url}{path}", headers=self.headers, timeout=60, **kwargs)  # type: ignore[arg-type]
 
 
+def actors_variant(service: Service) -> str:
+    """The variant every embedding actor of the service runs (from /healthz's details)."""
+    health = service.get("/healthz")
+    assert health.status_code == 200, health.text
+    variants = {actor["variant"] for actor in health.json()["pool"]["actors"]}
+    assert len(variants) == 1, variants
+    return variants.pop()
+
+
 def wait_for_ray_logs(found: Callable[[str], bool], timeout_s: float = 60) -> dict[Path, str]:
     """Every log file of the session's Ray head (the driver's view of it), read again until one
     of them satisfies ``found``: a replica's lines reach the files a moment after they are said."""

@@ -26,7 +26,7 @@ from facepass.demo.storage import PhotoStorage
 from facepass.index.store import VectorStore, face_embeddings, indexed_photos
 from facepass.settings import Settings
 from facepass.vision.faces import ModelPack
-from tests.integration.conftest import Service, wait_for_ray_logs
+from tests.integration.conftest import Service, actors_variant, wait_for_ray_logs
 
 SEED_KEYS = {
     "success", "message", "session_id", "session_name", "total_photos", "processed_photos",
@@ -233,10 +233,10 @@ def test_group_photo_gives_one_row_per_face_matching_insightface(
     with store.engine.connect() as conn:
         rows = conn.execute(query).mappings().all()
     assert sorted(r["face_index"] for r in rows) == list(range(6))
-    # The CPU default: the OpenVINO fast path (issue 16), a build of the pack's weights: their
-    # generation (issue 30), the build in the ledger.
+    # The CPU default: the variant the actors chose (issue 31), a build of the pack's weights:
+    # their generation (issue 30), the build in the ledger.
     assert {r["model_name"] for r in rows} == {ModelPack.from_settings(Settings()).name}
-    assert {r.variant for r in store.ledger_rows(sid)} == {"openvino-f32/cpu"}
+    assert {r.variant for r in store.ledger_rows(sid)} == {actors_variant(service)}
     stored = np.stack([np.asarray(r["embedding"], dtype=np.float32) for r in rows])
     np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-5)
 
@@ -365,8 +365,14 @@ def test_writer_killed_mid_batch_loses_nothing_and_duplicates_nothing(
 def test_custom_metrics_reach_the_node_metrics_endpoint(
     service: Service, first_run: dict[str, object]
 ) -> None:
-    """The pool's metrics of the photos the seed's run indexed reach the node's /metrics."""
-    wanted = {"ray_facepass_photos_total", "ray_facepass_faces_total", "ray_facepass_inference_seconds"}
+    """The pool's metrics of the photos the seed's run indexed reach the node's /metrics, and
+    each actor's variant (issue 31)."""
+    wanted = {
+        "ray_facepass_photos_total",
+        "ray_facepass_faces_total",
+        "ray_facepass_inference_seconds",
+        "ray_facepass_model_variant",
+    }
     deadline = time.monotonic() + 90
     seen: set[str] = set()
     while time.monotonic() < deadline:
@@ -376,6 +382,9 @@ def test_custom_metrics_reach_the_node_metrics_endpoint(
             break
         time.sleep(2)
     assert seen == wanted
+    chosen = actors_variant(service)
+    lines = [line for line in text.splitlines() if line.startswith("ray_facepass_model_variant{")]
+    assert any(f'variant="{chosen}"' in line and line.endswith(" 1.0") for line in lines), lines
 
 
 @pytest.mark.parametrize("n_photos", [6])
@@ -432,10 +441,19 @@ def test_health_reports_the_cpu_choice_and_docs_are_served(service: Service) -> 
     body = health.json()
     assert body["cloud_db"] == "ok" and body["local_db"] == "ok" and body["pool"]["writer"] is True
     for actor in body["pool"]["actors"]:
-        assert actor["providers_requested"] == ["CPUExecutionProvider", "OpenVINO"]
-        assert actor["providers_active"] == ["CPUExecutionProvider", "OpenVINO CPU (f32)"]
-        assert actor["runtime"] == "openvino"
+        # The variant chosen at load (issue 31): measured once for this kind of machine and
+        # kept in the index database, the other actors read it; its timings and verdicts.
+        choice = actor["variant_choice"]
+        assert actor["variant"] == choice["variant"] and choice["requested"] == "auto"
+        assert choice["how"] in ("measured", "kept") and choice["store"].startswith("index database")
+        assert choice["hardware"]["gpu"] is None and choice["hardware"]["cpu_model"]
+        assert choice["variant"] in choice["estimate_ms"] and choice["timings_ms"]["recognizer"]
+        openvino = "openvino" in choice["variant"]
+        assert ("OpenVINO" in actor["providers_requested"]) is openvino
+        assert any("OpenVINO CPU" in p for p in actor["providers_active"]) is openvino
         assert actor["gpu_ids"] == []
+    # One actor of this kind of machine measures, the others wait for its row and read it.
+    assert sum(a["variant_choice"]["how"] == "measured" for a in body["pool"]["actors"]) <= 1
     assert httpx.get(f"{service.base_url}/docs", timeout=30).status_code == 200
     spec = httpx.get(f"{service.base_url}/openapi.json", timeout=30).json()
     assert "/api/v1/faces/force-reindex-session/{session_id}" in spec["paths"]

@@ -16,6 +16,7 @@ from facepass.models import EMBEDDING_DIM, DetectedFace
 from facepass.settings import Settings
 from facepass.vision.faces import FaceEmbedder, ModelPack, weights_id, weights_of
 from facepass.vision.images import decode_image
+from facepass.vision.variants import Variant
 
 # Exact with the default pack, det_size 640 and det_thresh 0.5 (design.md lists the same numbers).
 FACE_COUNTS = {"t1.jpg": 6, "players.jpg": 22, "gdp.jpg": 5, "yaoming.jpg": 1}
@@ -50,10 +51,11 @@ def _centre(bbox: Any) -> np.ndarray:
 
 
 def test_model_name(embedder: FaceEmbedder) -> None:
-    """The CPU default is the OpenVINO fast path: a build of the pack's weights, the same
-    generation as the fp32 pack (the weights name it); the build is the embedder's variant."""
+    """The CPU default is the variant measured fastest here that passes the gate: a build of the
+    pack's weights, the same generation as the fp32 pack (the weights name it)."""
     assert ModelPack.from_settings(Settings()).name == embedder.model_name
-    assert embedder.runtime == "openvino" and embedder.variant == "openvino-f32/cpu"
+    assert embedder.choice is not None and embedder.variant == embedder.choice.variant
+    assert embedder.runtime == Variant.parse(embedder.variant).recognizer.runtime
     pack = ModelPack.from_settings(Settings())
     expected = f"model/scrfd_500m_bnkps+w600k_mbf#{weights_id(pack.detector, pack.recognizer)}"
     assert embedder.model_name == expected
@@ -103,20 +105,24 @@ def test_model_pack_without_models_is_an_error(tmp_path: Path) -> None:
 
 
 def test_load_is_idempotent(embedder: FaceEmbedder) -> None:
-    detector, recognizer = embedder._detector, embedder._recognizer
+    detector, recognizer = embedder.detector, embedder.recognizer
     assert detector is not None and recognizer is not None
     assert embedder.load() is embedder
-    assert embedder._detector is detector
-    assert embedder._recognizer is recognizer
-    assert embedder.requested_providers == ["CPUExecutionProvider", "OpenVINO"]
-    assert embedder.active_providers == ["CPUExecutionProvider", "OpenVINO CPU (f32)"]
+    assert embedder.detector is detector
+    assert embedder.recognizer is recognizer
+    # The variant measured fastest here that passes the gate; what each network asks for and uses.
+    assert embedder.choice is not None and embedder.variant == embedder.choice.variant
+    variant = Variant.parse(embedder.variant)
+    runtimes = {variant.detector.runtime, variant.recognizer.runtime}
+    assert ("OpenVINO" in embedder.requested_providers) == ("openvino" in runtimes)
+    assert any("OpenVINO CPU" in p for p in embedder.active_providers) == ("openvino" in runtimes)
 
 
 def test_embed_loads_lazily() -> None:
     fresh = FaceEmbedder(Settings())
-    assert fresh._detector is None
+    assert fresh.detector is None
     assert len(fresh.embed(photos.load("yaoming.jpg"))) == 1
-    assert fresh._detector is not None
+    assert fresh.detector is not None
 
 
 @pytest.mark.parametrize(("name", "count"), sorted(FACE_COUNTS.items()))
@@ -202,18 +208,21 @@ def test_a_face_matches_itself_across_re_encoding(embedder: FaceEmbedder) -> Non
 
 
 def test_gpu_settings_fall_back_to_cpu_when_there_is_no_gpu() -> None:
-    """GPU actors keep ONNX Runtime with CUDA (auto never picks OpenVINO for them), and
-    their vectors are the weights' generation, like every other build's."""
+    """A GPU actor lists CUDA builds only where a GPU is: here (none) it measures the CPU's
+    builds, and an ONNX Runtime pin runs on the CPU; their vectors are the weights' generation,
+    like every other build's."""
     gpu = FaceEmbedder(Settings(gpus_per_actor=1))
-    assert gpu.runtime == "onnxruntime" and gpu.variant == "onnxruntime-fp32/cuda"
-    assert gpu.model_name == ModelPack.from_settings(Settings()).name
-    assert gpu.requested_providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert gpu.variant == "auto" and gpu.model_name == ModelPack.from_settings(Settings()).name
     assert gpu.threads == 1
     gpu.load()
-    assert "CPUExecutionProvider" in gpu.active_providers
-    assert gpu.variant == "onnxruntime-fp32/cpu"  # what really runs it: no CUDA here (no gate)
-    assert gpu.gate is None
+    assert gpu.choice is not None and gpu.choice.hardware["gpu"] is None
+    assert "cuda" not in gpu.variant and "CUDAExecutionProvider" not in gpu.requested_providers
     assert len(gpu.embed(photos.load("t1.jpg"))) == 6
+    pinned = FaceEmbedder(Settings(gpus_per_actor=1, model_runtime="onnxruntime"))
+    assert pinned.requested_variant == "onnxruntime-fp32/cuda"
+    pinned.load()
+    assert pinned.variant == "onnxruntime-fp32/cpu" and pinned.gate is None  # what really runs it
+    assert pinned.active_providers == ["CPUExecutionProvider"]
 
 
 def test_gpu_libraries_come_from_pypi_through_an_extra() -> None:

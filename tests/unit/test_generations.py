@@ -116,10 +116,11 @@ def test_search_finds_the_same_photos_at_every_step_of_a_model_change(
     # The service restarts with pack_b; pack_a is found under the same model root.
     assert pack_settings(new, old_model) is not None
     packs = GenerationPacks(new)
-    new_model = FaceEmbedder(new).model_name
+    new_embedder = FaceEmbedder(new).load()
+    new_model = new_embedder.model_name
 
     async def rebuild_step_by_step() -> None:
-        pipeline = PhotoPipeline(new, FaceEmbedder(new).load())
+        pipeline = PhotoPipeline(new, new_embedder)
         coordinator = ReindexCoordinator(catalog, store, LocalProcessor(pipeline, store))
         try:
             plan = coordinator.plan(sid)
@@ -152,7 +153,7 @@ def test_search_finds_the_same_photos_at_every_step_of_a_model_change(
     progress = Generations(store.engine, new_model).progress()
     assert progress[0]["generation"] == new_model and progress[0]["current"]
     # The builds of its weights that made its photos (the CPU default here), for /mirror.
-    assert set(progress[0]["variants"]) == {"openvino-f32/cpu"}
+    assert set(progress[0]["variants"]) == {new_embedder.variant}
     assert sum(progress[0]["variants"].values()) == progress[0]["photos"]
 
 

@@ -38,45 +38,45 @@ def test_detector_batch_defaults() -> None:
 
 def test_detection_over_a_padded_batch_is_one_call(embedders: dict[str, FaceEmbedder]) -> None:
     embedder = embedders["onnxruntime"]
-    assert embedder._detector is not None
+    assert embedder.detector is not None
     calls: list[int] = []
-    session = embedder._detector.session
+    session = embedder.detector.session
     real_run = session.run
 
     def counting(batch: np.ndarray) -> list[np.ndarray]:
         calls.append(int(batch.shape[0]))
         return real_run(batch)
 
-    embedder._detector.session = type("Counting", (), {"run": staticmethod(counting), "providers": []})()
+    embedder.detector.session = type("Counting", (), {"run": staticmethod(counting), "providers": []})()
     try:
         embedder.embed_batch(mixed_photos())
     finally:
-        embedder._detector.session = session
+        embedder.detector.session = session
     assert calls == [6]
 
 
 def test_fit_inputs_group_photos_by_shape() -> None:
     """The fast path's detector input keeps each photo's aspect: photos of one input size
     share a call, and a call's input is the fitted size, not the 640 square."""
-    fast = FaceEmbedder(Settings(detector_batch_photos=8)).load()
-    assert fast._detector is not None and fast._detector.fit
+    fast = FaceEmbedder(Settings(detector_batch_photos=8, model_runtime="openvino")).load()
+    assert fast.detector is not None and fast.detector.fit
     images = mixed_photos()
-    sizes = [fast._detector.input_size(image) for image in images]
+    sizes = [fast.detector.input_size(image) for image in images]
     assert all(w % 32 == 0 and h % 32 == 0 and max(w, h) == 640 for w, h in sizes)
     assert any(min(w, h) < 640 for w, h in sizes)
     calls: list[tuple[int, ...]] = []
-    session = fast._detector.session
+    session = fast.detector.session
     real_run = session.run
 
     def counting(batch: np.ndarray) -> list[np.ndarray]:
         calls.append(tuple(batch.shape))
         return real_run(batch)
 
-    fast._detector.session = type("Counting", (), {"run": staticmethod(counting), "providers": []})()
+    fast.detector.session = type("Counting", (), {"run": staticmethod(counting), "providers": []})()
     try:
         fast.embed_batch(images)
     finally:
-        fast._detector.session = session
+        fast.detector.session = session
     assert sorted(calls) == sorted((sizes.count(s), 3, s[1], s[0]) for s in set(sizes))
 
 

@@ -42,7 +42,8 @@ def test_group_photo(settings: Settings, storage: PhotoStorage, embedder: FaceEm
     assert len(result.faces) == 6
     assert result.model_name == embedder.model_name
     assert result.model_name.startswith("model/scrfd_500m_bnkps+w600k_mbf#")
-    assert result.variant == embedder.variant == "openvino-f32/cpu"
+    assert result.variant == embedder.variant and embedder.choice is not None
+    assert embedder.variant == embedder.choice.variant
     assert result.download_ms > 0 and result.inference_ms > 0
     assert all(f.embedding.shape == (EMBEDDING_DIM,) for f in result.faces)
 
