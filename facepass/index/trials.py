@@ -35,6 +35,10 @@ _WRITE = sa.text(
 )
 
 
+def _short(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200]
+
+
 def lock_key(key: TrialKey) -> int:
     """A signed 64-bit advisory lock key of its own (``trials:`` prefix: no run lock shares it)."""
     digest = hashlib.sha256(f"trials:{key.digest()}".encode()).digest()
@@ -62,19 +66,42 @@ class IndexTrialStore:
         }
 
     def update(self, key: TrialKey, change: Change) -> Record | None:
+        """Under the key's lock; where the database cannot be read (down, not migrated yet)
+        the record is measured here and not kept (said once in the log), so an actor loads
+        whatever the index's state; a record that cannot be written is still returned."""
         params = self._params(key)
-        with self._engine.connect() as conn:
-            held = self._lock(conn, lock_key(key))
+        try:
+            conn = self._engine.connect()
+        except sa.exc.SQLAlchemyError as exc:
+            return self._unkept(change, "cannot connect", exc)
+        with conn:
             try:
+                held = self._lock(conn, lock_key(key))
                 kept = conn.execute(_READ, params).scalar_one_or_none()
+            except sa.exc.SQLAlchemyError as exc:
+                return self._unkept(change, "cannot read model_trials", exc)
+            try:
                 new = change(kept)
                 if new is None:
                     return kept if isinstance(kept, dict) else None
-                conn.execute(_WRITE, {**params, "record": json.dumps(new)})
+                try:
+                    conn.execute(_WRITE, {**params, "record": json.dumps(new)})
+                except sa.exc.SQLAlchemyError as exc:
+                    log.warning(
+                        "model trials: the measurement is not kept (%s): the next load measures again",
+                        _short(exc),
+                    )
                 return new
             finally:
                 if held:
-                    conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": lock_key(key)})
+                    try:
+                        conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": lock_key(key)})
+                    except sa.exc.SQLAlchemyError:
+                        pass  # the connection closes below: that frees it
+
+    def _unkept(self, change: Change, what: str, exc: Exception) -> Record | None:
+        log.warning("model trials: %s (%s); measuring in this process, not kept", what, _short(exc))
+        return change(None)
 
     def _lock(self, conn: sa.Connection, key: int) -> bool:
         """Wait for the key's lock (polled: a statement timeout in the URL bounds each try)."""

@@ -13,6 +13,7 @@ import logging
 import threading
 from pathlib import Path
 
+from facepass.index.trials import trial_store
 from facepass.models import DetectedFace
 from facepass.settings import Settings, packaged_model_root
 from facepass.vision.faces import WEIGHTS_MARK, FaceEmbedder, ModelPack, weights_of
@@ -77,7 +78,8 @@ class GenerationPacks:
                         "the pack of generation %s is not found (set FACEPASS_GENERATION_MODEL_ROOTS)",
                         model_name,
                     )
-                self._embedders[model_name] = FaceEmbedder(found).load() if found else None
+                trials = trial_store(found) if found else None
+                self._embedders[model_name] = FaceEmbedder(found, trials=trials).load() if found else None
             return self._embedders[model_name]
 
     def embed_bytes(self, model_name: str, data: bytes) -> list[DetectedFace] | None:

@@ -247,7 +247,14 @@ def pinned(settings: Settings, hardware: Hardware | None = None) -> Variant | No
         gpu = settings.uses_gpu and (hardware is None or hardware.gpu is not None)
         build = Build(ONNXRUNTIME, "fp32", "cuda" if gpu else "cpu")
         return Variant(build, build)
-    if settings.model_runtime == OPENVINO:
+    legacy_fast_path = (
+        settings.model_runtime == AUTO
+        and not settings.uses_gpu
+        and (settings.openvino_precision != "f32" or settings.openvino_detector)
+    )
+    if settings.model_runtime == OPENVINO or legacy_fast_path:
+        # FACEPASS_OPENVINO_PRECISION / _DETECTOR set by hand: the earlier releases' fast path
+        # at that precision, pinned (the machine does not overrule a setting someone made).
         if settings.uses_gpu:
             raise ModelLoadError(
                 "FACEPASS_MODEL_RUNTIME=openvino runs on CPU only; GPU actors (FACEPASS_GPUS_PER_ACTOR > 0) "

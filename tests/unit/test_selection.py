@@ -228,3 +228,21 @@ def test_the_index_database_keeps_the_record_and_one_process_measures(settings: 
     assert calls == [1] and results == [{"choice": REFERENCE.name, "gates": {}}] * 2
     other = TrialKey(key.machine, "onnxruntime 1, openvino 0", key.generation)
     assert store.update(other, lambda kept: None) is None
+
+
+def test_an_index_database_that_cannot_be_read_costs_a_measurement_not_the_load(settings: Settings) -> None:
+    """An index database that does not exist yet (or is down, or not migrated): the record is
+    measured in the process and returned, not kept; the load goes on."""
+    missing = settings.local_url().replace("/facepass_vector?", "/no_such_index_db?")
+    assert missing != settings.local_url()
+    store = IndexTrialStore(missing)
+    key = TrialKey("cpu:test-machine|0", "onnxruntime 0, openvino 0", "model/x+y#000000000000")
+    calls: list[Record | None] = []
+
+    def measure(kept: Record | None) -> Record:
+        calls.append(kept)
+        return {"choice": REFERENCE.name, "gates": {}}
+
+    assert store.update(key, measure) == {"choice": REFERENCE.name, "gates": {}}
+    assert store.update(key, measure) == {"choice": REFERENCE.name, "gates": {}}
+    assert calls == [None, None]  # nothing kept: measured again

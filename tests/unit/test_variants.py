@@ -73,6 +73,11 @@ def test_settings_pin_a_variant_and_auto_measures() -> None:
     assert pinned(Settings(model_runtime="onnxruntime", gpus_per_actor=1), AVX2) == REFERENCE
     assert requested(Settings(model_runtime="openvino")) == "onnxruntime-fp32-fit/cpu+openvino-f32/cpu"
     assert requested(Settings(model_runtime="openvino", openvino_detector=True)) == "openvino-f32-fit/cpu"
+    # The earlier releases' hand-set precision or detector still pin the fast path (CPU actors).
+    legacy = Settings(openvino_precision="bf16")
+    assert requested(legacy) == "onnxruntime-fp32-fit/cpu+openvino-bf16/cpu"
+    assert requested(Settings(openvino_detector=True)) == "openvino-f32-fit/cpu"
+    assert requested(Settings(openvino_precision="bf16", gpus_per_actor=1)) == "auto"
     pin = "openvino-f32-fit/cpu+onnxruntime-fp32/cpu"
     assert requested(Settings(model_variant=pin)) == pin
     with pytest.raises(ModelLoadError, match="CPU only"):
