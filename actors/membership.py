@@ -265,17 +265,11 @@ class PoolMembers:
             if self.model_name is not None and held != self.model_name:
                 # Made by an earlier deployment with another pack: it goes, the next look
                 # makes the slot's actor again with this pool's settings.
-                log.warning("pool: actor %s holds %s, not %s: replaced", member.name, held, self.model_name)
-                self.members = {k: v for k, v in self.members.items() if v is not member}
-                self.kill_actor(member.handle)
+                self._replace(member, f"holds {held}, not {self.model_name}")
                 return
             if self.variant is not None and asked not in (None, self.variant):
                 # The same weights (its vectors stay valid), another build: remade with this one.
-                log.warning(
-                    "pool: actor %s runs build %s, not %s: replaced", member.name, asked, self.variant
-                )
-                self.members = {k: v for k, v in self.members.items() if v is not member}
-                self.kill_actor(member.handle)
+                self._replace(member, f"runs build {asked}, not {self.variant}")
                 return
             if self.members.get(member.name) is member:
                 member.node_id = member.slot.node_id or str(info.get("node_id") or "") or None
@@ -283,6 +277,13 @@ class PoolMembers:
                 self._ready.set()
 
         asyncio.ensure_future(ping())
+
+    def _replace(self, member: Member, why: str) -> None:
+        """An actor made by an earlier deployment for other settings leaves the pool and is
+        killed; the next look makes the slot's actor again with this pool's settings."""
+        log.warning("pool: actor %s %s: replaced", member.name, why)
+        self.members = {k: v for k, v in self.members.items() if v is not member}
+        self.kill_actor(member.handle)
 
     def release(self) -> None:
         """This process is done with the pool (a bulk job's end): ask the autoscaler for the

@@ -219,10 +219,22 @@ def chart_rates(summary: dict[str, Any]) -> list[tuple[str, float, str]]:
     return [(label, v, color) for key, label, color in RATES if (v := _number(values.get(key))) is not None]
 
 
+# Issue 31: the fast path's bars on a CPU without bf16 (no AMX / AVX-512 BF16: OpenVINO lists
+# no BF16), where only f32 builds can share the generation.
+NO_BF16_BARS = {"model_fast_vs_fp32": 1.3, "pipeline_fast_vs_fp32": 1.15}
+
+
+def bar_of(key: str, bar: float, summary: dict[str, Any]) -> float:
+    capabilities = summary.get("openvino_capabilities")
+    if key in NO_BF16_BARS and capabilities is not None and "BF16" not in capabilities:
+        return NO_BF16_BARS[key]
+    return bar
+
+
 def chart_bars(summary: dict[str, Any]) -> list[tuple[str, float, float, str]]:
     """(label, value, bar, direction) of the keys with a bar that are in the summary."""
     return [
-        (label, value, bar, direction)
+        (label, value, bar_of(key, bar, summary), direction)
         for key, label, direction, bar in BARS
         if (value := _number(summary.get(key))) is not None
     ]

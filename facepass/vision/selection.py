@@ -237,7 +237,7 @@ def measure(nets: Networks, hardware: Hardware, generation: str, batch: int, kep
     for variant in sorted(estimate, key=lambda v: estimate[v]):
         if variant.is_reference:
             break
-        verdict = gate.verdict(variant)
+        verdict = _verdict_of(kept, variant) or gate.verdict(variant)  # a pin's verdict is kept too
         gates[variant.name] = {k: v for k, v in verdict.as_json().items() if k != "cached"}
         log.info(
             "variant %s (%.1f ms a photo): sharing gate %s",

@@ -367,6 +367,7 @@ class SmallDisk:
         self.mount = Path(tempfile.mkdtemp(prefix="facepass-small-disk-"))
         self.tablespace = f"facepass_small_{uuid.uuid4().hex[:8]}"
         self.injected: InjectedDiskFull | None = None
+        self.mounted = True  # a real tmpfs tablespace; False: the trigger stands in
         self.kind = "tmpfs tablespace"
 
     def __enter__(self) -> SmallDisk:
@@ -376,6 +377,7 @@ class SmallDisk:
             text=True,
         )
         if mounted.returncode != 0:
+            self.mounted = False
             self.kind = f"a trigger raising SQLSTATE 53100 (no mount here: {mounted.stderr.strip()})"
             self.mount.rmdir()
             return self
@@ -395,7 +397,7 @@ class SmallDisk:
         return self
 
     def fill(self) -> None:
-        if not self.kind.startswith("tmpfs"):
+        if not self.mounted:
             self.injected = InjectedDiskFull(self.owner, self.session_id).__enter__()
             return
         with open(self.mount / "filler", "wb", buffering=0) as filler:
@@ -411,12 +413,12 @@ class SmallDisk:
         if self.injected is not None:
             self.injected.__exit__()
             self.injected = None
-        elif self.kind.startswith("tmpfs"):
+        elif self.mounted:
             (self.mount / "filler").unlink(missing_ok=True)
 
     def __exit__(self, *_: object) -> None:
         self.free()
-        if not self.kind.startswith("tmpfs"):
+        if not self.mounted:
             return
         try:
             with self.owner.connect() as conn:

@@ -90,7 +90,16 @@ def test_chart_holds_each_key_against_its_bar_and_the_rates_on_one_scale() -> No
     from bench.report import chart_bars, chart_rates
 
     bars = {label: (value, bar, direction) for label, value, bar, direction in chart_bars(_figures())}
-    assert bars["bare model: fast / fp32"] == (1.3, 2.0, ">=")
+    assert bars["bare model: fast / fp32"] == (1.3, 2.0, ">=")  # no CPU named: the bf16 bar
+    # A CPU whose OpenVINO lists no BF16 (AVX2 only) is held to issue 31's other-x86 bars.
+    avx2 = chart_bars(
+        {**_figures(), "openvino_capabilities": ["FP32", "INT8", "BIN"], "pipeline_fast_vs_fp32": 1.2}
+    )
+    named = {label: (value, bar) for label, value, bar, _ in avx2}
+    assert named["bare model: fast / fp32"] == (1.3, 1.3)
+    assert named["route: default CPU config / fp32"] == (1.2, 1.15)
+    amx = chart_bars({**_figures(), "openvino_capabilities": ["FP32", "BF16", "INT8"]})
+    assert {label: bar for label, _, bar, _ in amx}["bare model: fast / fp32"] == 2.0
     assert bars["search p99 ms (10k faces)"] == (20.0, 30.0, "<=")
     assert "rerun of 10k indexed, s" not in bars  # not in this summary: not drawn
     rates = {label: value for label, value, _ in chart_rates(_figures())}

@@ -92,65 +92,58 @@ def test_work_still_out_counts_as_busy() -> None:
     assert members.busy()  # idle counts from the end of the work, not from the hand-in
 
 
+class FakeActor:
+    """What ``info`` answers for an actor of an earlier deployment: its pack and build asked."""
+
+    def __init__(self, model: str, asked: str | None = None) -> None:
+        self.model, self.asked = model, asked
+        self.info = self
+
+    async def remote(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model,
+            "variant_requested": self.asked,
+            "variant": "onnxruntime-fp32/cpu",
+            "node_id": node(0).node_id,
+        }
+
+
+async def probe_one(actor: FakeActor, **pool: str) -> tuple[PoolMembers, list[Any]]:
+    """A pool (``model_name``, ``variant``) that finds ``actor`` under its slot's name."""
+    members = PoolMembers(Settings(), lambda slot: actor, **pool)  # type: ignore[arg-type]
+    killed: list[Any] = []
+    members.kill_actor = killed.append  # type: ignore[method-assign]
+    for member in members.apply([node(0)], busy=True):
+        members.probe(member)
+    await asyncio.sleep(0.05)
+    return members, killed
+
+
 def test_an_actor_holding_another_model_is_replaced_not_used() -> None:
     """Detached actors outlive a deployment: after a pack change the actor found under a
     slot's name may hold the old model. It gets no work and goes; the next look remakes it."""
-
-    class Actor:
-        def __init__(self, model: str) -> None:
-            self.model = model
-            self.info = self
-
-        async def remote(self) -> dict[str, Any]:
-            return {"model_name": self.model, "node_id": node(0).node_id}
-
-    async def probe(model_held: str) -> tuple[PoolMembers, list[Any]]:
-        members = PoolMembers(Settings(), lambda slot: Actor(model_held), model_name="pack-b")
-        killed: list[Any] = []
-        members.kill_actor = killed.append  # type: ignore[method-assign]
-        for member in members.apply([node(0)], busy=True):
-            members.probe(member)
-        await asyncio.sleep(0.05)
-        return members, killed
-
-    members, killed = asyncio.run(probe("pack-a"))
+    members, killed = asyncio.run(probe_one(FakeActor("pack-a"), model_name="pack-b"))
     assert killed and members.usable() == [] and members.members == {}
-    members, killed = asyncio.run(probe("pack-b"))
+    members, killed = asyncio.run(probe_one(FakeActor("pack-b"), model_name="pack-b"))
     assert not killed and len(members.usable()) == 1
 
 
 def test_an_actor_asked_for_another_build_of_the_weights_is_remade() -> None:
-    """After FACEPASS_MODEL_RUNTIME changed: an actor of the earlier deployment that was asked
-    for OpenVINO is remade with ONNX Runtime (its rows stay valid: one generation); one that
-    was asked for this build but runs the reference one (refused by the gate) stays."""
-
-    class Actor:
-        def __init__(self, asked: str) -> None:
-            self.asked = asked
-            self.info = self
-
-        async def remote(self) -> dict[str, Any]:
-            return {
-                "model_name": "pack",
-                "variant_requested": self.asked,
-                "variant": "onnxruntime-fp32/cpu",
-                "node_id": node(0).node_id,
-            }
-
-    async def probe(asked: str, wanted: str) -> tuple[PoolMembers, list[Any]]:
-        members = PoolMembers(Settings(), lambda slot: Actor(asked), model_name="pack", variant=wanted)
-        killed: list[Any] = []
-        members.kill_actor = killed.append  # type: ignore[method-assign]
-        for member in members.apply([node(0)], busy=True):
-            members.probe(member)
-        await asyncio.sleep(0.05)
-        return members, killed
-
-    members, killed = asyncio.run(probe("openvino-f32/cpu", "onnxruntime-fp32/cpu"))
+    """After FACEPASS_MODEL_VARIANT (or _RUNTIME) changed: an actor of the earlier deployment
+    that was asked for another variant is remade (its rows stay valid: one generation); one
+    that was asked for this one but runs the reference build (refused by the gate) stays, and
+    so does one asked for "auto" like this pool, whatever its machine chose."""
+    fast = "onnxruntime-fp32-fit/cpu+openvino-f32/cpu"
+    members, killed = asyncio.run(
+        probe_one(FakeActor("pack", fast), model_name="pack", variant="onnxruntime-fp32/cpu")
+    )
     assert killed and members.usable() == []
-    # Asked for OpenVINO like this deployment, running the reference build (refused): it stays.
-    members, killed = asyncio.run(probe("openvino-f32/cpu", "openvino-f32/cpu"))
+    members, killed = asyncio.run(probe_one(FakeActor("pack", fast), model_name="pack", variant=fast))
     assert not killed and len(members.usable()) == 1
+    members, killed = asyncio.run(probe_one(FakeActor("pack", "auto"), model_name="pack", variant="auto"))
+    assert not killed and len(members.usable()) == 1
+    members, killed = asyncio.run(probe_one(FakeActor("pack", "auto"), model_name="pack", variant=fast))
+    assert killed and members.usable() == []
 
 
 def test_the_pool_keeps_looking_while_batches_wait() -> None:
