@@ -203,6 +203,11 @@ class _Gate:
         return GateVerdict(self.generation, variant.name, shares_generation(report), asdict(report))
 
 
+def _kept(verdict: GateVerdict) -> dict[str, Any]:
+    """A verdict as the record keeps it (whether it was read from a record is not kept)."""
+    return {k: v for k, v in verdict.as_json().items() if k != "cached"}
+
+
 def _verdict_of(record: Record | None, variant: Variant) -> GateVerdict | None:
     saved = (record or {}).get("gates", {}).get(variant.name)
     return GateVerdict(**{**saved, "cached": True}) if saved else None
@@ -238,7 +243,7 @@ def measure(nets: Networks, hardware: Hardware, generation: str, batch: int, kep
         if variant.is_reference:
             break
         verdict = _verdict_of(kept, variant) or gate.verdict(variant)  # a pin's verdict is kept too
-        gates[variant.name] = {k: v for k, v in verdict.as_json().items() if k != "cached"}
+        gates[variant.name] = _kept(verdict)
         log.info(
             "variant %s (%.1f ms a photo): sharing gate %s",
             variant.name,
@@ -293,7 +298,7 @@ def choose(
             record = dict(kept or {"hardware": hardware.as_json()})
             record["gates"] = {
                 **record.get("gates", {}),
-                pin.name: {k: v for k, v in verdict.as_json().items() if k != "cached"},
+                pin.name: _kept(verdict),
             }
             return record
 

@@ -80,18 +80,3 @@ class FileTrialStore:
                 return new
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-class MemoryTrialStore:
-    """Kept in this process only (used where a store failed: the choice is still measured)."""
-
-    def __init__(self) -> None:
-        self.where = "this process only"
-        self.records: dict[str, Record] = {}
-
-    def update(self, key: TrialKey, change: Change) -> Record | None:
-        kept = self.records.get(key.digest())
-        new = change(kept)
-        if new is not None:
-            self.records[key.digest()] = new
-        return new if new is not None else kept
