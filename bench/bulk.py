@@ -17,7 +17,7 @@ from typing import Any
 
 import ray
 
-from actors.pool import kill_pool_actors
+from actors.ray_calls import kill_pool_actors
 from bench.data import SyntheticSession, SyntheticStorage
 from facepass.db import resolve_databases
 from facepass.demo.scenario import CatalogWriter, new_catalog_database

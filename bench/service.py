@@ -17,7 +17,7 @@ import psutil
 import ray
 from ray import serve
 
-from actors.pool import embedding_actor_name, kill_pool_actors
+from actors.ray_calls import embedding_actor_name, kill_pool_actors
 from bench.cpu import OtherLoad
 from bench.memory import RssSampler
 from bench.profiling import SpyRecorder

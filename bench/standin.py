@@ -23,7 +23,7 @@ from typing import Any
 
 import ray
 
-from actors.pool import embedding_actor_name
+from actors.ray_calls import embedding_actor_name
 from facepass.errors import NoFaceDetected, PhotoError
 from facepass.models import DetectedFace, PhotoRef, PhotoResult
 from facepass.settings import Settings

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _shutdown(settings: Settings) -> None:
-    from actors.pool import kill_pool_actors
+    from actors.ray_calls import kill_pool_actors
 
     serve.shutdown()  # type: ignore[no-untyped-call]
     kill_pool_actors(settings)

@@ -172,7 +172,7 @@ def assert_every_photo_once(store: VectorStore, catalog: Catalog) -> None:
 
 def pool_actors(namespace: str) -> dict[str, dict[str, Any]]:
     """Alive embedding actors by name: their node and how many photos each processed."""
-    from actors.pool import WRITER_NAME
+    from actors.ray_calls import WRITER_NAME
     from facepass.cluster.pool_plan import EMBEDDER_PREFIX
 
     out: dict[str, dict[str, Any]] = {}
@@ -203,7 +203,7 @@ def wait_until(condition: Any, timeout_s: float, step_s: float = 0.5) -> float:
 
 def embedder_ready_on(namespace: str, node_id: str) -> bool:
     """An embedding actor on ``node_id`` answers (its model is loaded)."""
-    from actors.pool import WRITER_NAME
+    from actors.ray_calls import WRITER_NAME
 
     actors = pool_actors(namespace)
     return any(name != WRITER_NAME and info.get("node_id") == node_id for name, info in actors.items())

@@ -21,7 +21,7 @@ import pytest
 import ray
 from ray.cluster_utils import AutoscalingCluster
 
-from actors.pool import WRITER_NAME
+from actors.ray_calls import WRITER_NAME
 from facepass.demo.storage import PhotoStorage
 from facepass.index.store import VectorStore
 from facepass.settings import Settings

@@ -16,7 +16,7 @@ from ray import serve
 from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.pool import WRITER_NAME, kill_pool_actors
+from actors.ray_calls import WRITER_NAME, kill_pool_actors
 from actors.writer import IndexWriter
 from facepass.demo.storage import PhotoStorage
 from facepass.index.store import VectorStore

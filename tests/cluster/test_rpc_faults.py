@@ -18,7 +18,7 @@ import ray
 from ray import serve
 from ray.cluster_utils import Cluster
 
-from actors.pool import kill_pool_actors
+from actors.ray_calls import kill_pool_actors
 from facepass.demo.storage import PhotoStorage
 from facepass.index.store import VectorStore
 from facepass.settings import Settings

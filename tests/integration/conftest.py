@@ -15,7 +15,7 @@ import ray
 import sqlalchemy as sa
 from ray import serve
 
-from actors.pool import kill_pool_actors
+from actors.ray_calls import kill_pool_actors
 from facepass.db import make_engine
 from facepass.settings import Settings
 from jobs.local_head import LocalRayHead

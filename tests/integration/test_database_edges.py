@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from ray import serve
 
-from actors.pool import kill_pool_actors
+from actors.ray_calls import kill_pool_actors
 from facepass import db
 from facepass.demo import photos
 from facepass.demo.scenario import CatalogWriter, add_face_photos, fresh_database

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from actors.pool import EmbeddingPool, kill_pool_actors
+from actors.pool import EmbeddingPool
+from actors.ray_calls import kill_pool_actors
 from facepass.demo import photos
 from facepass.demo.scenario import CatalogWriter, preview_path
 from facepass.demo.storage import PhotoStorage

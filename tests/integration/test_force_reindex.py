@@ -13,7 +13,7 @@ import pytest
 import ray
 import sqlalchemy as sa
 
-from actors.pool import WRITER_NAME, embedding_actor_name
+from actors.ray_calls import WRITER_NAME, embedding_actor_name
 from facepass.demo import photos
 from facepass.demo.scenario import (
     CatalogWriter,

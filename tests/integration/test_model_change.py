@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from ray import serve
 
-from actors.pool import kill_pool_actors
+from actors.ray_calls import kill_pool_actors
 from facepass.demo import photos
 from facepass.demo.scenario import CatalogWriter, new_catalog_database, preview_path
 from facepass.demo.storage import PhotoStorage

@@ -1,0 +1,180 @@
+"""Lanes, batching and back-pressure in one place (plain asyncio, no Ray).
+
+Photos handed in are queued per lane and sent on in batches of ``Sizes.batch``: one
+call per batch (``run_batch``). Photos handed in during one turn of the event loop
+join one batch. Back-pressure is here and only here: at most ``Sizes.capacity``
+photos of a lane are held at once (a caller waits for room), and background
+batches go only while the ``LaneGate`` leaves room (``facepass.runs.lanes``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from facepass.models import PhotoOutcome, PhotoRef
+from facepass.runs.lanes import Lane, LaneGate
+
+RunBatch = Callable[[list[PhotoRef]], Awaitable[list[PhotoOutcome]]]
+Lost = Callable[[PhotoRef, str], PhotoOutcome]
+_Queued = tuple[PhotoRef, "asyncio.Future[PhotoOutcome]"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """What the pool holds now (it follows the cluster)."""
+
+    capacity: int  # photos of one lane held at once
+    background_cap: int  # background photos in flight while no person's work is under way
+    batch: int  # photos per call
+
+
+class _Window:
+    """At most ``limit()`` photos at once; the limit is read again on every release."""
+
+    def __init__(self, limit: Callable[[], int]) -> None:
+        self._limit = limit
+        self._used = 0
+        self._freed = asyncio.Condition()
+
+    async def __aenter__(self) -> None:
+        async with self._freed:
+            await self._freed.wait_for(lambda: self._used < max(1, self._limit()))
+            self._used += 1
+
+    async def __aexit__(self, *_: object) -> None:
+        async with self._freed:
+            self._used -= 1
+            self._freed.notify_all()
+
+
+class Dispatcher:
+    """Queues, batches and the lanes' rule; ``changed`` is told whenever a queue moves."""
+
+    def __init__(
+        self,
+        sizes: Callable[[], Sizes],
+        run_batch: RunBatch,
+        lost: Lost,
+        changed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._sizes = sizes
+        self._run_batch = run_batch
+        self._lost = lost
+        self._changed = changed
+        self._windows: dict[Lane, _Window] = {}
+        self._queues: dict[Lane, list[_Queued]] = {lane: [] for lane in Lane}
+        self._scheduled = False
+        self._batches: set[asyncio.Future[None]] = set()
+        self.gate = LaneGate(background_cap=1, background_floor=1)
+        self._size_gate()
+
+    def _size_gate(self) -> None:
+        """The background's share follows the pool's size (nodes join and leave)."""
+        sizes = self._sizes()
+        self.gate.background_cap = sizes.background_cap
+        self.gate.background_floor = min(sizes.background_cap, sizes.batch)
+
+    def lane_capacity(self, lane: Lane) -> int:
+        """Photos a caller of the lane keeps handed in at once."""
+        if lane is Lane.INTERACTIVE:
+            return self._sizes().capacity
+        self._size_gate()
+        return self.gate.background_cap
+
+    def queued(self, lane: Lane | None = None) -> int:
+        lanes = list(Lane) if lane is None else [lane]
+        return sum(len(self._queues[each]) for each in lanes)
+
+    async def submit(self, photo: PhotoRef, lane: Lane) -> PhotoOutcome:
+        """One photo's outcome; it waits for room in its lane, then for its batch."""
+        window = self._windows.get(lane)
+        if window is None:
+            window = self._windows[lane] = _Window(lambda: self._sizes().capacity)
+        async with window:
+            future: asyncio.Future[PhotoOutcome] = asyncio.get_running_loop().create_future()
+            queue = self._queues[lane]
+            queue.append((photo, future))
+            if lane is Lane.INTERACTIVE:
+                self.gate.last_interactive = time.monotonic()
+            if len(queue) >= self._sizes().batch:
+                self._dispatch()
+            else:
+                self._schedule()  # photos handed in during this turn of the loop join the batch
+            self._changed()
+            try:
+                return await future
+            except asyncio.CancelledError:
+                # Its run stopped: a photo not yet sent on is never downloaded.
+                queue = self._queues[lane]
+                for i, (_, queued) in enumerate(queue):
+                    if queued is future:
+                        del queue[i]
+                        break
+                raise
+
+    @asynccontextmanager
+    async def person(self) -> AsyncIterator[None]:
+        """A person's single call (a selfie) outside the queues: background work makes room."""
+        self.gate.started(Lane.INTERACTIVE, 1)
+        try:
+            yield
+        finally:
+            self.gate.finished(Lane.INTERACTIVE, 1)
+            self._after(Lane.INTERACTIVE)
+
+    def _schedule(self, delay: float = 0.0) -> None:
+        loop = asyncio.get_running_loop()
+        if delay > 0:
+            loop.call_later(delay, self._dispatch)
+        elif not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._scheduled = False
+        size = self._sizes().batch
+        while self._queues[Lane.INTERACTIVE]:
+            self._launch(self._take(Lane.INTERACTIVE, size), Lane.INTERACTIVE)
+        self._size_gate()
+        while self._queues[Lane.BACKGROUND]:
+            room = self.gate.background_room()
+            if room <= 0:
+                break
+            self._launch(self._take(Lane.BACKGROUND, min(size, room)), Lane.BACKGROUND)
+
+    def _take(self, lane: Lane, n: int) -> list[_Queued]:
+        batch, self._queues[lane] = self._queues[lane][:n], self._queues[lane][n:]
+        return batch
+
+    def _launch(self, batch: list[_Queued], lane: Lane) -> None:
+        self.gate.started(lane, len(batch))
+        task = asyncio.ensure_future(self._process(batch, lane))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _process(self, batch: list[_Queued], lane: Lane) -> None:
+        photos = [photo for photo, _ in batch]
+        try:
+            outcomes = await self._run_batch(photos)
+        except BaseException as exc:  # never leave a caller waiting
+            outcomes = [self._lost(p, f"{type(exc).__name__}: {exc}") for p in photos]
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self.gate.finished(lane, len(batch))
+            self._after(lane)
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if not future.done():  # its caller may have been cancelled
+                future.set_result(outcome)
+
+    def _after(self, lane: Lane) -> None:
+        """Room for background work again: now, and once a person's grace has passed."""
+        self._changed()
+        if self._queues[Lane.BACKGROUND]:
+            self._schedule()
+            if lane is Lane.INTERACTIVE:
+                self._schedule(self.gate.grace_s)

@@ -1,0 +1,194 @@
+"""The pool's plain parts without Ray: the dispatcher (lanes, batching, back-pressure) and the
+batch runner (attempts, decisions with a reason, retries on another worker)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from facepass.errors import IndexCannotWrite, PoolUnavailable
+from facepass.models import PhotoOutcome, PhotoRef, PhotoStatus
+from facepass.runs.attempts import (
+    Action,
+    Attempt,
+    BatchRunner,
+    Broken,
+    Lost,
+    Moved,
+    Refused,
+    RetryPolicy,
+    Written,
+    lost,
+)
+from facepass.runs.dispatch import Dispatcher, Sizes
+from facepass.runs.lanes import Lane
+
+
+def photos(n: int) -> list[PhotoRef]:
+    sid = uuid.uuid4()
+    return [PhotoRef(uuid.uuid4(), sid, f"p{i}.jpg", f"p{i}.jpg") for i in range(n)]
+
+
+def indexed(photo: PhotoRef) -> PhotoOutcome:
+    return PhotoOutcome(photo_id=photo.id, filename=photo.filename, status=PhotoStatus.INDEXED)
+
+
+class Recorder:
+    def __init__(self, hold: asyncio.Event | None = None) -> None:
+        self.batches: list[list[str]] = []
+        self.hold = hold
+
+    async def __call__(self, batch: list[PhotoRef]) -> list[PhotoOutcome]:
+        self.batches.append([p.filename for p in batch])
+        if self.hold is not None:
+            await self.hold.wait()
+        return [indexed(p) for p in batch]
+
+
+def test_photos_handed_in_together_travel_in_batches_and_every_caller_gets_its_outcome() -> None:
+    run = Recorder()
+
+    async def main() -> list[PhotoOutcome]:
+        dispatcher = Dispatcher(lambda: Sizes(capacity=100, background_cap=8, batch=4), run, lost)
+        refs = photos(10)
+        outcomes = await asyncio.gather(*(dispatcher.submit(p, Lane.INTERACTIVE) for p in refs))
+        assert [o.photo_id for o in outcomes] == [p.id for p in refs]
+        return list(outcomes)
+
+    outcomes = asyncio.run(main())
+    assert all(o.status is PhotoStatus.INDEXED for o in outcomes)
+    assert sorted(len(b) for b in run.batches) == [2, 4, 4]
+
+
+def test_background_waits_for_room_while_a_person_is_served_and_a_cancelled_photo_is_never_sent() -> None:
+    hold = asyncio.Event()
+    run = Recorder(hold)
+
+    async def main() -> None:
+        dispatcher = Dispatcher(lambda: Sizes(capacity=100, background_cap=8, batch=2), run, lost)
+        background = [asyncio.ensure_future(dispatcher.submit(p, Lane.BACKGROUND)) for p in photos(12)]
+        await asyncio.sleep(0.01)
+        assert sum(len(b) for b in run.batches) == 8  # the background cap, the rest queued
+        assert dispatcher.queued(Lane.BACKGROUND) == 4
+        person = asyncio.ensure_future(dispatcher.submit(photos(1)[0], Lane.INTERACTIVE))
+        await asyncio.sleep(0.01)
+        assert run.batches[-1] == ["p0.jpg"] and len(run.batches[-1]) == 1  # at once, ahead of the queue
+        background[-1].cancel()
+        hold.set()
+        await person
+        await asyncio.sleep(0.01)
+        # The person's grace holds the background to its floor (one batch) at a time.
+        assert dispatcher.gate.background_room() <= 2
+        dispatcher.gate.last_interactive = float("-inf")
+        dispatcher._dispatch()
+        await asyncio.gather(*background[:-1])
+        assert dispatcher.queued() == 0
+
+    asyncio.run(main())
+    sent = sum(len(b) for b in run.batches)
+    assert sent == 12  # 11 background + 1 person: the cancelled one never went
+
+
+def test_a_batch_that_raises_answers_every_caller_with_a_retry_outcome() -> None:
+    async def broken(batch: list[PhotoRef]) -> list[PhotoOutcome]:
+        raise RuntimeError("boom")
+
+    async def main() -> list[PhotoOutcome]:
+        dispatcher = Dispatcher(lambda: Sizes(capacity=10, background_cap=4, batch=4), broken, lost)
+        return list(await asyncio.gather(*(dispatcher.submit(p, Lane.INTERACTIVE) for p in photos(3))))
+
+    outcomes = asyncio.run(main())
+    assert all(o.status is PhotoStatus.RETRY and "boom" in (o.error_message or "") for o in outcomes)
+
+
+def test_decisions_carry_their_reason() -> None:
+    policy = RetryPolicy(max_attempts=3, retry_window_s=10.0)
+    refs = photos(2)
+    lost_once = policy.decide(Lost("ActorDiedError", writer_suspect=True), refs, attempts=1, elapsed_s=0.5)
+    assert lost_once.action is Action.RETRY and lost_once.forget_worker and lost_once.check_writer
+    assert lost_once.reason == "ActorDiedError"
+    moved = policy.decide(Moved(), refs, attempts=1, elapsed_s=0.5)
+    assert moved.action is Action.RETRY and not moved.forget_worker and moved.reason == "node drained"
+    # Given up only when both the attempts and the window are spent.
+    assert policy.decide(Lost("x"), refs, attempts=3, elapsed_s=5.0).action is Action.RETRY
+    assert policy.decide(Lost("x"), refs, attempts=2, elapsed_s=11.0).action is Action.RETRY
+    assert policy.decide(Lost("x"), refs, attempts=3, elapsed_s=11.0).action is Action.GIVE_UP
+    refused = policy.decide(
+        Refused(IndexCannotWrite("local index", "disk full")), refs, attempts=1, elapsed_s=0.1
+    )
+    assert refused.action is Action.RETURN and refused.outcomes is not None
+    assert {o.error_code for o in refused.outcomes} == {"index_cannot_write"}
+    broken = policy.decide(Broken("KeyError: 'x'"), refs, attempts=1, elapsed_s=0.1)
+    assert broken.outcomes is not None and {o.error_code for o in broken.outcomes} == {"worker_lost"}
+    written = policy.decide(Written([indexed(p) for p in refs]), refs, attempts=1, elapsed_s=0.1)
+    assert written.action is Action.RETURN and written.outcomes is not None and len(written.outcomes) == 2
+
+
+@dataclass
+class FakeWorker:
+    label: str
+    in_flight: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+
+class Workers:
+    def __init__(self, *names: str) -> None:
+        self.live = {n: FakeWorker(n) for n in names}
+        self.forgotten: list[str] = []
+        self.writer_checks = 0
+
+    async def pick(self, avoid: set[str], timeout_s: float) -> FakeWorker | None:
+        free = [w for n, w in self.live.items() if n not in avoid] or list(self.live.values())
+        return free[0] if free else None
+
+    def forget(self, worker: FakeWorker) -> None:
+        self.forgotten.append(worker.name)
+        self.live.pop(worker.name, None)
+
+    async def check_writer(self) -> None:
+        self.writer_checks += 1
+
+
+def test_a_batch_lost_with_its_worker_goes_to_a_live_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    workers = Workers("a", "b")
+    runner = BatchRunner(RetryPolicy(3, 0.0), workers.pick, workers.forget, workers.check_writer)
+    monkeypatch.setattr(RetryPolicy, "backoff_s", staticmethod(lambda attempts: 0.0))
+    seen: list[tuple[str, int]] = []
+
+    async def attempt(worker: FakeWorker, batch: list[PhotoRef]) -> Attempt:
+        seen.append((worker.name, worker.in_flight))
+        if worker.name == "a":
+            return Lost("ActorDiedError", writer_suspect=True)
+        return Written([indexed(p) for p in batch])
+
+    outcomes = asyncio.run(runner.run(photos(3), attempt))
+    assert [o.status for o in outcomes] == [PhotoStatus.INDEXED] * 3
+    assert seen == [("a", 3), ("b", 3)] and workers.forgotten == ["a"] and workers.writer_checks == 1
+    assert all(w.in_flight == 0 for w in workers.live.values())
+
+
+def test_with_no_worker_left_the_batch_is_reported_lost_with_the_last_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    workers = Workers("a")
+    runner = BatchRunner(RetryPolicy(2, 0.0), workers.pick, workers.forget, workers.check_writer)
+    monkeypatch.setattr(RetryPolicy, "backoff_s", staticmethod(lambda attempts: 0.0))
+
+    async def attempt(worker: FakeWorker, batch: list[PhotoRef]) -> Attempt:
+        return Lost("ObjectLostError")
+
+    outcomes = asyncio.run(runner.run(photos(2), attempt))
+    assert {o.error_code for o in outcomes} == {"worker_lost"}
+    assert all("ObjectLostError" in (o.error_message or "") for o in outcomes)
+
+    async def answer(worker: FakeWorker) -> list[int] | Lost:
+        return Lost("ActorDiedError")
+
+    with pytest.raises(PoolUnavailable):
+        asyncio.run(runner.ask(answer, 0.1))
