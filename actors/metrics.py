@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ray.util import metrics
 
+from facepass.index.generations import GenerationProgress
 from facepass.models import PhotoOutcome
 from facepass.runs.lanes import Lane
 
@@ -148,17 +149,14 @@ class FollowMetrics:
         self.deletions_pending.set(pending["deletions_pending"])
         self.oldest_pending.set(pending["oldest_pending_age_s"])
 
-    def generations(self, progress: list[dict[str, Any]]) -> None:
+    def generations(self, progress: list[GenerationProgress]) -> None:
         """Sessions per generation: a handful of series (the models in the index), never per session."""
         for g in progress:
-            state = "current" if g.get("current") else "previous"
-            self.generation.set(
-                g.get("sessions", 0), tags={"generation": str(g["generation"]), "state": state}
-            )
-            if g.get("current"):
+            state = "current" if g.current else "previous"
+            self.generation.set(g.sessions, tags={"generation": g.generation, "state": state})
+            if g.current:
                 self.generation.set(
-                    g.get("sessions_building", 0),
-                    tags={"generation": str(g["generation"]), "state": "building"},
+                    g.sessions_building or 0, tags={"generation": g.generation, "state": "building"}
                 )
 
     def lag_window(self, p50: float | None, p95: float | None) -> None:

@@ -92,7 +92,7 @@ class ReplicaFollower:
 
     def _metrics(self, follower: Follower) -> None:
         metrics = follow_metrics()
-        metrics.cycle_done(asdict(follower.last), follower.pending())
+        metrics.cycle_done(asdict(follower.last), asdict(follower.pending()))
         metrics.lag_window(_float(follower.lag.get("p50_s")), _float(follower.lag.get("p95_s")))
         metrics.generations(follower.generations)
 

@@ -288,7 +288,7 @@ class FacePassIngress:
             job = await self.route_runs.background(coordinator, session_id, mode)
         return JSONResponse(
             status_code=202,
-            content={**job, "status_url": f"/api/v1/faces/reindex-jobs/{job['job_id']}"},
+            content={**job.to_json(), "status_url": f"/api/v1/faces/reindex-jobs/{job.job_id}"},
             headers=served_by,
         )
 
@@ -298,9 +298,9 @@ class FacePassIngress:
         dependencies=REINDEX,
         responses=error_responses(401, 403, 404, 422, 503),
     )
-    async def reindex_job(self, job_id: str) -> dict[str, Any]:
+    async def reindex_job(self, job_id: str) -> dict[str, object]:
         async with self._database_errors():
-            return await self.runs.status(job_id)
+            return (await self.runs.status(job_id)).to_json()
 
     @api.post(
         "/api/v1/faces/search/{session_id}",
@@ -379,7 +379,7 @@ class FacePassIngress:
         dependencies=ADMIN,
         responses=error_responses(401, 403, 503),
     )
-    async def mirror(self) -> dict[str, Any]:
+    async def mirror(self) -> dict[str, object]:
         async with self._database_errors():
             await self._ready()  # the schema (its follow tables) exists
             assert self.pool is not None
@@ -387,7 +387,8 @@ class FacePassIngress:
             report = await asyncio.to_thread(mirror_report, self.settings, ledger, self._follower_lock)
             if not report["generations"]:  # no follower has counted them yet (follow off)
                 generations = Generations(self.store.engine, self.pool.model_name)
-                report["generations"] = await asyncio.to_thread(generations.progress)
+                progress = await asyncio.to_thread(generations.progress)
+                report["generations"] = [g.to_json() for g in progress]
             return report
 
     @api.get(

@@ -17,14 +17,14 @@ from typing import Any
 
 from actors.metrics import reindex_metrics
 from facepass.errors import SessionBusy, TooManyRuns
-from facepass.runs.job_book import DONE, RUNNING, JobState
+from facepass.runs.jobs import Job
 from facepass.runs.reindex import ReindexCoordinator, ReindexMode
 from facepass.runs.report import ReindexReport
-from facepass.runs.session_runs import OwnedRun, SessionRuns, covers, job_answer
+from facepass.runs.session_runs import JobAnswer, OwnedRun, SessionRuns, covers
 
 log = logging.getLogger("facepass.serve")
 
-RunResult = tuple[JobState, BaseException | None]
+RunEnd = tuple[Job, BaseException | None]
 
 
 class RouteRuns:
@@ -44,19 +44,19 @@ class RouteRuns:
         self._database_errors = database_errors
         self.max_runs = max_runs
         self.retry_after_s = retry_after_s
-        self._background: set[asyncio.Task[RunResult]] = set()
+        self._background: set[asyncio.Task[RunEnd]] = set()
         self._claiming = 0  # calls between their admission and their run's task (or their join)
 
     @property
     def active(self) -> int:
         return len(self._background) + self._claiming
 
-    async def _joinable(self, session_id: uuid.UUID, mode: ReindexMode) -> JobState:
+    async def _joinable(self, session_id: uuid.UUID, mode: ReindexMode) -> Job:
         """At capacity: the session's running job this call may join, else TooManyRuns."""
         job = await self.runs.registry.running_job(str(session_id))
         if job is not None:
             job = await self.runs.check(job)
-            if job["status"] == RUNNING and covers(job["mode"], mode):
+            if job.running and covers(job.mode, mode):
                 return job
         log.warning("refusing a run of session %s: %d runs already here", session_id, self.active)
         raise TooManyRuns(self.max_runs, self.retry_after_s)
@@ -87,7 +87,7 @@ class RouteRuns:
             await self._joinable(session_id, mode)
         with self._admitted() as launched:
 
-            async def start(owned: OwnedRun) -> JobState:
+            async def start(owned: OwnedRun) -> Job:
                 task = self._launch(coordinator, owned, mode)
                 launched()
                 state, exc = await asyncio.shield(task)
@@ -96,33 +96,33 @@ class RouteRuns:
                 return state
 
             state, joined = await self.runs.run_or_join(session_id, mode, start)
-        return {**state, "joined": joined}
+        return {**state.to_json(), "joined": joined}
 
     async def background(
         self, coordinator: ReindexCoordinator, session_id: uuid.UUID, mode: ReindexMode
-    ) -> dict[str, Any]:
+    ) -> JobAnswer:
         """``wait=false``: a new job, or the running job of the session (if its mode covers ours)."""
         if self.active >= self.max_runs:
-            return job_answer(await self._joinable(session_id, mode), joined=True)
+            return JobAnswer.of(await self._joinable(session_id, mode), joined=True)
         with self._admitted() as launched:
             claim = await self.runs.claim(session_id, mode)
             if isinstance(claim, OwnedRun):
                 self._launch(coordinator, claim, mode)
                 launched()
-                return job_answer(claim.state, joined=False)
-        if covers(claim.job["mode"], mode):
-            return job_answer(claim.job, joined=True)
-        raise SessionBusy(str(session_id), claim.job_id, claim.job["mode"])
+                return JobAnswer.of(claim.job, joined=False)
+        if covers(claim.job.mode, mode):
+            return JobAnswer.of(claim.job, joined=True)
+        raise SessionBusy(str(session_id), claim.job_id, claim.job.mode)
 
     def _launch(
         self, coordinator: ReindexCoordinator, owned: OwnedRun, mode: ReindexMode
-    ) -> asyncio.Task[RunResult]:
+    ) -> asyncio.Task[RunEnd]:
         task = asyncio.create_task(self._run(coordinator, owned, mode))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
 
-    async def _run(self, coordinator: ReindexCoordinator, owned: OwnedRun, mode: ReindexMode) -> RunResult:
+    async def _run(self, coordinator: ReindexCoordinator, owned: OwnedRun, mode: ReindexMode) -> RunEnd:
         metrics = reindex_metrics()
         started = time.perf_counter()
 
@@ -130,16 +130,15 @@ class RouteRuns:
             metrics.progress(str(report.session_id), report.processed_photos, report.planned_photos)
             self.runs.progress(owned, report.progress(time.perf_counter() - started))
 
+        async def work() -> ReindexReport:
+            async with self._database_errors():  # the job fails with the typed error
+                return await coordinator.run(owned.session_id, mode, hook, fence=owned.fence)
+
         try:
-            async with self._database_errors():
-                session_id = uuid.UUID(owned.state["session_id"])
-                report = await coordinator.run(session_id, mode, hook, fence=owned.fence)
-        except BaseException as exc:  # the job fails (and frees the session); the service does not
+            job, _ = await self.runs.carry(owned, work())
+        except BaseException as exc:  # the job failed (and freed the session); the service goes on
             log.exception("reindex job %s failed", owned.job_id)
-            await self.runs.fail(owned, exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            return owned.state, exc
-        state: JobState = {**report.to_response(), "status": DONE}
-        await self.runs.finish(owned, state)
-        return {**owned.identity, **state}, None
+            return owned.job, exc
+        return job, None

@@ -32,6 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from facepass.catalog.cloud import CloudCatalog
+from facepass.index.generations import COUNTS
 from facepass.index.store import PruneResult, VectorStore
 
 NORM_TOLERANCE = 1e-3  # float32 vectors normalized by the model sit within ~1e-6 of 1
@@ -257,11 +258,11 @@ _INDEX_SESSIONS = sa.text(
 
 _SESSION_VARIANTS = sa.text(
     "SELECT coalesce(variant, 'unrecorded'), count(*) FROM indexed_photos "
-    "WHERE session_id = :sid AND model_name = :model AND status <> 'failed' GROUP BY 1 ORDER BY 1"
+    f"WHERE session_id = :sid AND model_name = :model AND {COUNTS} GROUP BY 1 ORDER BY 1"
 )
 
 # One pass over the session's ledger and face rows; one row back, defects as id arrays.
-_SESSION_AUDIT = sa.text("""
+_SESSION_AUDIT = sa.text(f"""
 WITH ledger AS (
     SELECT photo_id, status, face_count, model_name FROM indexed_photos WHERE session_id = :sid
 ), faces AS (
@@ -287,7 +288,7 @@ SELECT
     coalesce(sum(bad_norm_rows), 0)::bigint AS bad_norm_rows,
     array_agg(photo_id) AS held,
     array_agg(photo_id) FILTER (
-        WHERE stale_rows > 0 OR (status IN ('indexed', 'no_face') AND ledger_model <> :model)
+        WHERE stale_rows > 0 OR (status IS NOT NULL AND {COUNTS} AND ledger_model <> :model)
     ) AS stale,
     array_agg(photo_id) FILTER (WHERE status IS NULL) AS orphan,
     array_agg(photo_id) FILTER (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -189,7 +190,7 @@ class FollowLedger:
         return {"p50_s": rounded[0], "p95_s": rounded[1], "max_s": rounded[2], "samples": int(row[3])}
 
     # --- the follower's state ----------------------------------------------------------
-    def write_state(self, state: dict[str, Any]) -> None:
+    def write_state(self, state: Mapping[str, object]) -> None:
         with self.engine.begin() as conn:
             conn.execute(
                 sa.text(
@@ -199,7 +200,7 @@ class FollowLedger:
                 {"s": json.dumps(state, default=str)},
             )
 
-    def read_state(self) -> tuple[dict[str, Any], datetime | None]:
+    def read_state(self) -> tuple[Mapping[str, Any], datetime | None]:
         with self.engine.connect() as conn:
             row = conn.execute(sa.text("SELECT state, updated_at FROM follow_state WHERE id = 1")).first()
         if row is None:

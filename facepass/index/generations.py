@@ -12,17 +12,39 @@ current model and the session's older vectors are removed (``retire``).
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
 from facepass.index.store import check_fence
-from facepass.models import Fence
+from facepass.models import Fence, LedgerStatus
+
+# The generation rule, in one place: a ledger row belongs to its model's generation unless the
+# photo failed for good (a permanent failure never reached a model: it is no model's, and never
+# stale). ``COUNTS`` is the rule in SQL (the generations' queries here, the audit's); ``stale``
+# and ``done`` in Python (the run's plan).
+COUNTS = "status <> 'failed'"
+
+
+def stale(status: str | None, row_model: str, model: str) -> bool:
+    """Another model's row, and not a permanent failure: to be embedded again by ``model``."""
+    return status != LedgerStatus.FAILED and row_model != model
+
+
+def done(status: str | None, row_model: str, model: str, *, retry_failed: bool = False) -> bool:
+    """Nothing to do for this photo in ``model``'s generation (a permanent failure is done in
+    every generation, unless failures are retried)."""
+    if status == LedgerStatus.FAILED:
+        return not retry_failed
+    return row_model == model
+
 
 _STALE = sa.text(
-    "SELECT count(*) FROM indexed_photos WHERE session_id = :sid AND model_name <> :model "
-    "AND status <> 'failed'"
+    f"SELECT count(*) FROM indexed_photos WHERE session_id = :sid AND model_name <> :model AND {COUNTS}"
 )
 # The fullest generation of a session that is not complete in the current model: the one
 # with the most face rows (the current one wins a tie). Mid-rebuild that is the old one; and a
@@ -35,20 +57,41 @@ _FULLEST = sa.text(
 _RETIRE = sa.text(
     "DELETE FROM face_embeddings WHERE session_id = :sid AND model_name <> :model "
     "AND NOT EXISTS (SELECT 1 FROM indexed_photos WHERE session_id = :sid AND model_name <> :model "
-    "AND status <> 'failed')"
+    f"AND {COUNTS})"
 )
 _PROGRESS = sa.text(
-    "SELECT model_name, count(*) FILTER (WHERE status <> 'failed'), count(DISTINCT session_id) "
+    f"SELECT model_name, count(*) FILTER (WHERE {COUNTS}), count(DISTINCT session_id) "
     "FROM indexed_photos GROUP BY model_name"
 )
 # Which builds of each generation's weights made its photos (migration 0006; NULL: not recorded).
 _VARIANTS = sa.text(
     "SELECT model_name, coalesce(variant, 'unrecorded'), count(*) FROM indexed_photos "
-    "WHERE status <> 'failed' GROUP BY 1, 2"
+    f"WHERE {COUNTS} GROUP BY 1, 2"
 )
 _BUILDING = sa.text(
-    "SELECT count(DISTINCT session_id) FROM indexed_photos WHERE model_name <> :model AND status <> 'failed'"
+    f"SELECT count(DISTINCT session_id) FROM indexed_photos WHERE model_name <> :model AND {COUNTS}"
 )
+
+
+@dataclass(slots=True)
+class GenerationProgress:
+    """One generation in the ledger (``GET /mirror``'s ``generations``, a metric)."""
+
+    generation: str
+    current: bool
+    photos: int
+    sessions: int
+    variants: dict[str, int]  # photos per build of the weights
+    sessions_building: int | None = None  # the current generation only
+    photos_done_fraction: float | None = None  # the current generation only
+
+    def to_json(self) -> dict[str, object]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GenerationProgress:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 class Generations:
@@ -79,7 +122,7 @@ class Generations:
             result = conn.execute(_RETIRE, {"sid": session_id, "model": self.current})
         return int(result.rowcount or 0)
 
-    def progress(self) -> list[dict[str, Any]]:
+    def progress(self) -> list[GenerationProgress]:
         """Per generation: photos and sessions of the ledger, and the builds of its weights that
         made them (``variants``: photos per variant); for the current one, how many
         sessions are still being built (they search an older generation meanwhile).
@@ -91,27 +134,17 @@ class Generations:
         variants: dict[str, dict[str, int]] = {}
         for model, variant, photos in mix:
             variants.setdefault(model, {})[variant] = int(photos)
-        found: list[dict[str, Any]] = []
-        for model, photos, sessions in rows:
-            entry: dict[str, Any] = {
-                "generation": model,
-                "current": model == self.current,
-                "photos": int(photos),
-            }
-            entry["sessions"] = int(sessions)
-            entry["variants"] = variants.get(model, {})  # photos per build of the weights
-            found.append(entry)
-        current = next((g for g in found if g["current"]), None)
+        found = [
+            GenerationProgress(
+                model, model == self.current, int(photos), int(sessions), variants.get(model, {})
+            )
+            for model, photos, sessions in rows
+        ]
+        current = next((g for g in found if g.current), None)
         if current is None:
-            current = {
-                "generation": self.current,
-                "current": True,
-                "photos": 0,
-                "sessions": 0,
-                "variants": {},
-            }
+            current = GenerationProgress(self.current, True, 0, 0, {})
             found.append(current)
-        current["sessions_building"] = building  # they search their previous generation meanwhile
-        total = sum(g["photos"] for g in found)
-        current["photos_done_fraction"] = round(current["photos"] / total, 4) if total else 1.0
-        return sorted(found, key=lambda g: not g["current"])
+        current.sessions_building = building  # they search their previous generation meanwhile
+        total = sum(g.photos for g in found)
+        current.photos_done_fraction = round(current.photos / total, 4) if total else 1.0
+        return sorted(found, key=lambda g: not g.current)

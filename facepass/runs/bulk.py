@@ -26,7 +26,7 @@ from typing import Any
 
 from facepass.errors import FacePassError
 from facepass.models import PhotoOutcome, SessionInfo
-from facepass.runs.job_book import DONE
+from facepass.runs.jobs import Job
 from facepass.runs.reindex import ReindexCoordinator, ReindexMode, ReindexPlan, SessionRun
 from facepass.runs.report import ReindexReport
 from facepass.runs.session_runs import OwnedRun, SessionRuns
@@ -113,7 +113,7 @@ class BulkReindexer:
         self.coordinator = coordinator
         self.page_size = page_size
         self.runs = runs
-        self._owned: dict[int, OwnedRun] = {}  # id(SessionRun) -> its lock and job
+        self._owned: dict[uuid.UUID, _Carried] = {}  # session -> its job's end, under way
 
     def sessions(self, session_ids: list[uuid.UUID] | None) -> Iterator[SessionInfo | FacePassError]:
         if session_ids:
@@ -176,7 +176,7 @@ class BulkReindexer:
                 summary.inactive_session_ids.append(str(item.id))
                 log.info("Сессия %s (%s) пропущена: FacePass не активен", item.id, item.name)
                 continue
-            owned = None
+            fence = None
             if self.runs is not None and not dry_run:
                 owned = await self.runs.try_own(item.id, mode)
                 if owned is None:
@@ -186,14 +186,9 @@ class BulkReindexer:
                         "Сессия %s (%s) пропущена: её уже переиндексирует другой запуск", item.id, item.name
                     )
                     continue
-            run = self.coordinator.new_run(item.id)
-            if owned is not None:
-                self._owned[id(run)] = owned
-            fence = owned.fence if owned is not None else None
-            plan = await asyncio.to_thread(self.coordinator.plan_session, item, mode, fence)
-            self.coordinator.begin(run, plan)
-            if not dry_run:
-                await self.coordinator.prune(run, plan)
+                self._owned[item.id] = _Carried.start(self.runs, owned)
+                fence = owned.fence
+            run, plan = await self.coordinator.open(item, mode, fence, dry_run=dry_run)
             summary.add_plan(plan)
             if hooks.planned:
                 hooks.planned(len(plan.todo))
@@ -224,9 +219,9 @@ class BulkReindexer:
             self.coordinator.record(run, outcome)
             if hooks.outcome:
                 hooks.outcome(run, outcome)
-            owned = self._owned.get(id(run))
-            if owned is not None and self.runs is not None:
-                self.runs.progress(owned, run.report.progress(time.perf_counter() - run.started))
+            carried = self._owned.get(run.report.session_id)
+            if carried is not None and self.runs is not None:
+                self.runs.progress(carried.owned, run.report.progress(time.perf_counter() - run.started))
             if run.remaining == 0:
                 await self._finish(run, summary)
 
@@ -234,14 +229,32 @@ class BulkReindexer:
         """The session's report; then its job done in the book and its lock released."""
         report = await self.coordinator.finish(run)
         summary.add_report(report)
-        owned = self._owned.pop(id(run), None)
-        if owned is not None and self.runs is not None:
-            await self.runs.finish(owned, {**report.to_response(), "status": DONE})
+        carried = self._owned.pop(report.session_id, None)
+        if carried is not None:
+            carried.report.set_result(report)
+            await carried.ended
 
     async def _abandon_all(self, exc: BaseException) -> None:
         """Sessions under way when the job stopped: their jobs fail, their locks are freed."""
-        owned_runs, self._owned = list(self._owned.values()), {}
-        if self.runs is None:
-            return
-        for owned in owned_runs:
-            await self.runs.fail(owned, exc)
+        carried, self._owned = list(self._owned.values()), {}
+        for each in carried:
+            if isinstance(exc, asyncio.CancelledError):
+                each.report.cancel()
+            else:
+                each.report.set_exception(exc)
+        await asyncio.gather(*(each.ended for each in carried), return_exceptions=True)
+
+
+@dataclass(slots=True)
+class _Carried:
+    """A session the job owns: its run's end goes through ``SessionRuns.carry`` like every
+    other run's; the stream hands it the report (or the error that stopped the job)."""
+
+    owned: OwnedRun
+    report: asyncio.Future[ReindexReport]
+    ended: asyncio.Future[tuple[Job, ReindexReport]]
+
+    @classmethod
+    def start(cls, runs: SessionRuns, owned: OwnedRun) -> _Carried:
+        report: asyncio.Future[ReindexReport] = asyncio.get_running_loop().create_future()
+        return cls(owned, report, asyncio.ensure_future(runs.carry(owned, report)))

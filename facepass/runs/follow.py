@@ -25,19 +25,18 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
 from facepass.catalog.changes import CatalogChanges, Signature
 from facepass.errors import FacePassError, IndexCannotWrite
 from facepass.index.follow_ledger import FollowedSession, FollowLedger
-from facepass.index.generations import Generations
-from facepass.models import Fence
+from facepass.index.generations import GenerationProgress, Generations
+from facepass.models import Fence, PhotoOutcome
 from facepass.runs.follow_lock import FollowerLock
-from facepass.runs.job_book import DONE
-from facepass.runs.reindex import ReindexCoordinator, ReindexMode
+from facepass.runs.reindex import ReindexCoordinator, ReindexMode, ReindexPlan, RunHooks, SessionRun
 from facepass.runs.report import ReindexReport
 from facepass.runs.session_runs import SessionRuns
 from facepass.settings import Settings
@@ -78,6 +77,18 @@ class _Syncing:
     fresh: set[uuid.UUID] = field(default_factory=set)  # new to the index (not a re-embed): lag samples
 
 
+@dataclass(frozen=True, slots=True)
+class SyncRecord:
+    """One finished sync (the last few are kept in the state row)."""
+
+    session_id: str
+    at: float
+    processed: int
+    pruned: int
+    retry: int
+    ms: float
+
+
 @dataclass(slots=True)
 class FollowTotals:
     sessions_synced: int = 0
@@ -87,7 +98,57 @@ class FollowTotals:
     sessions_removed: int = 0
     errors: int = 0
     last_error: str | None = None
-    syncs: list[dict[str, Any]] = field(default_factory=list)  # the last few, newest last
+    syncs: list[SyncRecord] = field(default_factory=list)  # the last few, newest last
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    sessions_pending: int = 0
+    photos_pending: int = 0
+    deletions_pending: int = 0
+    oldest_pending_age_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FollowerState:
+    """What the follower writes after each cycle (``follow_state``) and ``/mirror`` reads."""
+
+    follower: str | None = None
+    following_since: float | None = None
+    last_cycle: CycleStats | None = None
+    pending: Pending = field(default_factory=Pending)
+    totals: FollowTotals = field(default_factory=FollowTotals)
+    generations: list[GenerationProgress] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "follower": self.follower,
+            "following_since": self.following_since,
+            "last_cycle": asdict(self.last_cycle) if self.last_cycle is not None else None,
+            **asdict(self.pending),
+            "totals": asdict(self.totals),
+            "generations": [g.to_json() for g in self.generations],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FollowerState:
+        totals = dict(data.get("totals") or {})
+        syncs = [SyncRecord(**_known(SyncRecord, s)) for s in totals.pop("syncs", [])]
+        last = data.get("last_cycle")
+        return cls(
+            follower=data.get("follower"),
+            following_since=data.get("following_since"),
+            last_cycle=CycleStats(**_known(CycleStats, last)) if last else None,
+            pending=Pending(**_known(Pending, data)),
+            totals=FollowTotals(**_known(FollowTotals, totals), syncs=syncs),
+            generations=[GenerationProgress.from_json(g) for g in data.get("generations") or []],
+        )
+
+
+def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of ``data`` that are fields of ``cls`` (a row written by another version)."""
+    names = {f.name for f in fields(cls)} - {"syncs"}
+    return {k: v for k, v in data.items() if k in names}
 
 
 class Follower:
@@ -113,7 +174,7 @@ class Follower:
         self.totals = FollowTotals()
         self.following_since: float | None = None
         self.lag: dict[str, float | int | None] = {}
-        self.generations: list[dict[str, Any]] = []
+        self.generations: list[GenerationProgress] = []
         self._cycles = 0
         self._last_discover = 0.0
         self._waiting: dict[uuid.UUID, _Waiting] = {}
@@ -186,7 +247,7 @@ class Follower:
         if self._cycles % 30 == 1:  # per-generation progress: one pass over the ledger
             generations = Generations(self.coordinator.store.engine, model)
             self.generations = await asyncio.to_thread(generations.progress)
-        await asyncio.to_thread(self.ledger.write_state, self.state())
+        await asyncio.to_thread(self.ledger.write_state, self.state().to_json())
         if self.on_cycle is not None:
             try:
                 self.on_cycle(self)
@@ -248,19 +309,13 @@ class Follower:
         return started
 
     async def drain(self, *, cancel: bool = False) -> None:
-        """Wait for (or cancel) the syncs under way; tests use it to finish a cycle's work."""
+        """Wait for (or cancel) the syncs under way (when following stops)."""
         while self._tasks:
             tasks = list(self._tasks)
             if cancel:
                 for task in tasks:
                     task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def follow_once(self) -> CycleStats:
-        """One cycle and its syncs, to the end (tests, bench)."""
-        stats = await self.cycle()
-        await self.drain()
-        return stats
 
     # --- one session -------------------------------------------------------------------
     async def _sync(self, session_id: uuid.UUID, waiting: _Waiting) -> None:
@@ -274,9 +329,8 @@ class Follower:
                 return
             since = datetime.now(UTC)
             try:
-                report = await self._run(session_id, syncing, owned.fence)
+                _, report = await self.runs.carry(owned, self._run(session_id, syncing, owned.fence))
             except BaseException as exc:
-                await self.runs.fail(owned, exc)
                 if isinstance(exc, IndexCannotWrite):  # a full disk: no sync for a while
                     self._writes_refused_until = time.monotonic() + self.settings.follow_retry_after_s
                     self.totals.errors += 1
@@ -287,7 +341,6 @@ class Follower:
                     log.info("follow: session %s: %s", session_id, exc)
                     return
                 raise
-            await self.runs.finish(owned, {**report.to_response(), "status": DONE})
             await self._synced(session_id, waiting, report, since)
         except asyncio.CancelledError:
             raise
@@ -300,21 +353,21 @@ class Follower:
             self._start_syncs()
 
     async def _run(self, session_id: uuid.UUID, syncing: _Syncing, fence: Fence) -> ReindexReport:
-        """The route's ``missing`` run, step by step (so /mirror can show what is pending);
-        every write carries the run's fence: a sync that lost its lock cannot write."""
-        coordinator = self.coordinator
-        run = coordinator.new_run(session_id)
-        known = await asyncio.to_thread(coordinator.store.index_state, session_id)
-        plan = await asyncio.to_thread(coordinator.plan, session_id, ReindexMode.MISSING, fence)
-        syncing.planned, syncing.prune_pending = len(plan.todo), len(plan.prune)
-        syncing.fresh = {p.id for p in plan.todo if p.id not in known}
-        coordinator.begin(run, plan)
-        await coordinator.prune(run, plan)
-        syncing.prune_pending = 0
-        async for outcome in coordinator.process_all(plan.todo, run):
-            coordinator.record(run, outcome)
+        """The route's ``missing`` run, its counts kept as it goes (so /mirror can show what is
+        pending); every write carries the run's fence: a sync that lost its lock cannot write."""
+
+        def planned(_: SessionRun, plan: ReindexPlan) -> None:
+            syncing.planned, syncing.prune_pending = len(plan.todo), len(plan.prune)
+            syncing.fresh = set(plan.unseen)
+
+        def pruned(_: SessionRun) -> None:
+            syncing.prune_pending = 0
+
+        def outcome(_: SessionRun, __: PhotoOutcome) -> None:
             syncing.done += 1
-        return await coordinator.finish(run)
+
+        hooks = RunHooks(planned=planned, pruned=pruned, outcome=outcome)
+        return await self.coordinator.run(session_id, ReindexMode.MISSING, fence=fence, hooks=hooks)
 
     async def _synced(
         self, session_id: uuid.UUID, waiting: _Waiting, report: ReindexReport, since: datetime
@@ -334,17 +387,15 @@ class Follower:
         self.totals.sessions_synced += 1
         self.totals.photos_processed += report.processed_photos
         self.totals.photos_pruned += report.pruned_photos
-        self.totals.syncs = [
-            *self.totals.syncs[-9:],
-            {
-                "session_id": str(session_id),
-                "at": time.time(),
-                "processed": report.processed_photos,
-                "pruned": report.pruned_photos,
-                "retry": report.retry_photos,
-                "ms": round(report.processing_time_ms, 1),
-            },
-        ]
+        sync = SyncRecord(
+            session_id=str(session_id),
+            at=time.time(),
+            processed=report.processed_photos,
+            pruned=report.pruned_photos,
+            retry=report.retry_photos,
+            ms=round(report.processing_time_ms, 1),
+        )
+        self.totals.syncs = [*self.totals.syncs[-9:], sync]
 
     def _lag_samples(
         self, session_id: uuid.UUID, since: datetime, previous_check: datetime | None, fresh: set[uuid.UUID]
@@ -366,25 +417,20 @@ class Follower:
         return samples
 
     # --- what /mirror shows ------------------------------------------------------------
-    def pending(self) -> dict[str, Any]:
+    def pending(self) -> Pending:
         now = time.time()
         detected = [w.detected for w in self._waiting.values()] + [s.detected for s in self._syncing.values()]
-        return {
-            "sessions_pending": len(self._waiting) + len(self._syncing),
-            "photos_pending": sum(max(0, s.planned - s.done) for s in self._syncing.values()),
-            "deletions_pending": sum(s.prune_pending for s in self._syncing.values()),
-            "oldest_pending_age_s": round(now - min(detected), 2) if detected else 0.0,
-        }
+        return Pending(
+            sessions_pending=len(self._waiting) + len(self._syncing),
+            photos_pending=sum(max(0, s.planned - s.done) for s in self._syncing.values()),
+            deletions_pending=sum(s.prune_pending for s in self._syncing.values()),
+            oldest_pending_age_s=round(now - min(detected), 2) if detected else 0.0,
+        )
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "follower": self.name,
-            "following_since": self.following_since,
-            "last_cycle": asdict(self.last),
-            **self.pending(),
-            "totals": asdict(self.totals),
-            "generations": self.generations,
-        }
+    def state(self) -> FollowerState:
+        return FollowerState(
+            self.name, self.following_since, self.last, self.pending(), self.totals, self.generations
+        )
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:
@@ -394,28 +440,26 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
-def mirror_report(settings: Settings, ledger: FollowLedger, lock: FollowerLock) -> dict[str, Any]:
+def mirror_report(settings: Settings, ledger: FollowLedger, lock: FollowerLock) -> dict[str, object]:
     """What ``GET /api/v1/faces/mirror`` answers, from any process: the follower's last
     state row, the lag window, the followed sessions and who holds the follower lock."""
-    state, updated_at = ledger.read_state()
+    row, updated_at = ledger.read_state()
+    state = FollowerState.from_json(row) if row else FollowerState()
     holder = lock.holder_pid()
     age = (datetime.now(UTC) - updated_at).total_seconds() if updated_at else None
     live = holder is not None and age is not None and age < 3 * settings.follow_interval_s + 30
-    last = state.get("last_cycle") or {}
+    written = state.to_json()
     return {
         "follow_enabled": settings.follow,
         "following": live,
-        "follower": state.get("follower") if live else None,
+        "follower": state.follower if live else None,
         "follower_lock_pid": holder,
-        "following_since": state.get("following_since") if live else None,
+        "following_since": state.following_since if live else None,
         "state_age_s": round(age, 2) if age is not None else None,
-        "last_cycle": last or None,
-        "sessions_pending": state.get("sessions_pending", 0),
-        "photos_pending": state.get("photos_pending", 0),
-        "deletions_pending": state.get("deletions_pending", 0),
-        "oldest_pending_age_s": state.get("oldest_pending_age_s", 0.0),
+        "last_cycle": written["last_cycle"],
+        **asdict(state.pending),
         "lag": {**ledger.lag(settings.follow_lag_window_s), "window_s": settings.follow_lag_window_s},
         "sessions": ledger.counts(),
-        "totals": state.get("totals") or {},
-        "generations": state.get("generations") or [],
+        "totals": written["totals"] if row else {},
+        "generations": written["generations"],
     }

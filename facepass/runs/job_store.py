@@ -11,17 +11,19 @@ session, and the whole state as JSON.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import sqlalchemy as sa
 
 from facepass.db import make_engine
-from facepass.runs.job_book import FAILED, IDENTITY, RUNNER_LOST, RUNNING, JobState
+from facepass.runs.job_book import TAKEN_OVER
+from facepass.runs.jobs import FAILED, RUNNER_LOST, RUNNING, Job, RunProgress
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,12 @@ _FORGET_OLD = sa.text(
 )
 
 
-def _dump(state: JobState) -> str:
-    return json.dumps(state, default=str)
+def _dump(job: Job) -> str:
+    return json.dumps(job.to_json(), default=str)
+
+
+def _job(state: Mapping[str, object] | None) -> Job | None:
+    return Job.from_json(state) if state is not None else None
 
 
 class SqlJobRegistry:
@@ -65,106 +71,96 @@ class SqlJobRegistry:
         self._progress_thread = ThreadPoolExecutor(1, thread_name_prefix="job-progress")
 
     # --- blocking steps (each one statement or one transaction) ----------------------
-    def _start(self, job_id: str, state: JobState) -> None:
-        session_id = str(state["session_id"])
+    def _start(self, job: Job) -> None:
         now = time.time()
         with self.engine.begin() as conn:
             # The new runner holds the session's lock, so a job still running for the
             # session lost its runner. FOR UPDATE: two starts of one session serialize here.
             previous = conn.execute(
                 sa.text(
-                    "SELECT job_id, state FROM reindex_jobs WHERE session_id = CAST(:sid AS uuid) "
+                    "SELECT state FROM reindex_jobs WHERE session_id = CAST(:sid AS uuid) "
                     "AND status = 'running' AND job_id <> :job_id FOR UPDATE"
                 ),
-                {"sid": session_id, "job_id": job_id},
-            ).all()
-            for old_id, old_state in previous:
-                identity = {k: old_state[k] for k in IDENTITY if k in old_state}
-                failed = {
-                    **identity,
-                    "job_id": old_id,
-                    "status": FAILED,
-                    "error": "runner died: the session's lock was taken by a new run",
-                    "code": RUNNER_LOST,
-                    "updated_at": now,
-                }
-                conn.execute(_FINISH, {"job_id": old_id, "status": FAILED, "state": _dump(failed)})
-            row = {**state, "job_id": job_id, "status": RUNNING, "updated_at": now}
+                {"sid": job.session_id, "job_id": job.job_id},
+            ).scalars()
+            for old_state in previous:
+                failed = Job.from_json(old_state).failed(TAKEN_OVER, RUNNER_LOST, now)
+                conn.execute(
+                    _FINISH, {"job_id": failed.job_id, "status": FAILED.value, "state": _dump(failed)}
+                )
+            row = dataclasses.replace(job.identity(), updated_at=now)
             conn.execute(
-                _INSERT, {"job_id": job_id, "session_id": session_id, "status": RUNNING, "state": _dump(row)}
+                _INSERT,
+                {
+                    "job_id": job.job_id,
+                    "session_id": job.session_id,
+                    "status": RUNNING.value,
+                    "state": _dump(row),
+                },
             )
             conn.execute(_FORGET_OLD, {"keep": self.keep_finished_s})
 
-    def _progress(self, job_id: str, state: JobState) -> None:
-        update = {**state, "status": RUNNING, "updated_at": time.time()}
+    def _progress(self, job_id: str, progress: RunProgress) -> None:
+        update = {**dataclasses.asdict(progress), "status": RUNNING.value, "updated_at": time.time()}
         try:
             with self.engine.begin() as conn:
-                conn.execute(_PROGRESS, {"job_id": job_id, "state": _dump(update)})
+                conn.execute(_PROGRESS, {"job_id": job_id, "state": json.dumps(update)})
         except sa.exc.SQLAlchemyError as exc:  # progress is advisory: the final state is what counts
             log.warning("job %s: progress not recorded (%s)", job_id, exc.__class__.__name__)
 
-    def _finish(self, job_id: str, state: JobState) -> None:
+    def _finish(self, job: Job) -> None:
+        final = dataclasses.replace(job, updated_at=time.time())
         with self.engine.begin() as conn:
-            current = conn.execute(_GET.bindparams(job_id=job_id)).scalar()
-            identity = {k: current[k] for k in IDENTITY if k in current} if current else {}
-            final = {**identity, **state, "job_id": job_id, "updated_at": time.time()}
-            if current is None:
-                session_id = final.get("session_id")
-                conn.execute(
-                    _INSERT,
-                    {
-                        "job_id": job_id,
-                        "session_id": session_id,
-                        "status": final["status"],
-                        "state": _dump(final),
-                    },
-                )
-            else:
-                conn.execute(_FINISH, {"job_id": job_id, "status": final["status"], "state": _dump(final)})
+            # An upsert: a job whose start was never recorded still gets its end.
+            conn.execute(
+                _INSERT,
+                {
+                    "job_id": final.job_id,
+                    "session_id": final.session_id,
+                    "status": final.status.value,
+                    "state": _dump(final),
+                },
+            )
 
-    def _fail_if_running(self, job_id: str, error: str, code: str) -> JobState | None:
+    def _fail_if_running(self, job_id: str, error: str, code: str) -> Job | None:
         with self.engine.begin() as conn:
-            current = conn.execute(
-                sa.text("SELECT state FROM reindex_jobs WHERE job_id = :job_id FOR UPDATE"),
-                {"job_id": job_id},
-            ).scalar()
-            if current is None:
-                return None
-            if current.get("status") != RUNNING:
-                return dict(current)
-            identity = {k: current[k] for k in IDENTITY if k in current}
-            failed = {**identity, "job_id": job_id, "status": FAILED, "error": error, "code": code}
-            failed["updated_at"] = time.time()
-            conn.execute(_FINISH, {"job_id": job_id, "status": FAILED, "state": _dump(failed)})
+            current = _job(
+                conn.execute(
+                    sa.text("SELECT state FROM reindex_jobs WHERE job_id = :job_id FOR UPDATE"),
+                    {"job_id": job_id},
+                ).scalar()
+            )
+            if current is None or not current.running:
+                return current
+            failed = current.failed(error, code, time.time())
+            conn.execute(_FINISH, {"job_id": job_id, "status": FAILED.value, "state": _dump(failed)})
             return failed
 
-    def _get(self, job_id: str) -> JobState | None:
+    def _get(self, job_id: str) -> Job | None:
         with self.engine.connect() as conn:
-            state = conn.execute(_GET, {"job_id": job_id}).scalar()
-        return dict(state) if state is not None else None
+            return _job(conn.execute(_GET, {"job_id": job_id}).scalar())
 
-    def _running_job(self, session_id: str) -> JobState | None:
+    def _running_job(self, session_id: str) -> Job | None:
         with self.engine.connect() as conn:
-            state = conn.execute(_RUNNING, {"session_id": session_id}).scalar()
-        return dict(state) if state is not None else None
+            return _job(conn.execute(_RUNNING, {"session_id": session_id}).scalar())
 
     # --- the JobRegistry protocol -------------------------------------------------------
-    async def start(self, job_id: str, state: JobState) -> None:
-        await asyncio.to_thread(self._start, job_id, state)
+    async def start(self, job: Job) -> None:
+        await asyncio.to_thread(self._start, job)
 
-    def progress(self, job_id: str, state: JobState) -> None:
-        self._progress_thread.submit(self._progress, job_id, state)
+    def progress(self, job_id: str, progress: RunProgress) -> None:
+        self._progress_thread.submit(self._progress, job_id, progress)
 
-    async def finish(self, job_id: str, state: JobState) -> None:
-        await self._after_progress(self._finish, job_id, state)
+    async def finish(self, job: Job) -> None:
+        await self._after_progress(self._finish, job)
 
-    async def fail_if_running(self, job_id: str, error: str, code: str) -> JobState | None:
+    async def fail_if_running(self, job_id: str, error: str, code: str) -> Job | None:
         return await asyncio.to_thread(self._fail_if_running, job_id, error, code)
 
-    async def get(self, job_id: str) -> JobState | None:
+    async def get(self, job_id: str) -> Job | None:
         return await asyncio.to_thread(self._get, job_id)
 
-    async def running_job(self, session_id: str) -> JobState | None:
+    async def running_job(self, session_id: str) -> Job | None:
         return await asyncio.to_thread(self._running_job, session_id)
 
     async def _after_progress(self, step: Callable[..., Any], *args: Any) -> Any:

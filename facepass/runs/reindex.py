@@ -20,9 +20,10 @@ from typing import Protocol
 
 from facepass.catalog.cloud import CloudCatalog
 from facepass.errors import LOCAL_INDEX, Fenced, IndexCannotWrite, NotWritten
+from facepass.index import generations as generation
 from facepass.index.generations import Generations
 from facepass.index.store import PruneResult, VectorStore
-from facepass.models import Fence, LedgerStatus, PhotoOutcome, PhotoRef, SessionInfo
+from facepass.models import Fence, PhotoOutcome, PhotoRef, SessionInfo
 from facepass.runs import report as words
 from facepass.runs.report import ReindexReport
 
@@ -63,9 +64,20 @@ class ReindexPlan:
     prune: list[uuid.UUID] = field(default_factory=list)  # indexed, but deleted from the catalog
     stale_photos: int = 0  # in ``todo`` because another model embedded them
     fence: Fence | None = None  # the run's claim on the session: its writes carry it
+    unseen: frozenset[uuid.UUID] = frozenset()  # in ``todo`` with no ledger row: new to the index
 
 
 ProgressHook = Callable[[ReindexReport], None]
+
+
+@dataclass(frozen=True, slots=True)
+class RunHooks:
+    """What a driver of a run adds to its steps (each optional): the follower's pending counts,
+    the bulk job's plan count."""
+
+    planned: Callable[[SessionRun, ReindexPlan], None] | None = None  # before the prune
+    pruned: Callable[[SessionRun], None] | None = None
+    outcome: Callable[[SessionRun, PhotoOutcome], None] | None = None  # after it is recorded
 
 
 @dataclass(slots=True)
@@ -120,23 +132,19 @@ class ReindexCoordinator:
         prune = [photo_id for photo_id in state if photo_id not in live]
         model = self.processor.model_name
 
-        def stale(photo_id: uuid.UUID) -> bool:
-            entry = state.get(photo_id)
-            return entry is not None and entry[0] != LedgerStatus.FAILED and entry[1] != model
-
-        def done(photo_id: uuid.UUID) -> bool:
+        def is_done(photo_id: uuid.UUID) -> bool:
             entry = state.get(photo_id)
             if entry is None or mode is ReindexMode.FULL:
                 return False
-            if entry[0] == LedgerStatus.FAILED:
-                return mode is not ReindexMode.RETRY_FAILED
-            return entry[1] == model
+            return generation.done(*entry, model, retry_failed=mode is ReindexMode.RETRY_FAILED)
 
-        todo = [p for p in photos if not done(p.id)]
-        stale_count = sum(1 for p in todo if stale(p.id))
+        todo = [p for p in photos if not is_done(p.id)]
+        stale_count = sum(1 for p in todo if p.id in state and generation.stale(*state[p.id], model))
+        unseen = frozenset(p.id for p in todo if p.id not in state)
         if fence is not None:  # every write of this run carries its token
             todo = [dataclasses.replace(p, fence=fence.token) for p in todo]
-        return ReindexPlan(session, len(photos), len(photos) - len(todo), todo, prune, stale_count, fence)
+        skipped = len(photos) - len(todo)
+        return ReindexPlan(session, len(photos), skipped, todo, prune, stale_count, fence, unseen)
 
     def new_run(self, session_id: uuid.UUID) -> SessionRun:
         report = ReindexReport(
@@ -210,22 +218,51 @@ class ReindexCoordinator:
             self.say(report, line)
         return report
 
-    # --- one session -----------------------------------------------------------
+    # --- the life cycle of a run: open (plan, begin, prune), photos (submit, record), finish ---
+    async def open(
+        self,
+        session: SessionInfo | uuid.UUID,
+        mode: ReindexMode = ReindexMode.MISSING,
+        fence: Fence | None = None,
+        hooks: RunHooks | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> tuple[SessionRun, ReindexPlan]:
+        """A run begun: the session validated and planned, deleted photos pruned (not on a dry run)."""
+        hooks = hooks or RunHooks()
+        if isinstance(session, SessionInfo):
+            run = self.new_run(session.id)
+            plan = await asyncio.to_thread(self.plan_session, session, mode, fence)
+        else:
+            run = self.new_run(session)
+            plan = await asyncio.to_thread(self.plan, session, mode, fence)
+        self.begin(run, plan)
+        if hooks.planned:
+            hooks.planned(run, plan)
+        if not dry_run:
+            await self.prune(run, plan)
+            if hooks.pruned:
+                hooks.pruned(run)
+        return run, plan
+
     async def run(
         self,
         session_id: uuid.UUID,
         mode: ReindexMode = ReindexMode.MISSING,
         on_progress: ProgressHook | None = None,
         fence: Fence | None = None,
+        hooks: RunHooks | None = None,
     ) -> ReindexReport:
-        run = self.new_run(session_id)
-        plan = await asyncio.to_thread(self.plan, session_id, mode, fence)
-        self.begin(run, plan)
-        await self.prune(run, plan)
+        """One session, start to end (the route, the follower); the bulk job streams many
+        sessions through the same steps (``open``, ``submitted``/``record``, ``finish``)."""
+        hooks = hooks or RunHooks()
+        run, plan = await self.open(session_id, mode, fence, hooks)
         if on_progress:
             on_progress(run.report)
         async for outcome in self.process_all(plan.todo, run):
             self.record(run, outcome)
+            if hooks.outcome:
+                hooks.outcome(run, outcome)
             if on_progress:
                 on_progress(run.report)
         report = await self.finish(run)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from array import array
 from dataclasses import dataclass, field
-from typing import Any
 
 from facepass.models import PhotoOutcome, PhotoStatus, SessionInfo
+from facepass.runs.jobs import RunProgress, RunResult
 
 
 def start_line(session_id: uuid.UUID) -> str:
@@ -130,50 +131,53 @@ class ReindexReport:
             f"Время обработки: {self.processing_time_ms:.0f}ms",
         ]
 
-    def progress(self, elapsed_s: float) -> dict[str, Any]:
+    def progress(self, elapsed_s: float) -> RunProgress:
         """Counts so far and an estimate of the time left, for a job still running."""
         remaining = self.planned_photos - self.processed_photos
         rate = self.processed_photos / elapsed_s if elapsed_s > 0 else 0.0
-        return {
-            "session_id": str(self.session_id),
-            "session_name": self.session_name,
-            "total_photos": self.total_photos,
-            "skipped_photos": self.skipped_photos,
-            "planned_photos": self.planned_photos,
-            "processed_photos": self.processed_photos,
-            "successful_photos": self.successful_photos,
-            "failed_photos": self.failed_photos,
-            "elapsed_s": round(elapsed_s, 3),
-            "photos_per_s": round(rate, 3),
-            "eta_s": round(remaining / rate, 1) if rate > 0 else None,
-        }
+        return RunProgress(
+            session_id=str(self.session_id),
+            session_name=self.session_name,
+            total_photos=self.total_photos,
+            skipped_photos=self.skipped_photos,
+            planned_photos=self.planned_photos,
+            processed_photos=self.processed_photos,
+            successful_photos=self.successful_photos,
+            failed_photos=self.failed_photos,
+            elapsed_s=round(elapsed_s, 3),
+            photos_per_s=round(rate, 3),
+            eta_s=round(remaining / rate, 1) if rate > 0 else None,
+        )
 
-    def to_response(self) -> dict[str, Any]:
+    def result(self) -> RunResult:
         """The seed's JSON, field for field, then our extra keys."""
-        return {
-            "success": True,
-            "message": self.message,
-            "session_id": str(self.session_id),
-            "session_name": self.session_name,
-            "total_photos": self.total_photos,
-            "processed_photos": self.processed_photos,
-            "successful_photos": self.successful_photos,
-            "skipped_photos": self.skipped_photos,
-            "failed_photos": self.failed_photos,
-            "processing_time_ms": round(self.processing_time_ms, 2),
-            "errors": list(self.errors),
-            "final_embedding_count": self.final_embedding_count,
-            # extras
-            "error_codes": list(self.error_codes),
-            "faces_indexed": self.faces_indexed,
-            "no_face_photos": self.no_face_photos,
-            "retry_photos": self.retry_photos,
-            "model_name": self.model_name,
-            "stale_photos": self.stale_photos,
-            "pruned_photos": self.pruned_photos,
-            "pruned_faces": self.pruned_faces,
-            "timings_ms": self.timings(),
-        }
+        return RunResult(
+            success=True,
+            message=self.message,
+            session_id=str(self.session_id),
+            session_name=self.session_name,
+            total_photos=self.total_photos,
+            processed_photos=self.processed_photos,
+            successful_photos=self.successful_photos,
+            skipped_photos=self.skipped_photos,
+            failed_photos=self.failed_photos,
+            processing_time_ms=round(self.processing_time_ms, 2),
+            errors=list(self.errors),
+            final_embedding_count=self.final_embedding_count,
+            error_codes=list(self.error_codes),
+            faces_indexed=self.faces_indexed,
+            no_face_photos=self.no_face_photos,
+            retry_photos=self.retry_photos,
+            model_name=self.model_name,
+            stale_photos=self.stale_photos,
+            pruned_photos=self.pruned_photos,
+            pruned_faces=self.pruned_faces,
+            timings_ms=self.timings(),
+        )
+
+    def to_response(self) -> dict[str, object]:
+        """The seed's JSON (``result()``) as the route answers it."""
+        return dataclasses.asdict(self.result())
 
     def timings(self) -> dict[str, dict[str, float] | None]:
         """p50 and p95 of each step over this run's photos (None: no photo reached it)."""

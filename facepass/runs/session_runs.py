@@ -17,12 +17,14 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from facepass.errors import JobNotFound, JoinedRunFailed, SessionBusy
 from facepass.models import Fence
-from facepass.runs.job_book import DONE, FAILED, IDENTITY, RUNNER_LOST, RUNNING, JobBook, JobState
+from facepass.runs.job_book import JobBook
+from facepass.runs.jobs import DONE, RUNNER_LOST, Job, JobStatus, RunProgress, RunResult
 from facepass.runs.reindex import ReindexMode
+from facepass.runs.report import ReindexReport
 from facepass.runs.session_lock import HeldSession, SessionLocks
 
 log = logging.getLogger(__name__)
@@ -38,12 +40,12 @@ def covers(running: str, asked: ReindexMode) -> bool:
 class JobRegistry(Protocol):
     """The job book, wherever it lives (a Ray actor, or this process)."""
 
-    async def start(self, job_id: str, state: JobState) -> None: ...
-    def progress(self, job_id: str, state: JobState) -> None: ...  # fire and forget
-    async def finish(self, job_id: str, state: JobState) -> None: ...
-    async def fail_if_running(self, job_id: str, error: str, code: str) -> JobState | None: ...
-    async def get(self, job_id: str) -> JobState | None: ...
-    async def running_job(self, session_id: str) -> JobState | None: ...
+    async def start(self, job: Job) -> None: ...
+    def progress(self, job_id: str, progress: RunProgress) -> None: ...  # fire and forget
+    async def finish(self, job: Job) -> None: ...
+    async def fail_if_running(self, job_id: str, error: str, code: str) -> Job | None: ...
+    async def get(self, job_id: str) -> Job | None: ...
+    async def running_job(self, session_id: str) -> Job | None: ...
 
 
 class LocalJobRegistry:
@@ -52,22 +54,22 @@ class LocalJobRegistry:
     def __init__(self, book: JobBook | None = None) -> None:
         self.book = book or JobBook()
 
-    async def start(self, job_id: str, state: JobState) -> None:
-        self.book.start(job_id, state)
+    async def start(self, job: Job) -> None:
+        self.book.start(job)
 
-    def progress(self, job_id: str, state: JobState) -> None:
-        self.book.progress(job_id, state)
+    def progress(self, job_id: str, progress: RunProgress) -> None:
+        self.book.progress(job_id, progress)
 
-    async def finish(self, job_id: str, state: JobState) -> None:
-        self.book.finish(job_id, state)
+    async def finish(self, job: Job) -> None:
+        self.book.finish(job)
 
-    async def fail_if_running(self, job_id: str, error: str, code: str) -> JobState | None:
+    async def fail_if_running(self, job_id: str, error: str, code: str) -> Job | None:
         return self.book.fail_if_running(job_id, error, code)
 
-    async def get(self, job_id: str) -> JobState | None:
+    async def get(self, job_id: str) -> Job | None:
         return self.book.get(job_id)
 
-    async def running_job(self, session_id: str) -> JobState | None:
+    async def running_job(self, session_id: str) -> Job | None:
         return self.book.running_job(session_id)
 
 
@@ -75,33 +77,33 @@ class LocalJobRegistry:
 class OwnedRun:
     """This process runs the session: it holds the lock and the job is registered."""
 
-    state: JobState
+    job: Job
     lock: HeldSession
     last_progress: float = field(default=0.0)
 
     @property
     def job_id(self) -> str:
-        return str(self.state["job_id"])
+        return self.job.job_id
+
+    @property
+    def session_id(self) -> uuid.UUID:
+        return self.lock.session_id
 
     @property
     def fence(self) -> Fence:
         """What this run's writes carry: the writer refuses them once a newer run took the session."""
         return Fence(self.lock.session_id, self.lock.fence)
 
-    @property
-    def identity(self) -> JobState:
-        return {k: self.state[k] for k in IDENTITY if k in self.state}
-
 
 @dataclass(frozen=True, slots=True)
 class JoinedRun:
     """Another process runs the session; this is its job."""
 
-    job: JobState
+    job: Job
 
     @property
     def job_id(self) -> str:
-        return str(self.job["job_id"])
+        return self.job.job_id
 
 
 class SessionRuns:
@@ -127,21 +129,20 @@ class SessionRuns:
         held = await asyncio.to_thread(self.locks.try_acquire, session_id)
         if held is None:
             return None
-        state: JobState = {
-            "job_id": uuid.uuid4().hex,
-            "status": RUNNING,
-            "session_id": str(session_id),
-            "mode": mode.value,
-            "runner": self.runner,
-            "runner_pid": held.backend_pid,
-            "started_at": time.time(),
-        }
+        job = Job(
+            job_id=uuid.uuid4().hex,
+            session_id=str(session_id),
+            mode=mode.value,
+            runner=self.runner,
+            runner_pid=held.backend_pid,
+            started_at=time.time(),
+        )
         try:
-            await self.registry.start(state["job_id"], state)
+            await self.registry.start(job)
         except BaseException:
             await asyncio.to_thread(held.release)
             raise
-        return OwnedRun(state, held)
+        return OwnedRun(job, held)
 
     async def claim(self, session_id: uuid.UUID, mode: ReindexMode) -> OwnedRun | JoinedRun:
         """Own the session's run, or get the run that is going (whatever its mode)."""
@@ -153,7 +154,7 @@ class SessionRuns:
             job = await self.registry.running_job(str(session_id))
             if job is not None:
                 job = await self.check(job)
-                if job["status"] == RUNNING:
+                if job.running:
                     return JoinedRun(job)
                 continue  # its runner was gone: the lock is free, try again at once
             # The lock is held but no job says so yet (its runner is between lock and register).
@@ -161,60 +162,74 @@ class SessionRuns:
                 raise SessionBusy(str(session_id))
             await asyncio.sleep(min(0.05, self.poll_s))
 
-    async def check(self, job: JobState) -> JobState:
+    async def check(self, job: Job) -> Job:
         """A running job whose runner no longer holds the session's lock reads failed."""
-        if job["status"] != RUNNING:
+        if not job.running:
             return job
-        holder = await asyncio.to_thread(self.locks.holder, uuid.UUID(job["session_id"]))
-        if holder is not None and holder == job.get("runner_pid"):
+        holder = await asyncio.to_thread(self.locks.holder, uuid.UUID(job.session_id))
+        if holder is not None and holder == job.runner_pid:
             return job
-        reason = f"runner died: {job.get('runner', 'its runner')} no longer holds the session's lock"
-        log.warning("job %s of session %s: %s", job["job_id"], job["session_id"], reason)
-        failed = await self.registry.fail_if_running(job["job_id"], reason, RUNNER_LOST)
-        return failed or {**job, "status": FAILED, "error": reason, "code": RUNNER_LOST}
+        reason = f"runner died: {job.runner or 'its runner'} no longer holds the session's lock"
+        log.warning("job %s of session %s: %s", job.job_id, job.session_id, reason)
+        failed = await self.registry.fail_if_running(job.job_id, reason, RUNNER_LOST)
+        return failed or job.failed(reason, RUNNER_LOST, time.time())
 
-    async def status(self, job_id: str) -> JobState:
+    async def status(self, job_id: str) -> Job:
         """The job's state, checked: never ``running`` for a job whose runner is gone."""
         job = await self.registry.get(job_id)
         if job is None:
             raise JobNotFound(job_id)
         return await self.check(job)
 
-    async def wait(self, job_id: str) -> JobState:
+    async def wait(self, job_id: str) -> Job:
         """Poll until the job ends (done, failed, or found without its runner)."""
         while True:
             job = await self.status(job_id)
-            if job["status"] != RUNNING:
+            if not job.running:
                 return job
             await asyncio.sleep(self.poll_s)
 
-    def progress(self, owned: OwnedRun, state: JobState, *, force: bool = False) -> None:
+    def progress(self, owned: OwnedRun, progress: RunProgress, *, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - owned.last_progress >= self.progress_every_s:  # do not flood the book
             owned.last_progress = now
-            self.registry.progress(owned.job_id, {**state, "status": RUNNING})
+            self.registry.progress(owned.job_id, progress)
 
-    async def finish(self, owned: OwnedRun, state: JobState) -> None:
+    async def _end(self, owned: OwnedRun, final: Job) -> Job:
         """The final state into the book first, then the unlock (so no one reads a live run as dead)."""
         try:
-            await self.registry.finish(owned.job_id, {**owned.identity, **state})
+            await self.registry.finish(final)
         finally:
             await asyncio.to_thread(owned.lock.release)
+        return final
 
-    async def fail(self, owned: OwnedRun, exc: BaseException) -> None:
-        state: JobState = {"status": FAILED, "error": str(exc) or type(exc).__name__}
-        state["code"] = getattr(
-            exc, "code", "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
+    async def finish(self, owned: OwnedRun, result: RunResult) -> Job:
+        return await self._end(owned, owned.job.done(result, time.time()))
+
+    async def fail(self, owned: OwnedRun, exc: BaseException) -> Job:
+        code = getattr(exc, "code", "cancelled" if isinstance(exc, asyncio.CancelledError) else "error")
+        return await self._end(
+            owned, owned.job.failed(str(exc) or type(exc).__name__, str(code), time.time())
         )
-        await self.finish(owned, state)
+
+    async def carry(self, owned: OwnedRun, work: Awaitable[ReindexReport]) -> tuple[Job, ReindexReport]:
+        """The one way a run of an owned session ends, for the route, the follower and the bulk
+        job alike: its job done with the report, or failed with the error (raised again); either
+        way the final state is in the book before the session's lock is released."""
+        try:
+            report = await work
+        except BaseException as exc:
+            await self.fail(owned, exc)
+            raise
+        return await self.finish(owned, report.result()), report
 
     async def run_or_join(
         self,
         session_id: uuid.UUID,
         mode: ReindexMode,
-        start: Callable[[OwnedRun], Awaitable[JobState]],
+        start: Callable[[OwnedRun], Awaitable[Job]],
         max_rounds: int = 5,
-    ) -> tuple[JobState, bool]:
+    ) -> tuple[Job, bool]:
         """A blocking call: the final state of the run it ran or joined, and whether it joined.
 
         A run of a weaker mode is waited for, then this call runs its own; a joined run
@@ -224,21 +239,34 @@ class SessionRuns:
             if isinstance(claim, OwnedRun):
                 return await start(claim), False
             final = await self.wait(claim.job_id)
-            if not covers(claim.job["mode"], mode):
+            if not covers(claim.job.mode, mode):
                 continue
-            if final["status"] == DONE:
+            if final.status is DONE:
                 return final, True
-            if final.get("code") != RUNNER_LOST:
-                raise JoinedRunFailed(claim.job_id, str(final.get("error", "")), final.get("code"))
+            if final.code != RUNNER_LOST:
+                raise JoinedRunFailed(claim.job_id, final.error or "", final.code)
         raise SessionBusy(str(session_id))
 
 
-def job_answer(job: JobState, *, joined: bool) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class JobAnswer:
     """What a ``wait=false`` caller gets: the job it started, or the running one it joined."""
-    return {
-        "job_id": job["job_id"],
-        "status": job["status"],
-        "session_id": job["session_id"],
-        "mode": job["mode"],
-        "joined": joined,
-    }
+
+    job_id: str
+    status: JobStatus
+    session_id: str
+    mode: str
+    joined: bool
+
+    @classmethod
+    def of(cls, job: Job, *, joined: bool) -> JobAnswer:
+        return cls(job.job_id, job.status, job.session_id, job.mode, joined)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "job_id": self.job_id,
+            "status": self.status.value,
+            "session_id": self.session_id,
+            "mode": self.mode,
+            "joined": self.joined,
+        }

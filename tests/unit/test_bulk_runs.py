@@ -15,8 +15,9 @@ from facepass.errors import IndexCannotWrite, NotWritten
 from facepass.index.store import VectorStore
 from facepass.models import PhotoOutcome, PhotoRef, PhotoStatus
 from facepass.runs.bulk import BulkReindexer
-from facepass.runs.job_book import DONE, FAILED, JobState
+from facepass.runs.jobs import DONE, FAILED, Job
 from facepass.runs.reindex import ReindexCoordinator, ReindexMode
+from facepass.runs.report import ReindexReport
 from facepass.runs.session_lock import SessionLocks
 from facepass.runs.session_runs import LocalJobRegistry, OwnedRun, SessionRuns
 from facepass.settings import Settings
@@ -75,12 +76,13 @@ def test_bulk_skips_a_session_another_run_holds_and_registers_its_own(
         assert summary.busy_session_ids == [str(held)]
         assert summary.photos_processed == 3 and len(processor.photos) == 3
         assert "заняты другим запуском 1" in summary.lines()[1]
-        await route.finish(other, {"status": DONE})
+        await route.finish(other, ReindexReport(held, "held").result())
 
     asyncio.run(go())
-    jobs = [j for j in registry.book._jobs.values() if j["session_id"] == str(free)]
-    assert len(jobs) == 1 and jobs[0]["status"] == DONE and jobs[0]["runner"] == "bulk"
-    assert jobs[0]["processed_photos"] == 3 and jobs[0]["successful_photos"] == 3
+    jobs = [j for j in registry.book._jobs.values() if j.session_id == str(free)]
+    assert len(jobs) == 1 and jobs[0].status is DONE and jobs[0].runner == "bulk"
+    assert jobs[0].result is not None
+    assert (jobs[0].result.processed_photos, jobs[0].result.successful_photos) == (3, 3)
     assert locks.holder(free) is None and locks.holder(held) is None
 
 
@@ -107,7 +109,7 @@ def test_a_stopped_bulk_job_fails_its_runs_and_frees_their_sessions(
 
     asyncio.run(go())
     (job,) = registry.book._jobs.values()
-    assert job["status"] == FAILED and job["code"] == "cancelled"
+    assert job.status is FAILED and job.code == "cancelled"
     assert registry.book.running_job(str(sid)) is None and locks.holder(sid) is None
 
 
@@ -153,13 +155,13 @@ def test_a_route_call_joins_the_bulk_jobs_run_of_its_session(
         processor.hold.set()
         summary = await task
         final, joined = await asyncio.wait_for(joiner, 5)
-        assert joined and final["runner"] == "bulk" and final["processed_photos"] == 3
+        assert joined and final.runner == "bulk" and final.result and final.result.processed_photos == 3
         assert summary.sessions_done == 1 and len(processor.photos) == 3  # nothing twice
 
     asyncio.run(go())
 
 
-async def never_runs(_: OwnedRun) -> JobState:
+async def never_runs(_: OwnedRun) -> Job:
     raise AssertionError("the route call must join, not run")
 
 
@@ -196,5 +198,5 @@ def test_a_full_index_disk_stops_the_bulk_job_and_frees_its_sessions(
         asyncio.run(bulk.run([first, second]))
     assert len(processor.photos) <= processor.capacity < 12
     jobs = list(registry.book._jobs.values())
-    assert jobs and all(j["status"] == FAILED and j["code"] == "index_cannot_write" for j in jobs), jobs
+    assert jobs and all(j.status is FAILED and j.code == "index_cannot_write" for j in jobs), jobs
     assert locks.holder(first) is None and locks.holder(second) is None

@@ -19,7 +19,7 @@ from facepass.demo.scenario import CatalogWriter, add_face_photos, fresh_databas
 from facepass.demo.storage import PhotoStorage
 from facepass.index.follow_ledger import FollowLedger
 from facepass.index.store import VectorStore
-from facepass.runs.follow import Follower, mirror_report
+from facepass.runs.follow import CycleStats, Follower, mirror_report
 from facepass.runs.follow_lock import FollowerLock
 from facepass.runs.reindex import ReindexCoordinator
 from facepass.runs.session_lock import SessionLocks
@@ -28,6 +28,13 @@ from facepass.settings import Settings
 from facepass.vision.faces import FaceEmbedder
 from facepass.vision.pipeline import LocalProcessor, PhotoPipeline
 from tests.conftest import InjectedDiskFull
+
+
+async def follow_once(follower: Follower) -> CycleStats:
+    """One cycle and its syncs, to the end."""
+    stats = await follower.cycle()
+    await follower.drain()
+    return stats
 
 
 @dataclass
@@ -93,7 +100,7 @@ def world(settings: Settings, storage: PhotoStorage, embedder: FaceEmbedder) -> 
 
 
 async def once(follower: Follower) -> None:
-    await follower.follow_once()
+    await follow_once(follower)
 
 
 def sync_test(body: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -106,14 +113,14 @@ def test_new_photos_are_indexed_and_nothing_changed_means_no_download(world: Wor
         sid = world.writer.add_session("Событие")
         refs = add_face_photos(world.writer, world.storage, sid, 3, prefix="f")
         follower = world.follower()
-        stats = await follower.follow_once()
+        stats = await follow_once(follower)
         assert stats.sessions_discovered == 1 and stats.sessions_changed == 1
         assert world.ledger_ids(sid) == {r.id for r in refs}
         assert world.store.count_embeddings(sid) == 3
 
         before = world.downloads()
         for _ in range(5):
-            stats = await follower.follow_once()
+            stats = await follow_once(follower)
             assert stats.sessions_checked == 1 and stats.sessions_changed == 0
         assert world.downloads() == before  # nothing changed: no plan, no download, no model call
 
@@ -305,13 +312,13 @@ def test_the_mirror_report_says_who_follows_and_the_lag(world: World) -> None:
     async def body() -> None:
         add_face_photos(world.writer, world.storage, sid, 2, prefix="m")
         follower = world.follower()
-        await follower.follow_once()
+        await follow_once(follower)
         report = mirror_report(world.settings, world.ledger, world.follower_lock)
         assert not report["following"] and report["follower"] is None  # nobody holds the lock
         assert report["lag"]["samples"] == 2 and report["sessions"]["sessions_followed"] == 1
         assert report["last_cycle"]["sessions_checked"] == 1 and report["photos_pending"] == 0
         assert world.follower_lock.try_acquire()
-        await follower.follow_once()
+        await follow_once(follower)
         report = mirror_report(world.settings, world.ledger, world.follower_lock)
         assert report["following"] and report["follower"] == follower.name
 
@@ -324,11 +331,11 @@ def test_hot_sessions_are_the_ones_with_work(world: World) -> None:
 
     async def body() -> None:
         follower = world.follower()
-        await follower.follow_once()  # both found and mirrored: nothing to index, neither is hot
+        await follow_once(follower)  # both found and mirrored: nothing to index, neither is hot
         hot = world.ledger.pick(3600, 10, 0)
         assert {p.session_id for p in hot} == set()
         add_face_photos(world.writer, world.storage, busy, 1, prefix="h")
-        await follower.follow_once()  # the sweep of 100 finds it; now it is hot
+        await follow_once(follower)  # the sweep of 100 finds it; now it is hot
         assert {p.session_id for p in world.ledger.pick(3600, 10, 0)} == {busy}
         assert idle in world.ledger.known_sessions()
 
@@ -390,14 +397,40 @@ def test_a_full_index_disk_holds_the_follower_syncs_for_a_while(world: World) ->
     async def body() -> None:
         follower = world.follower(follow_retry_after_s=1.5)
         with InjectedDiskFull(world.store.engine, sid):
-            await follower.follow_once()
+            await follow_once(follower)
             assert "cannot write (disk full, SQLSTATE 53100" in (follower.totals.last_error or "")
             assert world.ledger_ids(sid) == set()
             before = world.downloads()
-            stats = await follower.follow_once()
+            stats = await follow_once(follower)
             assert stats.sessions_started == 0 and world.downloads() == before
         await asyncio.sleep(1.6)
-        await follower.follow_once()
+        await follow_once(follower)
         assert world.ledger_ids(sid) == {r.id for r in refs}
 
     sync_test(body)
+
+
+def test_the_follower_state_reads_back_as_written() -> None:
+    """The state row is typed in the follower and JSON only in the ledger: a round trip through
+    the row's JSON gives the same record (and a row of an older version with extra keys reads)."""
+    import json
+
+    from facepass.index.generations import GenerationProgress
+    from facepass.runs.follow import CycleStats, FollowerState, FollowTotals, Pending, SyncRecord
+
+    state = FollowerState(
+        follower="replica-1 (host pid 7)",
+        following_since=1.5,
+        last_cycle=CycleStats(at=2.0, duration_ms=3.5, sessions_checked=4),
+        pending=Pending(sessions_pending=2, photos_pending=9, oldest_pending_age_s=1.25),
+        totals=FollowTotals(sessions_synced=3, syncs=[SyncRecord(str(uuid.uuid4()), 2.5, 4, 1, 0, 12.5)]),
+        generations=[
+            GenerationProgress("m#1", True, 10, 2, {"v": 10}, sessions_building=1, photos_done_fraction=0.5),
+            GenerationProgress("m#0", False, 10, 2, {"v": 10}),
+        ],
+    )
+    row = json.loads(json.dumps(state.to_json()))
+    assert FollowerState.from_json(row) == state
+    assert "sessions_building" not in row["generations"][1]  # only the current one has it
+    row["totals"]["a_key_of_a_later_version"] = 1
+    assert FollowerState.from_json(row).totals == state.totals

@@ -151,10 +151,11 @@ def test_search_finds_the_same_photos_at_every_step_of_a_model_change(
     assert model == new_model and after == before
     assert models_of(store, sid) == {new_model}  # only the new model's rows remain
     progress = Generations(store.engine, new_model).progress()
-    assert progress[0]["generation"] == new_model and progress[0]["current"]
+    assert progress[0].generation == new_model and progress[0].current
     # The builds of its weights that made its photos (the CPU default here), for /mirror.
-    assert set(progress[0]["variants"]) == {new_embedder.variant}
-    assert sum(progress[0]["variants"].values()) == progress[0]["photos"]
+    assert set(progress[0].variants) == {new_embedder.variant}
+    assert sum(progress[0].variants.values()) == progress[0].photos
+    assert progress[0].sessions_building is not None and progress[0].photos_done_fraction is not None
 
 
 def test_an_unknown_pack_is_not_found(settings: Settings) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from facepass.errors import TooManyRuns
 from facepass.runs.reindex import ReindexMode
+from facepass.runs.report import ReindexReport
 from facepass.runs.session_lock import SessionLocks
 from facepass.runs.session_runs import LocalJobRegistry, SessionRuns
 from serve_app import runs as route_runs_module
@@ -22,12 +23,8 @@ from serve_app.runs import RouteRuns
 MISSING = ReindexMode.MISSING
 
 
-class _Report:
-    def __init__(self, session_id: uuid.UUID) -> None:
-        self.session_id = session_id
-
-    def to_response(self) -> dict[str, Any]:
-        return {"session_id": str(self.session_id), "processed_photos": 1}
+def _Report(session_id: uuid.UUID) -> ReindexReport:
+    return ReindexReport(session_id, "s", processed_photos=1, successful_photos=1)
 
 
 class HeldCoordinator:
@@ -37,7 +34,9 @@ class HeldCoordinator:
         self.release = asyncio.Event()
         self.started: list[uuid.UUID] = []
 
-    async def run(self, session_id: uuid.UUID, mode: ReindexMode, hook: Any, fence: Any = None) -> _Report:
+    async def run(
+        self, session_id: uuid.UUID, mode: ReindexMode, hook: Any, fence: Any = None
+    ) -> ReindexReport:
         self.started.append(session_id)
         await self.release.wait()
         return _Report(session_id)
@@ -65,14 +64,14 @@ def test_runs_past_the_cap_get_too_many_runs_and_joins_still_join(
         coordinator: Any = HeldCoordinator()
         first = await route.background(coordinator, s1, MISSING)
         second = await route.background(coordinator, s2, MISSING)
-        assert not first["joined"] and not second["joined"] and route.active == 2
+        assert not first.joined and not second.joined and route.active == 2
         with pytest.raises(TooManyRuns) as refused:
             await route.background(coordinator, s3, MISSING)
         assert (refused.value.limit, refused.value.retry_after_s) == (2, 7)
         with pytest.raises(TooManyRuns):
             await route.blocking(coordinator, s3, MISSING)
         joined = await route.background(coordinator, s1, MISSING)  # at the cap, but s1 runs: join
-        assert joined["joined"] and joined["job_id"] == first["job_id"]
+        assert joined.joined and joined.job_id == first.job_id
         await asyncio.sleep(0.05)
         assert sorted(map(str, coordinator.started)) == sorted([str(s1), str(s2)])  # s3 never ran
 
