@@ -22,9 +22,6 @@ class ImageDecoderActor:
         logging.getLogger("httpx").setLevel(logging.WARNING)
         self.loader = ImageLoader(settings, decode_threads=max(1, int(settings.cpus_per_decoder)))
 
-    async def load(self, photo: PhotoRef) -> DecodedPhoto:
-        return await self.loader.load(photo)
-
     async def load_batch(self, photos: list[PhotoRef]) -> list[DecodedPhoto]:
         return list(await asyncio.gather(*(self.loader.load(photo) for photo in photos)))
 

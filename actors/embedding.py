@@ -68,7 +68,7 @@ class EmbeddingActor:
                 logging.getLogger(__name__).info("idle for %.0fs: leaving the pool", self._idle_exit_s)
                 ray.actor.exit_actor()  # type: ignore[no-untyped-call]
 
-    async def process(self, photo: PhotoRef) -> PhotoResult:
+    async def _one(self, photo: PhotoRef) -> PhotoResult:
         with self._trim.photo():
             return await self.pipeline.run(photo)
 
@@ -77,14 +77,14 @@ class EmbeddingActor:
         model batching (FACEPASS_MODEL_BATCH_PHOTOS, auto on GPU) they share model calls."""
         with self._working():
             if self.pipeline.model_batch <= 1:
-                results = list(await asyncio.gather(*(self.process(photo) for photo in photos)))
+                results = list(await asyncio.gather(*(self._one(photo) for photo in photos)))
             else:
                 with self._trim.photo():
                     results = await self.pipeline.run_batch(photos)
         self._photos_done += len(results)
         return results
 
-    async def embed_decoded(self, decoded: DecodedPhoto) -> PhotoResult:
+    async def _one_decoded(self, decoded: DecodedPhoto) -> PhotoResult:
         """The model half only: the photo was fetched and decoded by a decoder actor."""
         with self._trim.photo():
             return await self.pipeline.embed_decoded(decoded)
@@ -92,7 +92,7 @@ class EmbeddingActor:
     async def embed_decoded_batch(self, decoded: list[DecodedPhoto]) -> list[PhotoResult]:
         with self._working():
             if self.pipeline.model_batch <= 1:
-                results = list(await asyncio.gather(*(self.embed_decoded(d) for d in decoded)))
+                results = list(await asyncio.gather(*(self._one_decoded(d) for d in decoded)))
             else:
                 with self._trim.photo():
                     results = await self.pipeline.embed_decoded_batch(decoded)

@@ -160,9 +160,3 @@ class EmbeddingPool:
     def release(self) -> None:
         """A bulk job is done with the pool: the actors stay (shared), the autoscaler demand goes."""
         self.members.release()
-
-    def shutdown(self) -> None:
-        """Kill the detached actors (tests and the demo clean up with this)."""
-        ray_calls.kill(
-            [*(m.handle for m in self.members.members.values()), *self.decoders, self.writer.handle]
-        )

@@ -207,11 +207,6 @@ async def ping_all(handles: list[Any], method: str, timeout_s: float) -> list[An
     )
 
 
-def kill(handles: list[Any]) -> None:
-    for handle in handles:
-        ray.kill(handle, no_restart=True)
-
-
 def kill_pool_actors(settings: Settings) -> None:
     """Kill every named, detached actor of the pool in a namespace (tests, demo and bench clean up)."""
     prefixes = (EMBEDDER_PREFIX, DECODER_PREFIX, WRITER_NAME)

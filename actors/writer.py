@@ -34,9 +34,6 @@ class IndexWriter:
     ) -> PruneResult:
         return await self.committer.prune(session_id, photo_ids, fence)
 
-    async def stats(self) -> dict[str, int]:
-        return {"transactions": self.committer.transactions, "photos": self.committer.photos_written}
-
     async def node_id(self) -> str:
         """Where it runs (tests and docs: the writer belongs on the head node)."""
         return str(ray.get_runtime_context().get_node_id())

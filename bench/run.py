@@ -35,7 +35,6 @@ and prints the JSON file's path as its last line. ``--memory-check`` runs only
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import platform
 import shutil
@@ -48,32 +47,18 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench.baselines import make_embedder, run_limit, run_seed_loop
 from bench.cpu import watch_postgres
 from bench.data import DATA_VERSION, SyntheticSession, SyntheticStorage
 from bench.follow import bar_lines as follow_bar_lines
-from bench.follow import run_follow_bench
 from bench.memory import driver_maxrss_mb
-from bench.models import run_accuracy, run_model_comparison
-from bench.orchestration import orchestration_figures, run_orchestration
 from bench.report import Round, peak_by_process, summarize, write_chart, write_json
 from bench.results import RunResult
-from bench.search import run_search
-from bench.service import (
-    BenchService,
-    free_port,
-    run_pipeline,
-    run_rerun,
-    run_rerun_large,
-    seed_indexed_session,
-)
-from bench.side_by_side import run_side_by_side
-from bench.writer import run_writer
+from bench.service import free_port
+from bench.stages import MEMORY, STAGES, Bench, Stage, select
 from facepass.db import resolve_databases
 from facepass.demo.scenario import CatalogWriter
 from facepass.index.store import VectorStore
 from facepass.settings import Settings
-from facepass.vision.faces import FaceEmbedder
 from facepass.vision.pipeline import model_batch_photos
 
 
@@ -92,6 +77,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--n", type=int, default=600, help="photos in the session (default 600)")
+    parser.add_argument(
+        "--stages",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        default=None,
+        help="comma-separated stages to run, with the ones they need (default all: "
+        + ", ".join(stage.name for stage in STAGES)
+        + ")",
+    )
     parser.add_argument(
         "--latency-ms", type=_latencies, default=[100.0, 500.0], help="storage latency per request, ms"
     )
@@ -225,32 +218,19 @@ def _say(text: str = "") -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    stages = [MEMORY] if args.memory_check else select(args.stages)
     wall_start = time.perf_counter()
     started_at = datetime.now(UTC)
-    n: int = args.n
-    latencies: list[float] = args.latency_ms
-    low, high = latencies[0], latencies[-1]
+    n, latencies = args.n, args.latency_ms
     n_total = 4 * n if args.memory_check else n
     bytes_per_s = args.bandwidth_mbps * 1e6 / 8 if args.bandwidth_mbps > 0 else 0.0
     data_dir: Path = args.data_dir.expanduser().resolve()
     spool_dir = None if args.no_spool else data_dir / "spool"
-    profile_dir: Path | None = args.out / "profiles" if args.profile else None
 
     session = SyntheticSession(n_total, seed=args.seed)
     storage = SyntheticStorage(session, bytes_per_s=bytes_per_s, spool_dir=spool_dir)
     storage.start()
-    base = Settings(
-        data_dir=data_dir,
-        storage_url=storage.url,
-        http_port=args.http_port or free_port(),
-        ray_namespace=f"facepass-bench-{uuid.uuid4().hex[:8]}",
-        follow=False,  # the pipeline runs measure the route alone; bench.follow measures following
-    )
-    # The bench measures a pool of a known size (and stands in for its actors by name).
-    base = base.model_copy(update={"embed_actors": base.local_pool_size()})
-    settings = resolve_databases(base)
-    if not (base.cloud_dsn and base.local_dsn):
-        watch_postgres(data_dir / "pg")  # the embedded server's CPU is ours, not "other load"
+    settings = _settings(data_dir, storage.url, args.http_port)
     catalog_writer = CatalogWriter(settings.cloud_url())
     catalog_writer.create_schema()
     schema_store = VectorStore(settings.local_url(), pool_size=1)
@@ -258,42 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     schema_store.close()
     machine = _machine()
     threads = os.cpu_count() or 1
-    if machine["load_average_at_start"][0] > 0.5 * threads:
-        _say(
-            f"note: load average {machine['load_average_at_start']} on {threads} CPUs: other work is "
-            "running, figures will be noisy (each run reports how many cores other processes kept busy)"
-        )
-    bandwidth = f"{args.bandwidth_mbps:g} Mbit/s" if bytes_per_s else "unlimited"
-    sizes = f"{n} and {n_total}" if args.memory_check else str(n)
-    _say(
-        f"bench: {sizes} photos (seed {args.seed}), storage latency "
-        f"{', '.join(f'{v:g}' for v in latencies)} ms per request, bandwidth {bandwidth}"
-        f" per connection; {machine['cpus']} CPUs, load average {machine['load_average_at_start']}"
+    b = Bench(
+        args,
+        settings,
+        storage,
+        session,
+        catalog_writer,
+        threads,
+        args.out / "profiles" if args.profile else None,
     )
-    _say(
-        f"pool: {settings.local_pool_size()} embedding actors x {settings.intra_op_threads()} ORT threads, "
-        f"{settings.photos_in_flight_per_actor} photos in flight each; "
-        f"baselines: 1 process x {threads} ORT threads"
-    )
-
-    runs: list[RunResult] = []
-    session_ids: list[str] = []
-    limit: RunResult | None = None
-    limit_actor: RunResult | None = None
-    faces_per_photo: list[int] = []
-    seed_loops: dict[float, RunResult] = {}
-    rerun: RunResult | None = None
-    rerun_large: RunResult | None = None
-    memory_runs: dict[str, RunResult] = {}
-    limit_actor_after: RunResult | None = None
-    pair_embedder: FaceEmbedder | None = None
-    rounds: list[Round] = []
-    writer_figures: dict[str, Any] = {}
-    search_figures: dict[str, Any] = {}
-    orch_figures: dict[str, Any] = {}
-    model_figures: dict[str, Any] = {}
-    fp32_pipeline: RunResult | None = None
-    service: BenchService | None = None
+    _say_start(b, machine, n_total, bytes_per_s, stages)
     built_before_runs = 0
     try:
         t0 = time.perf_counter()
@@ -301,220 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         built_before_runs = storage.lazy_files.generated
         if spool_dir is not None:
             _say(f"photos spooled to {spool_dir} ({built} built now) in {time.perf_counter() - t0:.1f} s")
-
-        if not args.memory_check:
-            embedders = {"all_cores": make_embedder(settings, threads)}
-            if settings.intra_op_threads() != threads:
-                embedders["actor_threads"] = make_embedder(settings, settings.intra_op_threads())
-            embedder = embedders["all_cores"]
-            limit_n = min(args.limit_sample or n, n)
-            limits, precomputed = run_limit(storage.lazy_files, limit_n, embedders, settings)
-            faces_per_photo = [len(f) for f in precomputed]
-            for run in limits.values():
-                run.extrapolated = limit_n < n
-                run.session_photos = n
-                runs.append(run)
-                _say(run.line())
-            limit = limits["all_cores"]
-            limit_actor = limits.get("actor_threads", limit)
-            if args.model_sample:
-                model_n = min(args.model_sample, n)
-                model_runs, model_figures, fp32_model, fast_model = run_model_comparison(
-                    storage.lazy_files, model_n, settings, settings.intra_op_threads()
-                )
-                for run in model_runs:
-                    runs.append(run)
-                    _say(run.line())
-                _say(
-                    f"bare model, {model_n} photos: fast/fp32 {model_figures['model_fast_vs_fp32']}, "
-                    f"default CPU config/fp32 {model_figures['model_default_vs_fp32']}, batched/one by one "
-                    f"{model_figures['batched_vs_one_by_one']} "
-                    f"(fp32: {model_figures['batched_vs_one_by_one_fp32']})"
-                )
-                t_acc = time.perf_counter()
-                model_figures |= run_accuracy(fp32_model, fast_model)
-                _say(
-                    f"accuracy gate ({time.perf_counter() - t_acc:.0f} s): "
-                    + ", ".join(f"{k}={v}" for k, v in model_figures.items() if k.startswith("accuracy_"))
-                )
-                del fp32_model, fast_model
-            sample = min(args.seed_loop_sample or n, n)
-            for latency in latencies:
-                storage.latency_s = latency / 1000
-                seed = run_seed_loop(
-                    settings, catalog_writer, session.names_paths(sample), embedder, latency, n
-                )
-                session_ids.append(seed.extra["session_id"])
-                seed_loops[latency] = seed
-                runs.append(seed)
-                _say(seed.line())
-            model_name = embedder.model_name
-            # One actor's model stays loaded here for the bare runs paired with (c).
-            pair_embedder = embedders.get("actor_threads", embedder)
-            del embedder, embedders
-            gc.collect()
-            if args.writer_photos:
-                writer_store = VectorStore(settings.local_url(), pool_size=2)
-                writer_figures, writer_ids = run_writer(
-                    writer_store,
-                    precomputed,
-                    model_name,
-                    photos=args.writer_photos,
-                    batch_photos=settings.actor_batch_photos,
-                    max_batch_photos=settings.writer_max_batch_photos,
-                )
-                writer_store.close()
-                session_ids += [str(s) for s in writer_ids]
-                _say(
-                    f"writer: {writer_figures['writer_photos_per_s']} photos/s, "
-                    f"{writer_figures['writer_faces_per_s']} faces/s "
-                    f"({writer_figures['writer_photos']} photos in "
-                    f"{writer_figures['writer_transactions']} transactions); one transaction per photo: "
-                    f"{writer_figures['writer_one_transaction_per_photo_photos_per_s']} photos/s"
-                )
-            if args.search_sessions:
-                _say(
-                    f"search: building/reusing {args.search_sessions} x {args.search_session_faces} faces "
-                    f"+ one session of {args.search_big_faces} ..."
-                )
-                search_store = VectorStore(settings.local_url(), pool_size=2)
-                search_figures = run_search(
-                    search_store,
-                    sessions=args.search_sessions,
-                    faces_per_session=args.search_session_faces,
-                    big_faces=args.search_big_faces,
-                )
-                search_store.close()
-                _say("search: " + ", ".join(f"{k}={v}" for k, v in search_figures.items()))
-            if args.orch_n:
-                _say("orchestration: starting Ray + Serve with stand-in actors ...")
-                _, orch_run, orch_ids = run_orchestration(
-                    settings,
-                    storage,
-                    catalog_writer,
-                    session,
-                    precomputed,
-                    model_name,
-                    photos=args.orch_n,
-                    latency_ms=args.orch_latency_ms,
-                    in_flight=args.orch_in_flight,
-                    batch=args.orch_batch,
-                    profile_dir=profile_dir,
-                    ray_logs=args.ray_logs,
-                )
-                session_ids += orch_ids
-                runs.append(orch_run)
-                orch_figures = orchestration_figures(orch_run)
-                _say(orch_run.line())
-                _say_profile(orch_run)
-
-        if args.model_sample and not args.memory_check:
-            fp32_pipeline, fp32_ids = _run_fp32_pipeline(
-                settings, storage, catalog_writer, session, n, low, args
-            )
-            session_ids += fp32_ids
-            runs.append(fp32_pipeline)
-            _say(fp32_pipeline.line())
-        _say("starting Ray + Serve + the pool ...")
-        t0 = time.perf_counter()
-        service = BenchService(settings, ray_logs=args.ray_logs).start()
-        ready_s = time.perf_counter() - t0
-        _say(f"service ready in {ready_s:.1f} s {service.startup_s}; processes {service.pids()}")
-        storage.latency_s = 0.0
-        warm_n = min(n, settings.local_pool_size() * settings.photos_in_flight_per_actor)
-        warm, warm_id = run_pipeline(service, catalog_writer, session.names_paths(warm_n), 0.0, "warm-up")
-        session_ids.append(str(warm_id))
-        _say(f"warm-up (not counted): {warm.photos} photos in {warm.seconds:.1f} s")
-
-        if args.memory_check:
-            storage.latency_s = low / 1000
-            for label, count in (("n", n), ("4n", 4 * n)):
-                run, sid = run_pipeline(
-                    service,
-                    catalog_writer,
-                    session.names_paths(count),
-                    low,
-                    f"(c) ours, {count} photos",
-                    profile_dir,
-                )
-                session_ids.append(str(sid))
-                memory_runs[label] = run
-                runs.append(run)
-                _say(run.line())
-                _say(f"  peak RSS MB: {_peaks_text(run)}")
-                _say_profile(run)
-        else:
-            low_session: uuid.UUID | None = None
-
-            def bare() -> RunResult:
-                assert pair_embedder is not None
-                bare_runs, _ = run_limit(storage.lazy_files, limit_n, {"paired": pair_embedder}, settings)
-                run = bare_runs["paired"]
-                run.kind, run.extrapolated, run.session_photos = "limit_paired", limit_n < n, n
-                run.label = run.label.replace("(a) limit", "(a) limit, paired with (c)", 1)
-                runs.append(run)
-                _say(run.line())
-                return run
-
-            spooled = storage.lazy_files.spooled(limit_n)
-
-            def side_by_side() -> list[float] | None:
-                if spooled is None:
-                    return None
-                rates = run_side_by_side(spooled, settings.local_pool_size(), settings.intra_op_threads())
-                _say(
-                    f"(a) side by side: {len(rates)} bare-model processes at once, "
-                    f"{' + '.join(f'{r:.2f}' for r in rates)} = {sum(rates):.2f} photos/s"
-                )
-                return rates
-
-            before = bare()
-            for _ in range(args.paired_rounds):
-                round_runs: dict[float, RunResult] = {}
-                together = side_by_side()
-                for latency in latencies:
-                    storage.latency_s = latency / 1000
-                    run, sid = run_pipeline(
-                        service, catalog_writer, session.names_paths(n), latency, profile_dir=profile_dir
-                    )
-                    session_ids.append(str(sid))
-                    low_session = low_session or sid
-                    runs.append(run)
-                    _say(run.line())
-                    _say_profile(run)
-                    _check_pipeline(run, n, faces_per_photo if len(faces_per_photo) == n else None)
-                    round_runs[latency] = run
-                after = bare()
-                rounds.append(Round(before, round_runs, after, together))
-                before = after
-            assert low_session is not None
-            storage.latency_s = low / 1000
-            rerun = run_rerun(service, low_session, n, low)
-            runs.append(rerun)
-            _say(f"{rerun.label}: {rerun.seconds:.2f} s (skipped {rerun.extra.get('skipped_photos')})")
-            if args.rerun_n:
-                big = seed_indexed_session(settings, catalog_writer, args.rerun_n)
-                session_ids.append(str(big))
-                rerun_large = run_rerun_large(service, big, args.rerun_n)
-                runs.append(rerun_large)
-                _say(f"{rerun_large.label}: {rerun_large.seconds:.2f} s")
-            # The bare model again, now that Ray is gone (the "unpaired" ideal pool: the mean of
-            # the bare model before Ray started and after it stopped).
-            service.stop()
-            service = None
-            assert pair_embedder is not None  # the same photos as before (same mix of faces)
-            last, _ = run_limit(storage.lazy_files, limit_n, {"actor_threads": pair_embedder}, settings)
-            limit_actor_after = last["actor_threads"]
-            limit_actor_after.kind = "limit_after"
-            runs.append(limit_actor_after)
-            _say(limit_actor_after.line().replace("(a) limit", "(a) limit again, after (c)", 1))
-            pair_embedder = None
+        for stage in stages:
+            _say(f"--- stage {stage.name}: {stage.help}")
+            stage.run(b)
     finally:
-        if service is not None:
-            service.stop()
         storage.stop()
         if not args.keep_data:
-            _delete_sessions(settings, session_ids)
+            _delete_sessions(settings, b.session_ids)
             if spool_dir is not None:
                 shutil.rmtree(spool_dir, ignore_errors=True)
         catalog_writer.close()
@@ -526,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     common: dict[str, Any] = {
         "started_at": started_at.isoformat(),
         "wall_s": round(wall_s, 1),
+        "stages": [stage.name for stage in stages],
         "bandwidth_mbps": args.bandwidth_mbps,
         "seed": args.seed,
         "data_version": DATA_VERSION,
@@ -540,41 +288,18 @@ def main(argv: list[str] | None = None) -> int:
             "det_size": settings.det_size,
             "model_runtime": settings.model_runtime,
             "model_batch_photos": model_batch_photos(settings),
-            "model": runs[-1].extra.get("model_name") if runs else None,
+            "model": b.runs[-1].extra.get("model_name") if b.runs else None,
         },
         "machine": machine,
     }
+    runs_json = {"runs": [r.to_json() for r in b.runs]}
     if args.memory_check:
-        payload = _memory_payload(n, low, memory_runs) | common | {"runs": [r.to_json() for r in runs]}
+        payload = _memory_payload(n, latencies[0], b.memory_runs) | common | runs_json
         path = write_json(out / f"bench-memory-{stamp}.json", payload)
         _print_memory_summary(payload)
     else:
-        n_faces = sum(faces_per_photo) if limit is not None and not limit.extrapolated else None
-        summary = summarize(
-            limit=limit,
-            limit_actor=limit_actor,
-            limit_actor_after=limit_actor_after,
-            rounds=rounds,
-            embed_actors=settings.local_pool_size(),
-            actor_threads=settings.intra_op_threads(),
-            cpus=os.cpu_count() or 1,
-            seed_loops=seed_loops,
-            pipelines={},  # the median rounds' runs
-            rerun=rerun,
-            latencies_ms=latencies,
-            n_photos=n,
-            n_faces=n_faces if n_faces is not None else (rounds[0].pipelines[low].faces if rounds else None),
-        )
-        if rerun_large is not None:
-            # The bar is on a large indexed session; the N-photo session's rerun stays beside it.
-            summary["rerun_indexed_small_s"] = summary["rerun_indexed_s"]
-            summary["rerun_indexed_s"] = round(rerun_large.seconds, 3)
-            summary["rerun_indexed_photos"] = rerun_large.session_photos
-        summary |= writer_figures | search_figures | orch_figures | model_figures
-        summary |= _fast_vs_fp32_pipeline(fp32_pipeline, rounds, low)
-        follow_figures = _follow_bench(settings, args)
-        summary |= follow_figures
-        payload = summary | common | {"runs": [r.to_json() for r in runs]}
+        summary = _summary(b) | b.figures
+        payload = summary | common | runs_json
         chart = write_chart(
             out / f"bench-{stamp}.png",
             summary,
@@ -583,44 +308,80 @@ def main(argv: list[str] | None = None) -> int:
         )
         payload["chart"] = str(chart) if chart else None
         path = write_json(out / f"bench-{stamp}.json", payload)
-        _print_summary(payload, low, high)
-        if follow_figures:
-            for line in follow_bar_lines(follow_figures):
+        _print_summary(payload, latencies[0], latencies[-1])
+        if any(key.startswith("follow_") for key in b.figures):
+            for line in follow_bar_lines(b.figures):
                 _say(line)
     _say(f"wall time: {wall_s:.1f} s; driver peak RSS (getrusage): {common['driver_peak_rss_mb']} MB")
     _say(str(path))
     return 0
 
 
-def _run_fp32_pipeline(
-    settings: Settings,
-    storage: SyntheticStorage,
-    catalog_writer: CatalogWriter,
-    session: SyntheticSession,
-    n: int,
-    latency: float,
-    args: argparse.Namespace,
-) -> tuple[RunResult, list[str]]:
-    """(c) at the lowest latency once with the fp32 pack (FACEPASS_MODEL_RUNTIME=onnxruntime),
-    just before the default configuration's rounds: the route's "before" of the fast path."""
-    fp32_settings = settings.model_copy(update={"model_runtime": "onnxruntime"})
-    _say("starting Ray + Serve + the pool with the fp32 pack (ONNX Runtime) ...")
-    service = BenchService(fp32_settings, ray_logs=args.ray_logs).start()
-    ids: list[str] = []
-    try:
-        storage.latency_s = 0.0
-        warm_n = min(n, settings.local_pool_size() * settings.photos_in_flight_per_actor)
-        _, warm_id = run_pipeline(service, catalog_writer, session.names_paths(warm_n), 0.0, "warm-up fp32")
-        ids.append(str(warm_id))
-        storage.latency_s = latency / 1000
-        run, sid = run_pipeline(
-            service, catalog_writer, session.names_paths(n), latency, "(c) ours, fp32 pack (ONNX Runtime)"
+def _settings(data_dir: Path, storage_url: str, http_port: int) -> Settings:
+    base = Settings(
+        data_dir=data_dir,
+        storage_url=storage_url,
+        http_port=http_port or free_port(),
+        ray_namespace=f"facepass-bench-{uuid.uuid4().hex[:8]}",
+        follow=False,  # the pipeline runs measure the route alone; bench.follow measures following
+    )
+    # The bench measures a pool of a known size (and stands in for its actors by name).
+    base = base.model_copy(update={"embed_actors": base.local_pool_size()})
+    settings = resolve_databases(base)
+    if not (base.cloud_dsn and base.local_dsn):
+        watch_postgres(data_dir / "pg")  # the embedded server's CPU is ours, not "other load"
+    return settings
+
+
+def _say_start(
+    b: Bench, machine: dict[str, Any], n_total: int, bytes_per_s: float, stages: list[Stage]
+) -> None:
+    args, settings, threads = b.args, b.settings, b.threads
+    if machine["load_average_at_start"][0] > 0.5 * threads:
+        _say(
+            f"note: load average {machine['load_average_at_start']} on {threads} CPUs: other work is "
+            "running, figures will be noisy (each run reports how many cores other processes kept busy)"
         )
-        ids.append(str(sid))
-    finally:
-        service.stop()
-    run.kind = "pipeline_fp32"
-    return run, ids
+    bandwidth = f"{args.bandwidth_mbps:g} Mbit/s" if bytes_per_s else "unlimited"
+    sizes = f"{b.n} and {n_total}" if args.memory_check else str(b.n)
+    _say(
+        f"bench: {sizes} photos (seed {args.seed}), storage latency "
+        f"{', '.join(f'{v:g}' for v in b.latencies)} ms per request, bandwidth {bandwidth}"
+        f" per connection; {machine['cpus']} CPUs, load average {machine['load_average_at_start']}"
+    )
+    _say(
+        f"pool: {settings.local_pool_size()} embedding actors x {settings.intra_op_threads()} ORT threads, "
+        f"{settings.photos_in_flight_per_actor} photos in flight each; "
+        f"baselines: 1 process x {threads} ORT threads; stages: {', '.join(s.name for s in stages)}"
+    )
+
+
+def _summary(b: Bench) -> dict[str, Any]:
+    """The keys of (a), (b), (c) and the ratios between them (``bench.report.summarize``)."""
+    low = b.low
+    limit = b.limit
+    n_faces = sum(b.faces_per_photo) if limit is not None and not limit.extrapolated else None
+    summary = summarize(
+        limit=limit,
+        limit_actor=b.limit_actor,
+        limit_actor_after=b.limit_actor_after,
+        rounds=b.rounds,
+        embed_actors=b.settings.local_pool_size(),
+        actor_threads=b.settings.intra_op_threads(),
+        cpus=os.cpu_count() or 1,
+        seed_loops=b.seed_loops,
+        pipelines={},  # the median rounds' runs
+        rerun=b.rerun,
+        latencies_ms=b.latencies,
+        n_photos=b.n,
+        n_faces=n_faces if n_faces is not None else (b.rounds[0].pipelines[low].faces if b.rounds else None),
+    )
+    if b.rerun_large is not None:
+        # The bar is on a large indexed session; the N-photo session's rerun stays beside it.
+        summary["rerun_indexed_small_s"] = summary["rerun_indexed_s"]
+        summary["rerun_indexed_s"] = round(b.rerun_large.seconds, 3)
+        summary["rerun_indexed_photos"] = b.rerun_large.session_photos
+    return summary | _fast_vs_fp32_pipeline(b.fp32_pipeline, b.rounds, low)
 
 
 def _fast_vs_fp32_pipeline(fp32: RunResult | None, rounds: list[Round], low: float) -> dict[str, Any]:
@@ -636,39 +397,6 @@ def _fast_vs_fp32_pipeline(fp32: RunResult | None, rounds: list[Round], low: flo
         "pipeline_fast_vs_fp32": round(first / fp32.photos_per_s, 3),
         "pipeline_fast_vs_fp32_median_round": round(median / fp32.photos_per_s, 3),
     }
-
-
-def _follow_bench(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    """Follow lag and interactive-first under a backlog (bench.follow), on a service of its own."""
-    if args.follow_groups <= 0:
-        return {}
-    _say("\nfollow mode: lag, and interactive work under a background backlog (bench.follow)")
-    base = settings.model_copy(update={"ray_namespace": f"facepass-bench-{uuid.uuid4().hex[:8]}"})
-    return run_follow_bench(base, args.follow_groups, args.follow_backlog, args.follow_idle_s)
-
-
-def _say_profile(run: RunResult, top: int = 3) -> None:
-    profile: dict[str, dict[str, Any]] = run.extra.get("profile", {})
-    for name, figures in profile.items():
-        frames = "; ".join(
-            f"{pct}% {frame}" for frame, pct in list(figures.get("self_pct", {}).items())[:top]
-        )
-        _say(f"  py-spy {name} ({figures.get('samples', 0)} samples): {frames}")
-
-
-def _peaks_text(run: RunResult) -> str:
-    return ", ".join(f"{name} {figures['peak_mb']:.0f}" for name, figures in run.memory.items())
-
-
-def _check_pipeline(run: RunResult, n: int, faces_per_photo: list[int] | None) -> None:
-    """Photos with no face count as failed in the seed's report; anything else is a real failure."""
-    unexpected = int(run.extra.get("failed_photos", 0)) - int(run.extra.get("no_face_photos", 0))
-    if run.photos != n or unexpected:
-        pairs = zip(run.extra.get("errors", []), run.extra.get("error_codes", []), strict=False)
-        errors = [message for message, code in pairs if code != "no_face"]
-        _say(f"  WARNING: processed {run.photos} of {n}, {unexpected} failed other than no-face: {errors}")
-    if faces_per_photo is not None and run.faces != sum(faces_per_photo):
-        _say(f"  note: {run.faces} embeddings stored vs {sum(faces_per_photo)} faces found by the limit run")
 
 
 def _memory_payload(n: int, latency: float, runs: dict[str, RunResult]) -> dict[str, Any]:

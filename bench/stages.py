@@ -1,0 +1,434 @@
+"""The benchmark as stages: one function per measurement over a shared context, and a registry.
+
+Each stage reads what earlier stages left in the ``Bench`` context (the bare model's faces,
+the loaded model, the rounds of (c)) and adds its runs and its JSON keys; the measurement
+itself lives in its own module (``bench/baselines.py``, ``bench/models.py``, ``bench/writer.py``,
+``bench/search.py``, ``bench/orchestration.py``, ``bench/service.py``, ``bench/follow.py``).
+``python -m bench.run --stages writer,search`` runs some (with the stages they need);
+the default runs them all in the registry's order. ``bench/run.py`` sets the context up,
+runs the stages and writes the JSON, the chart and the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.baselines import make_embedder, run_limit, run_seed_loop
+from bench.data import SyntheticSession, SyntheticStorage
+from bench.follow import run_follow_bench
+from bench.models import run_accuracy, run_model_comparison
+from bench.orchestration import orchestration_figures, run_orchestration
+from bench.report import Round
+from bench.results import RunResult
+from bench.search import run_search
+from bench.service import BenchService, run_pipeline, run_rerun, run_rerun_large, seed_indexed_session
+from bench.side_by_side import run_side_by_side
+from bench.writer import run_writer
+from facepass.demo.scenario import CatalogWriter
+from facepass.index.store import VectorStore
+from facepass.settings import Settings
+from facepass.vision.faces import FaceEmbedder
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+@dataclass
+class Bench:
+    """What every stage sees: the run's settings and storage, and what earlier stages made."""
+
+    args: argparse.Namespace
+    settings: Settings
+    storage: SyntheticStorage
+    session: SyntheticSession
+    catalog_writer: CatalogWriter
+    threads: int  # the baselines' ONNX Runtime threads (all cores)
+    profile_dir: Path | None = None
+    runs: list[RunResult] = field(default_factory=list)
+    session_ids: list[str] = field(default_factory=list)  # deleted at the end
+    figures: dict[str, Any] = field(default_factory=dict)  # JSON keys measured by the stages
+    # made by "limit", used by later stages
+    limit: RunResult | None = None
+    limit_actor: RunResult | None = None
+    limit_n: int = 0
+    precomputed: list[Any] = field(default_factory=list)  # the faces (a) found, per photo
+    embedder: FaceEmbedder | None = None  # all cores: the seed's loop
+    pair_embedder: FaceEmbedder | None = None  # one actor's threads: paired with (c)
+    model_name: str = ""
+    # made by the others
+    seed_loops: dict[float, RunResult] = field(default_factory=dict)
+    fp32_pipeline: RunResult | None = None
+    rounds: list[Round] = field(default_factory=list)
+    rerun: RunResult | None = None
+    rerun_large: RunResult | None = None
+    limit_actor_after: RunResult | None = None
+    memory_runs: dict[str, RunResult] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.args.n)
+
+    @property
+    def latencies(self) -> list[float]:
+        return list(self.args.latency_ms)
+
+    @property
+    def low(self) -> float:
+        return self.latencies[0]
+
+    @property
+    def faces_per_photo(self) -> list[int]:
+        return [len(faces) for faces in self.precomputed]
+
+    def add(self, run: RunResult, line: str | None = None) -> RunResult:
+        self.runs.append(run)
+        say(line if line is not None else run.line())
+        return run
+
+    def drop_embedder(self) -> None:
+        """The all-cores model is done with before Ray starts (its memory goes back)."""
+        if self.embedder is not None:
+            self.embedder = None
+            gc.collect()
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    name: str
+    run: Callable[[Bench], None]
+    help: str
+    needs: tuple[str, ...] = ()
+
+
+# --- the stages, in the order they run ---------------------------------------------------------
+def limit(b: Bench) -> None:
+    """(a) the bare model on the photos' bytes in memory: all cores, and one actor's threads."""
+    settings = b.settings
+    embedders = {"all_cores": make_embedder(settings, b.threads)}
+    if settings.intra_op_threads() != b.threads:
+        embedders["actor_threads"] = make_embedder(settings, settings.intra_op_threads())
+    b.limit_n = min(b.args.limit_sample or b.n, b.n)
+    limits, b.precomputed = run_limit(b.storage.lazy_files, b.limit_n, embedders, settings)
+    for run in limits.values():
+        run.extrapolated = b.limit_n < b.n
+        run.session_photos = b.n
+        b.add(run)
+    b.limit = limits["all_cores"]
+    b.limit_actor = limits.get("actor_threads", b.limit)
+    b.embedder = embedders["all_cores"]
+    b.pair_embedder = embedders.get("actor_threads", b.embedder)
+    b.model_name = b.embedder.model_name
+
+
+def model(b: Bench) -> None:
+    """The chosen variant against the reference, bare, one process; then the accuracy gate."""
+    if not b.args.model_sample:
+        return
+    model_n = min(b.args.model_sample, b.n)
+    runs, figures, fp32_model, fast_model = run_model_comparison(
+        b.storage.lazy_files, model_n, b.settings, b.settings.intra_op_threads()
+    )
+    for run in runs:
+        b.add(run)
+    say(
+        f"bare model, {model_n} photos: fast/fp32 {figures['model_fast_vs_fp32']}, "
+        f"default CPU config/fp32 {figures['model_default_vs_fp32']}, batched/one by one "
+        f"{figures['batched_vs_one_by_one']} (fp32: {figures['batched_vs_one_by_one_fp32']})"
+    )
+    figures |= run_accuracy(fp32_model, fast_model)
+    say("accuracy gate: " + ", ".join(f"{k}={v}" for k, v in figures.items() if k.startswith("accuracy_")))
+    b.figures |= figures
+
+
+def seed_loop(b: Bench) -> None:
+    """(b) the seed's sequential loop at each storage latency."""
+    assert b.embedder is not None
+    sample = min(b.args.seed_loop_sample or b.n, b.n)
+    for latency in b.latencies:
+        b.storage.latency_s = latency / 1000
+        run = run_seed_loop(
+            b.settings, b.catalog_writer, b.session.names_paths(sample), b.embedder, latency, b.n
+        )
+        b.session_ids.append(run.extra["session_id"])
+        b.seed_loops[latency] = b.add(run)
+
+
+def writer(b: Bench) -> None:
+    """The writer's code alone, on the faces (a) found."""
+    if not b.args.writer_photos:
+        return
+    store = VectorStore(b.settings.local_url(), pool_size=2)
+    try:
+        figures, ids = run_writer(
+            store,
+            b.precomputed,
+            b.model_name,
+            photos=b.args.writer_photos,
+            batch_photos=b.settings.actor_batch_photos,
+            max_batch_photos=b.settings.writer_max_batch_photos,
+        )
+    finally:
+        store.close()
+    b.session_ids += [str(s) for s in ids]
+    b.figures |= figures
+    say(
+        f"writer: {figures['writer_photos_per_s']} photos/s, {figures['writer_faces_per_s']} faces/s "
+        f"({figures['writer_photos']} photos in {figures['writer_transactions']} transactions); one "
+        f"transaction per photo: {figures['writer_one_transaction_per_photo_photos_per_s']} photos/s"
+    )
+
+
+def search(b: Bench) -> None:
+    """Search at scale, inside one session, against an exact scan."""
+    a = b.args
+    if not a.search_sessions:
+        return
+    say(
+        f"search: building/reusing {a.search_sessions} x {a.search_session_faces} faces "
+        f"+ one session of {a.search_big_faces} ..."
+    )
+    store = VectorStore(b.settings.local_url(), pool_size=2)
+    try:
+        figures = run_search(
+            store,
+            sessions=a.search_sessions,
+            faces_per_session=a.search_session_faces,
+            big_faces=a.search_big_faces,
+        )
+    finally:
+        store.close()
+    b.figures |= figures
+    say("search: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+
+
+def orchestration(b: Bench) -> None:
+    """(d) the route with the model taken out (the benchmark-only stand-in)."""
+    a = b.args
+    if not a.orch_n:
+        return
+    b.drop_embedder()
+    say("orchestration: starting Ray + Serve with stand-in actors ...")
+    _, run, ids = run_orchestration(
+        b.settings,
+        b.storage,
+        b.catalog_writer,
+        b.session,
+        b.precomputed,
+        b.model_name,
+        photos=a.orch_n,
+        latency_ms=a.orch_latency_ms,
+        in_flight=a.orch_in_flight,
+        batch=a.orch_batch,
+        profile_dir=b.profile_dir,
+        ray_logs=a.ray_logs,
+    )
+    b.session_ids += ids
+    b.add(run)
+    b.figures |= orchestration_figures(run)
+    say_profile(run)
+
+
+def fp32_pipeline(b: Bench) -> None:
+    """(c) once at the lowest latency with the reference (FACEPASS_MODEL_RUNTIME=onnxruntime),
+    just before the default configuration's rounds: the route's "before" of the fast path."""
+    if not b.args.model_sample:
+        return
+    b.drop_embedder()
+    fp32_settings = b.settings.model_copy(update={"model_runtime": "onnxruntime"})
+    say("starting Ray + Serve + the pool with the fp32 pack (ONNX Runtime) ...")
+    service = BenchService(fp32_settings, ray_logs=b.args.ray_logs).start()
+    try:
+        _warm_up(b, service, "warm-up fp32")
+        b.storage.latency_s = b.low / 1000
+        run, sid = run_pipeline(
+            service, b.catalog_writer, b.session.names_paths(b.n), b.low, "(c) ours, fp32 pack (ONNX Runtime)"
+        )
+        b.session_ids.append(str(sid))
+    finally:
+        service.stop()
+    run.kind = "pipeline_fp32"
+    b.fp32_pipeline = b.add(run)
+
+
+def pipeline(b: Bench) -> None:
+    """(c) the route at each latency in rounds paired with the bare model, then the reruns on
+    indexed sessions, then the bare model again once Ray is gone."""
+    b.drop_embedder()
+    service = _start_service(b)
+    try:
+        first = _rounds(b, service)
+        b.storage.latency_s = b.low / 1000
+        b.rerun = run_rerun(service, first, b.n, b.low)
+        b.add(
+            b.rerun,
+            f"{b.rerun.label}: {b.rerun.seconds:.2f} s (skipped {b.rerun.extra.get('skipped_photos')})",
+        )
+        if b.args.rerun_n:
+            big = seed_indexed_session(b.settings, b.catalog_writer, b.args.rerun_n)
+            b.session_ids.append(str(big))
+            b.rerun_large = run_rerun_large(service, big, b.args.rerun_n)
+            b.add(b.rerun_large, f"{b.rerun_large.label}: {b.rerun_large.seconds:.2f} s")
+    finally:
+        service.stop()
+    # The bare model again, now that Ray is gone (the "unpaired" ideal pool: the mean of the
+    # bare model before Ray started and after it stopped), on the same photos.
+    assert b.pair_embedder is not None
+    last, _ = run_limit(b.storage.lazy_files, b.limit_n, {"actor_threads": b.pair_embedder}, b.settings)
+    after = last["actor_threads"]
+    after.kind = "limit_after"
+    b.limit_actor_after = b.add(after, after.line().replace("(a) limit", "(a) limit again, after (c)", 1))
+    b.pair_embedder = None
+
+
+def follow(b: Bench) -> None:
+    """Follow lag and interactive-first under a backlog (bench.follow), on a service of its own."""
+    a = b.args
+    if a.follow_groups <= 0:
+        return
+    say("\nfollow mode: lag, and interactive work under a background backlog (bench.follow)")
+    base = b.settings.model_copy(update={"ray_namespace": f"facepass-bench-{uuid.uuid4().hex[:8]}"})
+    b.figures |= run_follow_bench(base, a.follow_groups, a.follow_backlog, a.follow_idle_s)
+
+
+def memory(b: Bench) -> None:
+    """``--memory-check``: only (c), at N and 4N photos; peak RSS of both."""
+    service = _start_service(b)
+    try:
+        b.storage.latency_s = b.low / 1000
+        for label, count in (("n", b.n), ("4n", 4 * b.n)):
+            names = b.session.names_paths(count)
+            run, sid = run_pipeline(
+                service, b.catalog_writer, names, b.low, f"(c) ours, {count} photos", b.profile_dir
+            )
+            b.session_ids.append(str(sid))
+            b.memory_runs[label] = b.add(run)
+            say("  peak RSS MB: " + ", ".join(f"{k} {v['peak_mb']:.0f}" for k, v in run.memory.items()))
+            say_profile(run)
+    finally:
+        service.stop()
+
+
+STAGES: list[Stage] = [
+    Stage("limit", limit, "(a) the bare model, all cores and one actor's threads"),
+    Stage("model", model, "the chosen variant vs the reference, and the accuracy gate"),
+    Stage("seed_loop", seed_loop, "(b) the seed's loop at each latency", ("limit",)),
+    Stage("writer", writer, "the writer alone", ("limit",)),
+    Stage("search", search, "search at scale"),
+    Stage("orchestration", orchestration, "(d) the route with the stand-in", ("limit",)),
+    Stage("fp32_pipeline", fp32_pipeline, "(c) once with the reference"),
+    Stage("pipeline", pipeline, "(c) in rounds, the reruns", ("limit",)),
+    Stage("follow", follow, "follow lag and interactive-first under a backlog"),
+]
+MEMORY = Stage("memory", memory, "(c) at N and 4N: peak RSS")
+
+
+def select(names: list[str] | None) -> list[Stage]:
+    """The stages asked for and the ones they need, in the registry's order (all by default)."""
+    if not names:
+        return list(STAGES)
+    by_name = {stage.name: stage for stage in STAGES}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; the stages: {', '.join(by_name)}")
+    wanted = set(names)
+    for name in names:
+        wanted |= set(by_name[name].needs)
+    return [stage for stage in STAGES if stage.name in wanted]
+
+
+# --- helpers of the stages -----------------------------------------------------------------
+def say_profile(run: RunResult, top: int = 3) -> None:
+    profile: dict[str, dict[str, Any]] = run.extra.get("profile", {})
+    for name, figures in profile.items():
+        frames = "; ".join(
+            f"{pct}% {frame}" for frame, pct in list(figures.get("self_pct", {}).items())[:top]
+        )
+        say(f"  py-spy {name} ({figures.get('samples', 0)} samples): {frames}")
+
+
+def _warm_up(b: Bench, service: BenchService, label: str) -> None:
+    b.storage.latency_s = 0.0
+    warm_n = min(b.n, b.settings.local_pool_size() * b.settings.photos_in_flight_per_actor)
+    warm, warm_id = run_pipeline(service, b.catalog_writer, b.session.names_paths(warm_n), 0.0, label)
+    b.session_ids.append(str(warm_id))
+    say(f"{label} (not counted): {warm.photos} photos in {warm.seconds:.1f} s")
+
+
+def _start_service(b: Bench) -> BenchService:
+    say("starting Ray + Serve + the pool ...")
+    t0 = time.perf_counter()
+    service = BenchService(b.settings, ray_logs=b.args.ray_logs).start()
+    say(f"service ready in {time.perf_counter() - t0:.1f} s {service.startup_s}; processes {service.pids()}")
+    try:
+        _warm_up(b, service, "warm-up")
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+def _rounds(b: Bench, service: BenchService) -> uuid.UUID:
+    """Rounds of: the bare model, (c) at each latency, the bare model (each round's "after" is
+    the next one's "before"); two bare-model processes side by side at the start of each.
+    Returns the first session indexed at the lowest latency (the rerun's)."""
+    assert b.pair_embedder is not None
+    pair = b.pair_embedder
+    spooled = b.storage.lazy_files.spooled(b.limit_n)
+
+    def bare() -> RunResult:
+        runs, _ = run_limit(b.storage.lazy_files, b.limit_n, {"paired": pair}, b.settings)
+        run = runs["paired"]
+        run.kind, run.extrapolated, run.session_photos = "limit_paired", b.limit_n < b.n, b.n
+        run.label = run.label.replace("(a) limit", "(a) limit, paired with (c)", 1)
+        return b.add(run)
+
+    def side_by_side() -> list[float] | None:
+        if spooled is None:
+            return None
+        rates = run_side_by_side(spooled, b.settings.local_pool_size(), b.settings.intra_op_threads())
+        say(
+            f"(a) side by side: {len(rates)} bare-model processes at once, "
+            f"{' + '.join(f'{r:.2f}' for r in rates)} = {sum(rates):.2f} photos/s"
+        )
+        return rates
+
+    faces = b.faces_per_photo if len(b.precomputed) == b.n else None
+    first: uuid.UUID | None = None
+    before = bare()
+    for _ in range(b.args.paired_rounds):
+        runs: dict[float, RunResult] = {}
+        together = side_by_side()
+        for latency in b.latencies:
+            b.storage.latency_s = latency / 1000
+            names = b.session.names_paths(b.n)
+            run, sid = run_pipeline(service, b.catalog_writer, names, latency, profile_dir=b.profile_dir)
+            first = first or sid
+            b.session_ids.append(str(sid))
+            b.add(run)
+            say_profile(run)
+            _check_pipeline(run, b.n, faces)
+            runs[latency] = run
+        after = bare()
+        b.rounds.append(Round(before, runs, after, together))
+        before = after
+    assert first is not None, "--paired-rounds must be at least 1"
+    return first
+
+
+def _check_pipeline(run: RunResult, n: int, faces_per_photo: list[int] | None) -> None:
+    """Photos with no face count as failed in the seed's report; anything else is a real failure."""
+    unexpected = int(run.extra.get("failed_photos", 0)) - int(run.extra.get("no_face_photos", 0))
+    if run.photos != n or unexpected:
+        pairs = zip(run.extra.get("errors", []), run.extra.get("error_codes", []), strict=False)
+        errors = [message for message, code in pairs if code != "no_face"]
+        say(f"  WARNING: processed {run.photos} of {n}, {unexpected} failed other than no-face: {errors}")
+    if faces_per_photo is not None and run.faces != sum(faces_per_photo):
+        say(f"  note: {run.faces} embeddings stored vs {sum(faces_per_photo)} faces found by the limit run")
