@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
-from typing import Any
 
 from actors.metrics import reindex_metrics
 from facepass.errors import SessionBusy, TooManyRuns
@@ -81,7 +80,7 @@ class RouteRuns:
 
     async def blocking(
         self, coordinator: ReindexCoordinator, session_id: uuid.UUID, mode: ReindexMode
-    ) -> dict[str, Any]:
+    ) -> dict[str, object]:
         """The report of the run this call ran, or of the one it joined (``joined: true``)."""
         if self.active >= self.max_runs:
             await self._joinable(session_id, mode)
