@@ -152,3 +152,19 @@ def test_closing_lines(seed_report: ReindexReport) -> None:
     assert "Успешно: 8" in lines
     assert "С ошибками: 2" in lines
     assert "Эмбеддингов в индексе сессии: 11" in lines
+
+
+def test_the_core_result_and_the_http_schema_name_the_same_fields(seed_report: ReindexReport) -> None:
+    """RunResult (the core's record of a run) and ReindexResponse (the route's schema) are kept
+    apart on purpose (core vs edge); this holds them to the same fields, in the same order, and
+    the route's answer validates against the schema."""
+    import dataclasses
+
+    from facepass.runs.jobs import RunResult
+    from serve_app.schemas import ReindexResponse
+
+    core = [f.name for f in dataclasses.fields(RunResult)]
+    edge = [name for name in ReindexResponse.model_fields if name not in ("job_id", "joined")]
+    assert core == edge
+    answer = ReindexResponse.model_validate(seed_report.to_response())
+    assert answer.model_dump(exclude={"job_id", "joined"}, mode="json") == seed_report.to_response()
