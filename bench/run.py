@@ -72,6 +72,10 @@ def _latencies(text: str) -> list[float]:
     return values
 
 
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -153,6 +157,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--follow-groups", type=int, default=25, help="bench.follow: groups of 2 photos (0: skip)"
+    )
+    parser.add_argument(
+        "--gpu-standin-n", type=_ints, default=[1, 2, 4, 8], help="gpu_standin: virtual GPUs (1,2,4,8)"
+    )
+    parser.add_argument(
+        "--gpu-standin-batches", type=_ints, default=[8, 32], help="gpu_standin: photos per batch (8,32)"
+    )
+    parser.add_argument("--gpu-standin-t0-ms", type=float, default=8.0, help="gpu_standin: ms per batch")
+    parser.add_argument("--gpu-standin-t1-ms", type=float, default=1.75, help="gpu_standin: ms per photo")
+    parser.add_argument(
+        "--gpu-standin-seconds", type=float, default=4.0, help="gpu_standin: ideal run length"
     )
     parser.add_argument("--follow-backlog", type=int, default=2000, help="bench.follow: backlog photos")
     parser.add_argument("--follow-idle-s", type=float, default=60, help="bench.follow: idle window")

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray
+
 from bench.baselines import make_embedder, run_limit, run_seed_loop
 from bench.data import SyntheticSession, SyntheticStorage
 from bench.follow import run_follow_bench
@@ -28,8 +30,16 @@ from bench.orchestration import orchestration_figures, run_orchestration
 from bench.report import Round
 from bench.results import RunResult
 from bench.search import run_search
-from bench.service import BenchService, run_pipeline, run_rerun, run_rerun_large, seed_indexed_session
+from bench.service import (
+    BenchService,
+    free_port,
+    run_pipeline,
+    run_rerun,
+    run_rerun_large,
+    seed_indexed_session,
+)
 from bench.side_by_side import run_side_by_side
+from bench.standin import start_virtual_gpus
 from bench.writer import run_writer
 from facepass.demo.scenario import CatalogWriter
 from facepass.index.store import VectorStore
@@ -298,6 +308,62 @@ def follow(b: Bench) -> None:
     b.figures |= run_follow_bench(base, a.follow_groups, a.follow_backlog, a.follow_idle_s)
 
 
+def gpu_standin(b: Bench) -> None:
+    """The route on virtual GPUs (``bench.standin.VirtualGpuActor``: a batch of n costs
+    t0 + t1 * n of waiting and no CPU; the bytes held inside it): photos/s and each virtual GPU's
+    busy fraction at N virtual GPUs and each batch size. The writer and PostgreSQL are real."""
+    a = b.args
+    known = b.session.names_paths(len(b.precomputed))
+    faces_by_path = {path: faces for (_, path), faces in zip(known, b.precomputed, strict=True)}
+    t0_s, t1_s = a.gpu_standin_t0_ms / 1000, a.gpu_standin_t1_ms / 1000
+    per_gpu = 1 / (t0_s / max(a.gpu_standin_batches) + t1_s)  # the largest batch's rate
+    b.drop_embedder()
+    for n_gpus in a.gpu_standin_n:
+        for batch in a.gpu_standin_batches:
+            rate = n_gpus / (t0_s / batch + t1_s)  # what the virtual GPUs could do at this batch
+            photos = max(4 * batch * n_gpus, int(rate * a.gpu_standin_seconds))
+            # Enough in flight to keep each device busy: two batches queued behind the one running.
+            in_flight = 3 * batch
+            settings = b.settings.model_copy(
+                update={
+                    "ray_namespace": f"{b.settings.ray_namespace}-vgpu{n_gpus}x{batch}",
+                    "http_port": free_port(),
+                    "embed_actors": n_gpus,
+                    "actor_batch_photos": batch,
+                    "photos_in_flight_per_actor": in_flight,
+                }
+            )
+            rows = [(f"v{j:06d}_{known[j % len(known)][0]}", known[j % len(known)][1]) for j in range(photos)]
+            gpus: list[Any] = []
+
+            def start(settings: Settings = settings, gpus: list[Any] = gpus) -> None:
+                gpus.extend(start_virtual_gpus(settings, faces_by_path, b.model_name, t0_s=t0_s, t1_s=t1_s))
+
+            service = BenchService(settings, ray_logs=a.ray_logs, before_serve=start).start()
+            try:
+                warm, warm_id = run_pipeline(service, b.catalog_writer, rows[: 2 * in_flight], 0.0, "warm-up")
+                b.session_ids.append(str(warm_id))
+                before = [ray.get(g.usage.remote()) for g in gpus]
+                label = f"route on {n_gpus} virtual GPU(s), batches of {batch}"
+                run, sid = run_pipeline(service, b.catalog_writer, rows, 0.0, label)
+                after = [ray.get(g.usage.remote()) for g in gpus]
+                b.session_ids.append(str(sid))
+            finally:
+                service.stop()
+            busy = [(x["busy_s"] - y["busy_s"]) / run.seconds for x, y in zip(after, before, strict=True)]
+            run.kind = "gpu_standin"
+            run.extra.update(virtual_gpus=n_gpus, batch=batch, busy=[round(f, 3) for f in busy])
+            b.add(
+                run, f"{run.line()}; busy {', '.join(f'{f:.2f}' for f in busy)} (ideal {rate:.0f} photos/s)"
+            )
+            key = f"gpu_standin_route_n{n_gpus}_b{batch}"
+            b.figures[f"{key}_photos_per_s"] = round(run.photos_per_s, 1)
+            b.figures[f"{key}_busy_min"] = round(min(busy), 3)
+            b.figures[f"{key}_busy_mean"] = round(sum(busy) / len(busy), 3)
+    b.figures["gpu_standin_photos_per_s_per_gpu"] = round(per_gpu, 1)
+    b.figures["gpu_standin_t0_ms"], b.figures["gpu_standin_t1_ms"] = a.gpu_standin_t0_ms, a.gpu_standin_t1_ms
+
+
 def memory(b: Bench) -> None:
     """``--memory-check``: only (c), at N and 4N photos; peak RSS of both."""
     service = _start_service(b)
@@ -327,6 +393,10 @@ STAGES: list[Stage] = [
     Stage("pipeline", pipeline, "(c) in rounds, the reruns", ("limit",)),
     Stage("follow", follow, "follow lag and interactive-first under a backlog"),
 ]
+# Run only when asked for (--stages gpu_standin): issue 33's instrument, not yet in `make bench`.
+OPTIONAL: list[Stage] = [
+    Stage("gpu_standin", gpu_standin, "the route on virtual GPUs (t0 + t1 * n a batch)", ("limit",)),
+]
 MEMORY = Stage("memory", memory, "(c) at N and 4N: peak RSS")
 
 
@@ -334,14 +404,14 @@ def select(names: list[str] | None) -> list[Stage]:
     """The stages asked for and the ones they need, in the registry's order (all by default)."""
     if not names:
         return list(STAGES)
-    by_name = {stage.name: stage for stage in STAGES}
+    by_name = {stage.name: stage for stage in [*STAGES, *OPTIONAL]}
     unknown = [name for name in names if name not in by_name]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; the stages: {', '.join(by_name)}")
     wanted = set(names)
     for name in names:
         wanted |= set(by_name[name].needs)
-    return [stage for stage in STAGES if stage.name in wanted]
+    return [stage for stage in [*STAGES, *OPTIONAL] if stage.name in wanted]
 
 
 # --- helpers of the stages -----------------------------------------------------------------

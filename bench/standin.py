@@ -91,3 +91,86 @@ def start_stand_ins(
         ).remote(settings, faces_ref, model_name)
         for i in range(settings.local_pool_size())
     ]
+
+
+@ray.remote
+class VirtualGpuActor:
+    """Benchmark-only: an embedding actor shaped like a GPU ("a virtual GPU").
+
+    A batch of n photos costs ``t0_s + t1_s * n`` of waiting and no CPU, one batch at a time
+    (a device runs one batch after another), and answers the faces the limit run found; the
+    photo bytes are held inside it (no download), so what is measured is everything between the
+    route and the writer: Serve, the coordinator, the pool, Ray calls, the writer, PostgreSQL.
+    Many fit on a 2-core machine. Like ``StandInEmbeddingActor`` nothing in the service refers
+    to it; the bench creates it under the pool's actor names before the app starts.
+    """
+
+    def __init__(
+        self, faces_by_path: dict[str, list[DetectedFace]], model_name: str, t0_s: float, t1_s: float
+    ) -> None:
+        self.faces_by_path = faces_by_path
+        self.model_name = model_name
+        self.t0_s, self.t1_s = t0_s, t1_s
+        self.device = asyncio.Lock()
+        self.busy_s = 0.0
+        self.photos = 0
+        self.batches = 0
+
+    async def process_batch(self, photos: list[PhotoRef]) -> list[PhotoResult]:
+        async with self.device:
+            cost = self.t0_s + self.t1_s * len(photos)
+            await asyncio.sleep(cost)
+            self.busy_s += cost
+            self.photos += len(photos)
+            self.batches += 1
+        results = []
+        for photo in photos:
+            result = PhotoResult(photo=photo, model_name=self.model_name)
+            faces = self.faces_by_path.get(photo.preview_path)
+            if faces is None:
+                result.fail(PhotoError(f"no precomputed faces for {photo.preview_path}"))
+            elif not faces:
+                result.fail(NoFaceDetected())
+            else:
+                result.faces = list(faces)
+            results.append(result)
+        return results
+
+    async def embed_image(self, data: bytes) -> list[DetectedFace]:
+        raise PhotoError("the virtual GPU embeds no uploaded image")
+
+    async def info(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "model_name": self.model_name,
+            "providers_requested": [],
+            "providers_active": [f"virtual GPU: {self.t0_s * 1000:g} ms + {self.t1_s * 1000:g} ms a photo"],
+            "gpu_ids": [],
+            "intra_op_threads": 0,
+        }
+
+    async def usage(self) -> dict[str, float]:
+        """Busy seconds, photos and batches so far (the bench reads them before and after a run)."""
+        return {"busy_s": self.busy_s, "photos": float(self.photos), "batches": float(self.batches)}
+
+
+def start_virtual_gpus(
+    settings: Settings,
+    faces_by_path: dict[str, list[DetectedFace]],
+    model_name: str,
+    *,
+    t0_s: float,
+    t1_s: float,
+) -> list[Any]:
+    """Create the pool's embedding actors as virtual GPUs (after ray.init, before serve.run)."""
+    faces_ref = ray.put(faces_by_path)
+    return [
+        VirtualGpuActor.options(  # type: ignore[attr-defined]
+            name=embedding_actor_name(i),
+            namespace=settings.ray_namespace,
+            lifetime="detached",
+            max_concurrency=settings.photos_in_flight_per_actor,
+            num_cpus=0,
+        ).remote(faces_ref, model_name, t0_s, t1_s)
+        for i in range(settings.local_pool_size())
+    ]

@@ -22,3 +22,8 @@ def test_a_stage_brings_the_stages_it_needs_and_nothing_else() -> None:
 def test_an_unknown_stage_is_refused_with_the_list() -> None:
     with pytest.raises(ValueError, match="orchestration"):
         select(["nope"])
+
+
+def test_an_optional_stage_runs_only_when_asked_for() -> None:
+    assert "gpu_standin" not in [s.name for s in select(None)]
+    assert [s.name for s in select(["gpu_standin"])] == ["limit", "gpu_standin"]
