@@ -89,10 +89,11 @@ class EmbeddingPool:
     def in_flight(self) -> int:
         return sum(m.in_flight for m in self.members.members.values())
 
-    def _observe(self) -> None:
+    def _observe(self, changed: Lane | None) -> None:
+        """Queue gauges: a photo handed in moves its lane's only (per photo: the hot path)."""
         metrics = reindex_metrics()
         metrics.set_queue(self.in_flight, self.queued, self.dispatcher.gate.in_flight)
-        for lane in Lane:
+        for lane in Lane if changed is None else (changed,):
             metrics.set_queued(lane, self.dispatcher.queued(lane))
 
     async def process(self, photo: PhotoRef, lane: Lane = Lane.INTERACTIVE) -> PhotoOutcome:

@@ -52,14 +52,15 @@ class _Window:
 
 
 class Dispatcher:
-    """Queues, batches and the lanes' rule; ``changed`` is told whenever a queue moves."""
+    """Queues, batches and the lanes' rule; ``changed`` is told whenever a queue moves: with
+    the lane a photo joined, or with None when a batch ended (every lane may have moved)."""
 
     def __init__(
         self,
         sizes: Callable[[], Sizes],
         run_batch: RunBatch,
         lost: Lost,
-        changed: Callable[[], None] = lambda: None,
+        changed: Callable[[Lane | None], None] = lambda lane: None,
     ) -> None:
         self._sizes = sizes
         self._run_batch = run_batch
@@ -104,7 +105,7 @@ class Dispatcher:
                 self._dispatch()
             else:
                 self._schedule()  # photos handed in during this turn of the loop join the batch
-            self._changed()
+            self._changed(lane)
             try:
                 return await future
             except asyncio.CancelledError:
@@ -173,7 +174,7 @@ class Dispatcher:
 
     def _after(self, lane: Lane) -> None:
         """Room for background work again: now, and once a person's grace has passed."""
-        self._changed()
+        self._changed(None)
         if self._queues[Lane.BACKGROUND]:
             self._schedule()
             if lane is Lane.INTERACTIVE:
