@@ -5,6 +5,7 @@ Ray prefixes them with ``ray_`` in Prometheus: ``ray_facepass_photos_total`` etc
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from functools import cache
 from typing import TYPE_CHECKING
@@ -50,16 +51,21 @@ class ReindexMetrics:
         )
         self._remaining: dict[str, int] = {}  # runs under way in this process only: bounded
 
-    def record(self, outcome: PhotoOutcome) -> None:
-        self.photos.inc(1, tags={"outcome": outcome.status.value})
-        if outcome.face_count:
-            self.faces.inc(outcome.face_count)
-        if outcome.download_ms:
-            self.download.observe(outcome.download_ms / 1000)
-        if outcome.inference_ms:
-            self.inference.observe(outcome.inference_ms / 1000)
-        if outcome.write_ms:
-            self.write.observe(outcome.write_ms / 1000)
+    def record_many(self, outcomes: list[PhotoOutcome]) -> None:
+        """A batch's outcomes: the counters once per batch, the histograms per photo."""
+        by_status = Counter(outcome.status.value for outcome in outcomes)
+        for status, count in by_status.items():
+            self.photos.inc(count, tags={"outcome": status})
+        faces = sum(outcome.face_count for outcome in outcomes)
+        if faces:
+            self.faces.inc(faces)
+        for outcome in outcomes:
+            if outcome.download_ms:
+                self.download.observe(outcome.download_ms / 1000)
+            if outcome.inference_ms:
+                self.inference.observe(outcome.inference_ms / 1000)
+            if outcome.write_ms:
+                self.write.observe(outcome.write_ms / 1000)
 
     def set_queue(self, in_flight: int, queued: int, lanes: Mapping[Lane, int]) -> None:
         self.in_flight.set(in_flight + queued)

@@ -96,16 +96,24 @@ class EmbeddingPool:
         for lane in Lane if changed is None else (changed,):
             metrics.set_queued(lane, self.dispatcher.queued(lane))
 
+    @property
+    def batch(self) -> int:
+        return self._sizes().batch
+
     async def process(self, photo: PhotoRef, lane: Lane = Lane.INTERACTIVE) -> PhotoOutcome:
-        """One photo's outcome. Photos handed in together travel together: they are
+        """One photo's outcome (``process_many`` of one)."""
+        return (await self.process_many([photo], lane))[0]
+
+    async def process_many(self, photos: list[PhotoRef], lane: Lane = Lane.INTERACTIVE) -> list[PhotoOutcome]:
+        """The photos' outcomes, in order. Photos handed in together travel together: they are
         queued and sent to an actor in batches of ``actor_batch_photos`` (one call to the
         actor and one to the writer per batch, results passed on by ObjectRef).
         Interactive photos go first; background ones when the gate leaves room."""
         self._start_members()
         self.members.last_busy = time.monotonic()
-        outcome = await self.dispatcher.submit(photo, lane)
-        reindex_metrics().record(outcome)
-        return outcome
+        outcomes = await self.dispatcher.submit_many(photos, lane)
+        reindex_metrics().record_many(outcomes)
+        return outcomes
 
     async def _run_batch(self, photos: list[PhotoRef]) -> list[PhotoOutcome]:
         return await self.runner.run(photos, self._attempt)

@@ -50,10 +50,14 @@ class PlanOnly:
         return 1
 
     @property
+    def batch(self) -> int:
+        return 1
+
+    @property
     def model_name(self) -> str:
         return self._model_name
 
-    async def process(self, photo: PhotoRef) -> PhotoOutcome:
+    async def process_many(self, photos: list[PhotoRef]) -> list[PhotoOutcome]:
         raise RuntimeError("a dry run processes nothing")
 
     async def prune(
@@ -97,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     def planned(count: int) -> None:
         bar.total = (bar.total or 0) + count
 
-    def outcome(run: SessionRun, _: PhotoOutcome) -> None:
-        bar.update(1)  # type: ignore[no-untyped-call]
+    def batch_done(run: SessionRun, outcomes: list[PhotoOutcome]) -> None:
+        bar.update(len(outcomes))  # type: ignore[no-untyped-call]
         report = run.report
         metrics.progress(str(report.session_id), report.processed_photos, report.planned_photos)
 
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     registry = SqlJobRegistry(settings.local_url())  # in the index database: outlives any node
     runs = SessionRuns(locks, registry, runner=f"bulk-job:{socket.gethostname()}:{os.getpid()}")
     bulk = BulkReindexer(coordinator, page_size=settings.catalog_page_size, runs=runs)
-    hooks = BulkHooks(planned=planned, outcome=outcome)
+    hooks = BulkHooks(planned=planned, batch_done=batch_done)
 
     async def run_until_stopped() -> BulkSummary:
         # `ray job stop` sends SIGTERM: stop submitting at once; committed photos stay committed.

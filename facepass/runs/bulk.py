@@ -26,6 +26,7 @@ from typing import Any
 
 from facepass.errors import FacePassError
 from facepass.models import PhotoOutcome, SessionInfo
+from facepass.runs.fanout import Fanout
 from facepass.runs.jobs import Job
 from facepass.runs.reindex import ReindexCoordinator, ReindexMode, ReindexPlan, SessionRun
 from facepass.runs.report import ReindexReport
@@ -103,7 +104,7 @@ class BulkHooks:
     """Optional callbacks for the Ray shell: progress bar and metrics."""
 
     planned: Callable[[int], None] | None = None  # photos added to the plan
-    outcome: Callable[[SessionRun, PhotoOutcome], None] | None = None
+    batch_done: Callable[[SessionRun, list[PhotoOutcome]], None] | None = None  # once recorded
 
 
 class BulkReindexer:
@@ -136,15 +137,13 @@ class BulkReindexer:
         hooks = hooks or BulkHooks()
         started = time.perf_counter()
         summary = BulkSummary(dry_run=dry_run)
-        pending: dict[asyncio.Task[PhotoOutcome], SessionRun] = {}
+        fanout = self.coordinator.fanout()
         source = self.sessions(session_ids)
         try:
-            await self._stream(source, summary, pending, mode, dry_run, hooks)
+            await self._stream(source, summary, fanout, mode, dry_run, hooks)
         except BaseException as exc:
             # Stopped (job stop, Ctrl-C): drop what is in flight; the ledger keeps what committed.
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await fanout.close()
             await self._abandon_all(exc)
             raise
         summary.elapsed_s = time.perf_counter() - started
@@ -156,7 +155,7 @@ class BulkReindexer:
         self,
         source: Iterator[SessionInfo | FacePassError],
         summary: BulkSummary,
-        pending: dict[asyncio.Task[PhotoOutcome], SessionRun],
+        fanout: Fanout[SessionRun | None],
         mode: ReindexMode,
         dry_run: bool,
         hooks: BulkHooks,
@@ -197,33 +196,31 @@ class BulkReindexer:
             if not plan.todo:
                 await self._finish(run, summary)
                 continue
-            for index, photo in enumerate(plan.todo, start=1):
-                # The window follows the pool's size (nodes join and leave during a run).
-                while len(pending) >= max(1, self.coordinator.processor.capacity):
-                    await self._drain(pending, summary, hooks)
-                self.coordinator.submitted(run, index, photo)
-                pending[asyncio.ensure_future(self.coordinator.processor.process(photo))] = run
-        while pending:
-            await self._drain(pending, summary, hooks)
+            sent = 0
+            while sent < len(plan.todo):
+                size = fanout.room(len(plan.todo) - sent)
+                if size == 0:
+                    await self._drain(fanout, summary, hooks)
+                    continue
+                batch = plan.todo[sent : sent + size]
+                self.coordinator.submitted(run, sent + 1, batch)
+                fanout.send(run, batch)
+                sent += size
+        while fanout.busy:
+            await self._drain(fanout, summary, hooks)
 
-    async def _drain(
-        self,
-        pending: dict[asyncio.Task[PhotoOutcome], SessionRun],
-        summary: BulkSummary,
-        hooks: BulkHooks,
-    ) -> None:
-        done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            run = pending.pop(task)
-            outcome = task.result()
-            self.coordinator.record(run, outcome)
-            if hooks.outcome:
-                hooks.outcome(run, outcome)
-            carried = self._owned.get(run.report.session_id)
-            if carried is not None and self.runs is not None:
-                self.runs.progress(carried.owned, run.report.progress(time.perf_counter() - run.started))
-            if run.remaining == 0:
-                await self._finish(run, summary)
+    async def _drain(self, fanout: Fanout[SessionRun | None], summary: BulkSummary, hooks: BulkHooks) -> None:
+        """The next batch to end: its outcomes recorded, its session finished if that was the last."""
+        run, outcomes = await fanout.next()
+        assert run is not None  # the bulk job hands in every batch with its run
+        self.coordinator.record(run, outcomes)
+        if hooks.batch_done:
+            hooks.batch_done(run, outcomes)
+        carried = self._owned.get(run.report.session_id)
+        if carried is not None and self.runs is not None:
+            self.runs.progress(carried.owned, run.report.progress(time.perf_counter() - run.started))
+        if run.remaining == 0:
+            await self._finish(run, summary)
 
     async def _finish(self, run: SessionRun, summary: BulkSummary) -> None:
         """The session's report; then its job done in the book and its lock released."""

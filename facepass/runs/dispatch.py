@@ -1,10 +1,11 @@
 """Lanes, batching and back-pressure in one place (plain asyncio, no Ray).
 
-Photos handed in are queued per lane and sent on in batches of ``Sizes.batch``: one
-call per batch (``run_batch``). Photos handed in during one turn of the event loop
-join one batch. Back-pressure is here and only here: at most ``Sizes.capacity``
-photos of a lane are held at once (a caller waits for room), and background
-batches go only while the ``LaneGate`` leaves room (``facepass.runs.lanes``).
+Photos are handed in a batch at a time (``submit_many``: one future per batch handed in,
+not per photo), queued per lane and sent on in batches of ``Sizes.batch``: one call per
+batch (``run_batch``). Photos handed in during one turn of the event loop join one batch.
+Back-pressure is here and only here: at most ``Sizes.capacity`` photos of a lane are held
+at once (a caller waits for room), and background batches go only while the ``LaneGate``
+leaves room (``facepass.runs.lanes``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,26 @@ from facepass.runs.lanes import Lane, LaneGate
 
 RunBatch = Callable[[list[PhotoRef]], Awaitable[list[PhotoOutcome]]]
 Lost = Callable[[PhotoRef, str], PhotoOutcome]
-_Queued = tuple[PhotoRef, "asyncio.Future[PhotoOutcome]"]
+
+
+class _Handed:
+    """Photos handed in together: one future for all of their outcomes."""
+
+    __slots__ = ("future", "left", "outcomes")
+
+    def __init__(self, count: int) -> None:
+        self.future: asyncio.Future[list[PhotoOutcome]] = asyncio.get_running_loop().create_future()
+        self.outcomes: list[PhotoOutcome | None] = [None] * count
+        self.left = count
+
+    def answer(self, index: int, outcome: PhotoOutcome) -> None:
+        self.outcomes[index] = outcome
+        self.left -= 1
+        if self.left == 0 and not self.future.done():  # its caller may have been cancelled
+            self.future.set_result([o for o in self.outcomes if o is not None])
+
+
+_Queued = tuple[PhotoRef, _Handed, int]  # a photo, who handed it in, its place there
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,22 +53,25 @@ class Sizes:
 
 
 class _Window:
-    """At most ``limit()`` photos at once; the limit is read again on every release."""
+    """At most ``limit()`` photos at once (more only for one caller alone); the limit is read
+    again on every release."""
 
     def __init__(self, limit: Callable[[], int]) -> None:
         self._limit = limit
         self._used = 0
         self._freed = asyncio.Condition()
 
-    async def __aenter__(self) -> None:
+    @asynccontextmanager
+    async def hold(self, photos: int) -> AsyncIterator[None]:
         async with self._freed:
-            await self._freed.wait_for(lambda: self._used < max(1, self._limit()))
-            self._used += 1
-
-    async def __aexit__(self, *_: object) -> None:
-        async with self._freed:
-            self._used -= 1
-            self._freed.notify_all()
+            await self._freed.wait_for(lambda: self._used == 0 or self._used + photos <= self._limit())
+            self._used += photos
+        try:
+            yield
+        finally:
+            async with self._freed:
+                self._used -= photos
+                self._freed.notify_all()
 
 
 class Dispatcher:
@@ -91,30 +114,33 @@ class Dispatcher:
         return sum(len(self._queues[each]) for each in lanes)
 
     async def submit(self, photo: PhotoRef, lane: Lane) -> PhotoOutcome:
-        """One photo's outcome; it waits for room in its lane, then for its batch."""
+        """One photo's outcome (``submit_many`` of one)."""
+        return (await self.submit_many([photo], lane))[0]
+
+    async def submit_many(self, photos: list[PhotoRef], lane: Lane) -> list[PhotoOutcome]:
+        """The photos' outcomes, in order; they wait for room in their lane, then for their
+        batches (photos beyond ``Sizes.batch`` go in several)."""
+        if not photos:
+            return []
         window = self._windows.get(lane)
         if window is None:
             window = self._windows[lane] = _Window(lambda: self._sizes().capacity)
-        async with window:
-            future: asyncio.Future[PhotoOutcome] = asyncio.get_running_loop().create_future()
+        async with window.hold(len(photos)):
+            handed = _Handed(len(photos))
             queue = self._queues[lane]
-            queue.append((photo, future))
+            queue.extend((photo, handed, i) for i, photo in enumerate(photos))
             if lane is Lane.INTERACTIVE:
                 self.gate.last_interactive = time.monotonic()
             if len(queue) >= self._sizes().batch:
-                self._dispatch()
-            else:
+                self._dispatch(whole_only=True)
+            if self._queues[lane]:
                 self._schedule()  # photos handed in during this turn of the loop join the batch
             self._changed(lane)
             try:
-                return await future
+                return await handed.future
             except asyncio.CancelledError:
                 # Its run stopped: a photo not yet sent on is never downloaded.
-                queue = self._queues[lane]
-                for i, (_, queued) in enumerate(queue):
-                    if queued is future:
-                        del queue[i]
-                        break
+                self._queues[lane] = [q for q in self._queues[lane] if q[1] is not handed]
                 raise
 
     @asynccontextmanager
@@ -135,13 +161,17 @@ class Dispatcher:
             self._scheduled = True
             loop.call_soon(self._dispatch)
 
-    def _dispatch(self) -> None:
-        self._scheduled = False
+    def _dispatch(self, whole_only: bool = False) -> None:
+        """Queued photos sent on in batches, interactive first; with ``whole_only`` only whole
+        batches (the rest waits for the end of this turn of the loop)."""
+        if not whole_only:
+            self._scheduled = False
         size = self._sizes().batch
-        while self._queues[Lane.INTERACTIVE]:
+        least = size if whole_only else 1
+        while len(self._queues[Lane.INTERACTIVE]) >= least:
             self._launch(self._take(Lane.INTERACTIVE, size), Lane.INTERACTIVE)
         self._size_gate()
-        while self._queues[Lane.BACKGROUND]:
+        while len(self._queues[Lane.BACKGROUND]) >= least:
             room = self.gate.background_room()
             if room <= 0:
                 break
@@ -158,7 +188,7 @@ class Dispatcher:
         task.add_done_callback(self._batches.discard)
 
     async def _process(self, batch: list[_Queued], lane: Lane) -> None:
-        photos = [photo for photo, _ in batch]
+        photos = [photo for photo, _, _ in batch]
         try:
             outcomes = await self._run_batch(photos)
         except BaseException as exc:  # never leave a caller waiting
@@ -168,9 +198,8 @@ class Dispatcher:
         finally:
             self.gate.finished(lane, len(batch))
             self._after(lane)
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            if not future.done():  # its caller may have been cancelled
-                future.set_result(outcome)
+        for (_, handed, index), outcome in zip(batch, outcomes, strict=True):
+            handed.answer(index, outcome)
 
     def _after(self, lane: Lane) -> None:
         """Room for background work again: now, and once a person's grace has passed."""

@@ -61,9 +61,14 @@ class LanedPool(Protocol):
     @property
     def model_name(self) -> str: ...
 
+    @property
+    def batch(self) -> int: ...
+
     def lane_capacity(self, lane: Lane) -> int: ...
 
-    async def process(self, photo: PhotoRef, lane: Lane = Lane.INTERACTIVE) -> PhotoOutcome: ...
+    async def process_many(
+        self, photos: list[PhotoRef], lane: Lane = Lane.INTERACTIVE
+    ) -> list[PhotoOutcome]: ...
 
     async def prune(
         self, session_id: uuid.UUID, photo_ids: list[uuid.UUID], fence: Fence | None = None
@@ -85,8 +90,12 @@ class LaneProcessor:
     def model_name(self) -> str:
         return self.pool.model_name
 
-    async def process(self, photo: PhotoRef) -> PhotoOutcome:
-        return await self.pool.process(photo, self.lane)
+    @property
+    def batch(self) -> int:
+        return self.pool.batch
+
+    async def process_many(self, photos: list[PhotoRef]) -> list[PhotoOutcome]:
+        return await self.pool.process_many(photos, self.lane)
 
     async def prune(
         self, session_id: uuid.UUID, photo_ids: list[uuid.UUID], fence: Fence | None = None

@@ -14,9 +14,9 @@ import enum
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from facepass.catalog.cloud import CloudCatalog
 from facepass.errors import LOCAL_INDEX, Fenced, IndexCannotWrite, NotWritten
@@ -25,6 +25,7 @@ from facepass.index.generations import Generations
 from facepass.index.store import PruneResult, VectorStore
 from facepass.models import Fence, PhotoOutcome, PhotoRef, SessionInfo
 from facepass.runs import report as words
+from facepass.runs.fanout import Fanout
 from facepass.runs.report import ReindexReport
 
 log = logging.getLogger("facepass.reindex")
@@ -37,15 +38,25 @@ class ReindexMode(enum.StrEnum):
 
 
 class PhotoProcessor(Protocol):
-    """Processes one photo end to end (fetch, embed, commit) and says how it went."""
+    """Processes photos end to end (fetch, embed, commit), a batch at a time, and says how
+    each went."""
 
     @property
-    def capacity(self) -> int: ...
+    def capacity(self) -> int:
+        """Photos a run keeps handed in at once."""
+        ...
+
+    @property
+    def batch(self) -> int:
+        """Photos a run hands in together."""
+        ...
 
     @property
     def model_name(self) -> str: ...
 
-    async def process(self, photo: PhotoRef) -> PhotoOutcome: ...
+    async def process_many(self, photos: list[PhotoRef]) -> list[PhotoOutcome]:
+        """The photos' outcomes, in order."""
+        ...
 
     async def prune(
         self, session_id: uuid.UUID, photo_ids: list[uuid.UUID], fence: Fence | None = None
@@ -53,6 +64,19 @@ class PhotoProcessor(Protocol):
         """Remove photos of a session from the index (through the one writer); with a fence,
         only while the run still holds the session (else ``Fenced``)."""
         ...
+
+
+class OneByOne:
+    """A processor of one photo at a time (the local demo, tests): ``process_many`` runs
+    ``process`` over its photos at once, and a run hands in one photo per batch."""
+
+    batch = 1
+
+    async def process(self, photo: PhotoRef) -> PhotoOutcome:
+        raise NotImplementedError
+
+    async def process_many(self, photos: list[PhotoRef]) -> list[PhotoOutcome]:
+        return list(await asyncio.gather(*(self.process(photo) for photo in photos)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,20 +204,38 @@ class ReindexCoordinator:
         run.report.pruned_faces += result.faces
         self.say(run.report, words.pruned_line(result.photos, result.faces))
 
-    def submitted(self, run: SessionRun, index: int, photo: PhotoRef) -> None:
-        self.say(run.report, words.photo_start_line(index, run.report.planned_photos, photo.filename))
+    def submitted(self, run: SessionRun, first: int, photos: list[PhotoRef]) -> None:
+        """The seed's line for each photo handed in (``first`` is the first one's number)."""
+        planned = run.report.planned_photos
+        lines = [words.photo_start_line(first + i, planned, p.filename) for i, p in enumerate(photos)]
+        self.say_all(run.report, lines)
 
-    def record(self, run: SessionRun, outcome: PhotoOutcome) -> None:
-        """Adds the outcome to the run's report. A photo the index could not store for lack of
-        room (a full disk) stops the run: ``IndexCannotWrite``, and its caller stops handing in
-        photos (the ones not yet sent to an actor are never downloaded)."""
+    def record(
+        self,
+        run: SessionRun,
+        outcomes: list[PhotoOutcome],
+        each: Callable[[SessionRun, PhotoOutcome], None] | None = None,
+    ) -> None:
+        """Adds a batch's outcomes to the run's report (``each`` is told of each one; the
+        seed's lines go to the log once per batch). A photo the index could not store for lack
+        of room (a full disk) stops the run: ``IndexCannotWrite``, and its caller stops handing
+        in photos (the ones not yet sent to an actor are never downloaded)."""
         report = run.report
-        report.add(outcome)
-        self.say(report, words.photo_done_line(outcome))
-        if outcome.error_code != NotWritten.code:
-            return
+        lines: list[str] = []
+        try:
+            for outcome in outcomes:
+                report.add(outcome)
+                lines.append(words.photo_done_line(outcome))
+                if outcome.error_code == NotWritten.code:
+                    self._stop(report, outcome, lines)
+                if each is not None:
+                    each(run, outcome)
+        finally:
+            self.say_all(report, lines)
+
+    def _stop(self, report: ReindexReport, outcome: PhotoOutcome, lines: list[str]) -> NoReturn:
         done, planned, written = report.processed_photos, report.planned_photos, report.successful_photos
-        self.say(report, words.stopped_line(done, planned, written))
+        lines.append(words.stopped_line(done, planned, written))
         raise IndexCannotWrite(
             LOCAL_INDEX,
             f"the run for session {report.session_id} stopped after {done} of {planned} photos ({written} "
@@ -259,10 +301,8 @@ class ReindexCoordinator:
         run, plan = await self.open(session_id, mode, fence, hooks)
         if on_progress:
             on_progress(run.report)
-        async for outcome in self.process_all(plan.todo, run):
-            self.record(run, outcome)
-            if hooks.outcome:
-                hooks.outcome(run, outcome)
+        async for outcomes in self.process_batches(plan.todo, run):
+            self.record(run, outcomes, hooks.outcome)
             if on_progress:
                 on_progress(run.report)
         report = await self.finish(run)
@@ -270,32 +310,47 @@ class ReindexCoordinator:
             on_progress(report)
         return report
 
-    async def process_all(
-        self, photos: Iterable[PhotoRef], run: SessionRun | None = None
-    ) -> AsyncIterator[PhotoOutcome]:
-        """Yield outcomes as they finish, with at most ``capacity`` photos in flight."""
-        pending: set[asyncio.Task[PhotoOutcome]] = set()
+    def fanout(self) -> Fanout[SessionRun | None]:
+        processor = self.processor
+        return Fanout(processor.process_many, lambda: processor.capacity, lambda: processor.batch)
+
+    async def process_batches(
+        self, photos: Sequence[PhotoRef], run: SessionRun | None = None
+    ) -> AsyncIterator[list[PhotoOutcome]]:
+        """Yield each batch's outcomes as it ends, with at most ``capacity`` photos in flight."""
+        fanout = self.fanout()
         try:
-            for index, photo in enumerate(photos, start=1):
+            sent = 0
+            while sent < len(photos):
+                size = fanout.room(len(photos) - sent)
+                if size == 0:
+                    yield (await fanout.next())[1]
+                    continue
+                batch = list(photos[sent : sent + size])
                 if run is not None:
-                    self.submitted(run, index, photo)
-                pending.add(asyncio.ensure_future(self.processor.process(photo)))
-                # The window follows the pool's size (nodes join and leave during a run).
-                if len(pending) >= max(1, self.processor.capacity):
-                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        yield task.result()
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    yield task.result()
+                    self.submitted(run, sent + 1, batch)
+                fanout.send(run, batch)
+                sent += size
+            while fanout.busy:
+                yield (await fanout.next())[1]
         finally:
-            # A failed run (or a cancelled request) must not leave photos running behind it.
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await fanout.close()
+
+    async def process_all(
+        self, photos: Sequence[PhotoRef], run: SessionRun | None = None
+    ) -> AsyncIterator[PhotoOutcome]:
+        """Yield outcomes as their batches end (``process_batches``, one at a time)."""
+        async for outcomes in self.process_batches(photos, run):
+            for outcome in outcomes:
+                yield outcome
 
     def say(self, report: ReindexReport, line: str) -> None:
+        self.say_all(report, [line])
+
+    def say_all(self, report: ReindexReport, lines: list[str]) -> None:
+        """Lines for the report and the log: one log record for all of them (a batch's)."""
+        if not lines:
+            return
         if self.keep_log:
-            report.log_lines.append(line)
-        log.info(line)
+            report.log_lines.extend(lines)
+        log.info("\n".join(lines))

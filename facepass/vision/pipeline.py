@@ -17,6 +17,7 @@ from facepass.errors import IndexCannotWrite, NoFaceDetected, NotWritten, PhotoE
 from facepass.index.store import PruneResult, VectorStore
 from facepass.index.writer import GroupCommitter
 from facepass.models import DetectedFace, Fence, PhotoOutcome, PhotoRef, PhotoResult
+from facepass.runs.reindex import OneByOne
 from facepass.settings import Settings
 from facepass.vision.faces import FaceEmbedder
 from facepass.vision.images import BgrImage, ImageFetcher, decode_image
@@ -248,8 +249,9 @@ class PhotoPipeline:
         self._compute.shutdown(wait=False)
 
 
-class LocalProcessor:
-    """A ``PhotoProcessor`` in this process: pipeline, then the store's group commit, no Ray."""
+class LocalProcessor(OneByOne):
+    """A ``PhotoProcessor`` in this process: pipeline, then the store's group commit, no Ray
+    (photo by photo: the committer groups whatever waits)."""
 
     def __init__(self, pipeline: PhotoPipeline, store: VectorStore, capacity: int = 4) -> None:
         self.pipeline = pipeline

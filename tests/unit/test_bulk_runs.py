@@ -16,14 +16,14 @@ from facepass.index.store import VectorStore
 from facepass.models import PhotoOutcome, PhotoRef, PhotoStatus
 from facepass.runs.bulk import BulkReindexer
 from facepass.runs.jobs import DONE, FAILED, Job
-from facepass.runs.reindex import ReindexCoordinator, ReindexMode
+from facepass.runs.reindex import OneByOne, ReindexCoordinator, ReindexMode
 from facepass.runs.report import ReindexReport
 from facepass.runs.session_lock import SessionLocks
 from facepass.runs.session_runs import LocalJobRegistry, OwnedRun, SessionRuns
 from facepass.settings import Settings
 
 
-class FakeProcessor:
+class FakeProcessor(OneByOne):
     """Says every photo was indexed (writes nothing); ``hold`` keeps photos in flight."""
 
     def __init__(self) -> None:

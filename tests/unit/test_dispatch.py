@@ -192,3 +192,57 @@ def test_with_no_worker_left_the_batch_is_reported_lost_with_the_last_reason(
 
     with pytest.raises(PoolUnavailable):
         asyncio.run(runner.ask(answer, 0.1))
+
+
+def test_photos_handed_in_as_one_batch_share_one_future_and_split_into_the_pool_batches() -> None:
+    run = Recorder()
+
+    async def main() -> None:
+        dispatcher = Dispatcher(lambda: Sizes(capacity=100, background_cap=8, batch=4), run, lost)
+        first, second = photos(10), photos(3)
+        a, b = await asyncio.gather(
+            dispatcher.submit_many(first, Lane.INTERACTIVE), dispatcher.submit_many(second, Lane.INTERACTIVE)
+        )
+        assert [o.photo_id for o in a] == [p.id for p in first]  # in the order handed in
+        assert [o.photo_id for o in b] == [p.id for p in second]
+        assert await dispatcher.submit_many([], Lane.INTERACTIVE) == []
+
+    asyncio.run(main())
+    assert [len(b) for b in run.batches] == [4, 4, 4, 1]  # 13 photos of one turn: batches of 4
+
+
+def test_a_caller_larger_than_the_window_goes_alone_and_others_wait_for_room() -> None:
+    hold = asyncio.Event()
+    run = Recorder(hold)
+
+    async def main() -> None:
+        dispatcher = Dispatcher(lambda: Sizes(capacity=4, background_cap=4, batch=2), run, lost)
+        big = asyncio.ensure_future(dispatcher.submit_many(photos(6), Lane.INTERACTIVE))
+        await asyncio.sleep(0.01)
+        small = asyncio.ensure_future(dispatcher.submit_many(photos(1), Lane.INTERACTIVE))
+        await asyncio.sleep(0.01)
+        assert sum(len(b) for b in run.batches) == 6  # the big one alone, the small one waits
+        hold.set()
+        assert len(await big) == 6 and len(await small) == 1
+
+    asyncio.run(main())
+    assert sum(len(b) for b in run.batches) == 7
+
+
+def test_cancelled_callers_photos_not_yet_sent_leave_the_queue() -> None:
+    hold = asyncio.Event()
+    run = Recorder(hold)
+
+    async def main() -> None:
+        dispatcher = Dispatcher(lambda: Sizes(capacity=100, background_cap=2, batch=2), run, lost)
+        waiting = asyncio.ensure_future(dispatcher.submit_many(photos(6), Lane.BACKGROUND))
+        await asyncio.sleep(0.01)
+        assert dispatcher.queued(Lane.BACKGROUND) == 4  # 2 sent (the background cap), 4 queued
+        waiting.cancel()
+        await asyncio.sleep(0.01)
+        assert dispatcher.queued() == 0
+        hold.set()
+        await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert [len(b) for b in run.batches] == [2]

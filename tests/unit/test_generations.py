@@ -128,8 +128,8 @@ def test_search_finds_the_same_photos_at_every_step_of_a_model_change(
             run = coordinator.new_run(sid)
             coordinator.begin(run, plan)
             for photo in plan.todo:
-                async for outcome in coordinator.process_all([photo], run):
-                    coordinator.record(run, outcome)
+                async for outcomes in coordinator.process_batches([photo], run):
+                    coordinator.record(run, outcomes)
                 model, found = search(new, store, catalog, packs, sid)
                 assert found == before  # at every moment: the same photos
                 rows = rows_by_model(store, sid)

@@ -31,12 +31,14 @@ class FakePool:
     def __init__(self) -> None:
         self.lanes: list[Lane] = []
 
+    batch = 3
+
     def lane_capacity(self, lane: Lane) -> int:
         return 8 if lane is Lane.INTERACTIVE else 2
 
-    async def process(self, photo: PhotoRef, lane: Lane = Lane.INTERACTIVE) -> PhotoOutcome:
+    async def process_many(self, photos: list[PhotoRef], lane: Lane = Lane.INTERACTIVE) -> list[PhotoOutcome]:
         self.lanes.append(lane)
-        return PhotoOutcome(photo_id=photo.id, filename=photo.filename, status=PhotoStatus.INDEXED)
+        return [PhotoOutcome(photo_id=p.id, filename=p.filename, status=PhotoStatus.INDEXED) for p in photos]
 
     async def prune(
         self, session_id: uuid.UUID, photo_ids: list[uuid.UUID], fence: Fence | None = None
@@ -47,8 +49,8 @@ class FakePool:
 def test_a_lane_processor_sends_everything_into_its_lane() -> None:
     pool = FakePool()
     background = LaneProcessor(pool, Lane.BACKGROUND)
-    assert background.capacity == 2 and background.model_name == "m"
+    assert background.capacity == 2 and background.model_name == "m" and background.batch == 3
     photo = PhotoRef(uuid.uuid4(), uuid.uuid4(), "a.jpg", "a.jpg")
-    asyncio.run(background.process(photo))
-    asyncio.run(LaneProcessor(pool, Lane.INTERACTIVE).process(photo))
+    asyncio.run(background.process_many([photo]))
+    asyncio.run(LaneProcessor(pool, Lane.INTERACTIVE).process_many([photo, photo]))
     assert pool.lanes == [Lane.BACKGROUND, Lane.INTERACTIVE]

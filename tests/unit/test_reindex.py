@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import uuid
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from facepass.demo.storage import PhotoStorage
 from facepass.errors import FacePassDisabled, IndexCannotWrite, SessionNotFound
 from facepass.index.store import PruneResult, VectorStore, face_embeddings
 from facepass.models import Fence, PhotoOutcome, PhotoRef, PhotoStatus
-from facepass.runs.reindex import ReindexCoordinator, ReindexMode, SessionRun
+from facepass.runs.reindex import OneByOne, ReindexCoordinator, ReindexMode, SessionRun
 from facepass.runs.report import ReindexReport
 from facepass.settings import Settings
 from facepass.vision.faces import FaceEmbedder, ModelPack
@@ -284,7 +285,7 @@ def test_plan(catalog: CloudCatalog, store: VectorStore, scenario: SeedScenario)
     assert (stale.skipped_photos, len(stale.todo), stale.stale_photos) == (0, 13, 3)
 
 
-class CountingProcessor:
+class CountingProcessor(OneByOne):
     """A fake PhotoProcessor that records how many photos are in flight at once."""
 
     def __init__(self, capacity: int, model_name: str | None = None) -> None:
@@ -427,3 +428,44 @@ def test_a_photo_id_repeated_in_two_sessions_is_indexed_once_in_each(
     finally:
         catalog.close()
         writer.close()
+
+
+class BatchRecorder(CountingProcessor):
+    """Hands back each batch it is given; remembers their sizes."""
+
+    batch = 3
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self.batches: list[int] = []
+
+    async def process_many(self, photos: list[PhotoRef]) -> list[PhotoOutcome]:
+        self.batches.append(len(photos))
+        return await super().process_many(photos)
+
+
+def test_a_run_hands_in_batches_and_logs_once_per_batch(
+    catalog: CloudCatalog, store: VectorStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One future per batch of ``processor.batch`` photos; the seed's per-photo lines all kept,
+    in one log record per batch (not one per photo)."""
+    processor = BatchRecorder(capacity=6)
+    coordinator = ReindexCoordinator(catalog, store, processor)
+    sid = uuid.uuid4()
+    refs = [PhotoRef(uuid.uuid4(), sid, f"p{i:02d}.jpg", f"p{i:02d}.jpg") for i in range(10)]
+    report = ReindexReport(session_id=sid, session_name="s", planned_photos=10)
+    run = SessionRun(report)
+
+    async def go() -> None:
+        async for outcomes in coordinator.process_batches(refs, run):
+            coordinator.record(run, outcomes)
+
+    with caplog.at_level(logging.INFO, logger="facepass.reindex"):
+        asyncio.run(go())
+    assert processor.batches == [3, 3, 3, 1] and processor.max_in_flight <= 6
+    assert report.processed_photos == 10 and report.successful_photos == 10
+    starts = [line for line in report.log_lines if line.startswith("Обработка")]
+    assert starts == [f"Обработка фото {i} из 10: p{i - 1:02d}.jpg" for i in range(1, 11)]
+    records = [r.getMessage() for r in caplog.records if r.name == "facepass.reindex"]
+    assert len(records) == 8  # 4 batches handed in, 4 batches recorded
+    assert "\n".join(records).splitlines() == report.log_lines
