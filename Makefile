@@ -35,7 +35,8 @@ bench: install
 bench-smoke: install
 	$(RUN) python -m bench.run --n 12 --latency-ms 20,50 --seed-loop-sample 6 --limit-sample 12 --rerun-n 2000 \
 		--writer-photos 500 --search-sessions 3 --search-session-faces 2000 --search-big-faces 0 --orch-n 200 \
-		--paired-rounds 1 --follow-groups 5 --follow-backlog 300 --follow-idle-s 5
+		--paired-rounds 1 --follow-groups 5 --follow-backlog 300 --follow-idle-s 5 \
+		--gpu-standin-n 2 --gpu-standin-batches 8 --gpu-standin-seconds 1
 
 # On a GPU node: photos/s of one GPU with photos batched through the model and without
 # (`make bench-gpu GPU_ARGS="--packs model,buffalo_l --batches 1,8,16,32"`). Not run here (no GPU).

@@ -19,6 +19,7 @@ from facepass.settings import Settings
 from facepass.vision.faces import FaceEmbedder
 from facepass.vision.heap import HeapTrimmer
 from facepass.vision.pipeline import DecodedPhoto, PhotoPipeline
+from facepass.wire import ResultBatch
 
 
 @ray.remote
@@ -82,7 +83,7 @@ class EmbeddingActor:
                 with self._trim.photo():
                     results = await self.pipeline.run_batch(photos)
         self._photos_done += len(results)
-        return results
+        return ResultBatch(results)  # to the writer as columns (facepass.wire)
 
     async def _one_decoded(self, decoded: DecodedPhoto) -> PhotoResult:
         """The model half only: the photo was fetched and decoded by a decoder actor."""
@@ -97,7 +98,7 @@ class EmbeddingActor:
                 with self._trim.photo():
                     results = await self.pipeline.embed_decoded_batch(decoded)
         self._photos_done += len(results)
-        return results
+        return ResultBatch(results)
 
     async def embed_image(self, data: bytes) -> list[DetectedFace]:
         """Faces of an uploaded image (a selfie); raises the typed PhotoError on bad input."""

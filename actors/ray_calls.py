@@ -35,6 +35,7 @@ from facepass.index.store import PruneResult
 from facepass.models import DetectedFace, Fence, PhotoOutcome, PhotoRef
 from facepass.runs.attempts import Attempt, Broken, Lost, Moved, Refused, Written
 from facepass.settings import Settings
+from facepass.wire import PhotoBatch
 
 # The actor (or the node under it) is gone or restarting, or the batch's results went with
 # it: nothing of the batch was committed (or, if it was, writing it again replaces the same rows).
@@ -120,10 +121,11 @@ async def embed_and_write(
     """One attempt: (decoder ->) actor -> writer, refs chained so the results never pass
     through the caller. Checked each second: a node about to be drained moves the batch."""
     try:
+        batch = PhotoBatch(photos)  # pickled as columns (facepass.wire)
         if decoder is not None:
-            results_ref = actor.embed_decoded_batch.remote(decoder.load_batch.remote(photos))
+            results_ref = actor.embed_decoded_batch.remote(decoder.load_batch.remote(batch))
         else:
-            results_ref = actor.process_batch.remote(photos)
+            results_ref = actor.process_batch.remote(batch)
         write: asyncio.Future[list[PhotoOutcome]] = asyncio.ensure_future(
             writer.write_batch.remote(results_ref)
         )

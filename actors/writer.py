@@ -12,6 +12,7 @@ from facepass.index.store import PruneResult, VectorStore
 from facepass.index.writer import GroupCommitter
 from facepass.models import Fence, PhotoOutcome, PhotoResult
 from facepass.settings import Settings
+from facepass.wire import OutcomeBatch
 
 
 @ray.remote
@@ -27,7 +28,7 @@ class IndexWriter:
         self.committer = GroupCommitter(self.store, settings.writer_max_batch_photos)
 
     async def write_batch(self, results: list[PhotoResult]) -> list[PhotoOutcome]:
-        return await self.committer.write(results)
+        return OutcomeBatch(await self.committer.write(results))  # back as columns (facepass.wire)
 
     async def prune(
         self, session_id: uuid.UUID, photo_ids: list[uuid.UUID], fence: Fence | None = None

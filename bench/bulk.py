@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import time
 import tracemalloc
@@ -34,19 +35,48 @@ def fill(writer: CatalogWriter, session: SyntheticSession, sessions: int, per_se
     writer.add_session("bulk inactive", enabled=False)
 
 
+# The settings a bench passes to the job (it reads its settings from the environment, as it does
+# under `ray job submit`): where the databases and storage are, and the pool's shape.
+JOB_SETTINGS = (
+    "local_dsn",
+    "storage_url",
+    "ray_namespace",
+    "embed_actors",
+    "actor_batch_photos",
+    "photos_in_flight_per_actor",
+    "background_photos_in_flight_per_actor",
+)
+
+
 def run_job(dsn: str, settings: Settings, summary: Path, *extra: str) -> dict[str, Any]:
+    """``jobs.reindex_all`` in this process (on the Ray cluster it is connected to, if any)."""
     from jobs import reindex_all
 
-    os.environ.update(
-        {
-            "FACEPASS_CLOUD_DSN": dsn,
-            "FACEPASS_LOCAL_DSN": settings.local_url(),
-            "FACEPASS_STORAGE_URL": settings.storage_url,
-            "FACEPASS_RAY_NAMESPACE": settings.ray_namespace,
-        }
-    )
+    env = {"FACEPASS_CLOUD_DSN": dsn, "FACEPASS_LOCAL_DSN": settings.local_url()}
+    for name in JOB_SETTINGS[1:]:
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"FACEPASS_{name.upper()}"] = str(value)
     address = [] if ray.is_initialized() else ["--address", "local"]
-    code = reindex_all.main([*address, "--summary-json", str(summary), *extra])
+    # The seed's per-photo lines go to a file, as a job's log does (not onto the bench's console).
+    reindex_log = logging.getLogger("facepass.reindex")
+    summary.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(summary.with_suffix(".log"))
+    reindex_log.addHandler(to_file)
+    reindex_log.propagate = False
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        code = reindex_all.main([*address, "--summary-json", str(summary), *extra])
+    finally:
+        for name, value in saved.items():  # the bench's later stages read their own settings
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        reindex_log.removeHandler(to_file)
+        reindex_log.propagate = True
+        to_file.close()
     if code != 0:
         raise RuntimeError(f"reindex_all exited with {code}")
     data: dict[str, Any] = json.loads(summary.read_text())

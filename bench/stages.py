@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,13 @@ from typing import Any
 import ray
 
 from bench.baselines import make_embedder, run_limit, run_seed_loop
+from bench.bulk import run_job
+from bench.cpu import OtherLoad
 from bench.data import SyntheticSession, SyntheticStorage
 from bench.follow import run_follow_bench
 from bench.models import run_accuracy, run_model_comparison
 from bench.orchestration import orchestration_figures, run_orchestration
+from bench.profiling import SpyRecorder
 from bench.report import Round
 from bench.results import RunResult
 from bench.search import run_search
@@ -343,25 +348,69 @@ def gpu_standin(b: Bench) -> None:
             try:
                 warm, warm_id = run_pipeline(service, b.catalog_writer, rows[: 2 * in_flight], 0.0, "warm-up")
                 b.session_ids.append(str(warm_id))
-                before = [ray.get(g.usage.remote()) for g in gpus]
                 label = f"route on {n_gpus} virtual GPU(s), batches of {batch}"
-                run, sid = run_pipeline(service, b.catalog_writer, rows, 0.0, label)
-                after = [ray.get(g.usage.remote()) for g in gpus]
+                with _usage(gpus) as busy:
+                    run, sid = run_pipeline(service, b.catalog_writer, rows, 0.0, label, b.profile_dir)
                 b.session_ids.append(str(sid))
+                _gpu_figures(b, run, busy, rate, f"gpu_standin_route_n{n_gpus}_b{batch}")
+                label = f"bulk job (background lane) on {n_gpus} virtual GPU(s), batches of {batch}"
+                with _usage(gpus) as busy:
+                    job, sid = run_bulk_lane(service, b, rows, label)
+                b.session_ids.append(str(sid))
+                _gpu_figures(b, job, busy, rate, f"gpu_standin_bulk_n{n_gpus}_b{batch}")
             finally:
                 service.stop()
-            busy = [(x["busy_s"] - y["busy_s"]) / run.seconds for x, y in zip(after, before, strict=True)]
-            run.kind = "gpu_standin"
-            run.extra.update(virtual_gpus=n_gpus, batch=batch, busy=[round(f, 3) for f in busy])
-            b.add(
-                run, f"{run.line()}; busy {', '.join(f'{f:.2f}' for f in busy)} (ideal {rate:.0f} photos/s)"
-            )
-            key = f"gpu_standin_route_n{n_gpus}_b{batch}"
-            b.figures[f"{key}_photos_per_s"] = round(run.photos_per_s, 1)
-            b.figures[f"{key}_busy_min"] = round(min(busy), 3)
-            b.figures[f"{key}_busy_mean"] = round(sum(busy) / len(busy), 3)
     b.figures["gpu_standin_photos_per_s_per_gpu"] = round(per_gpu, 1)
     b.figures["gpu_standin_t0_ms"], b.figures["gpu_standin_t1_ms"] = a.gpu_standin_t0_ms, a.gpu_standin_t1_ms
+
+
+@contextmanager
+def _usage(gpus: list[Any]) -> Iterator[list[float]]:
+    """Each virtual GPU's busy seconds over the block (filled in when it ends)."""
+    before = [ray.get(g.usage.remote()) for g in gpus]
+    busy: list[float] = []
+    yield busy
+    after = [ray.get(g.usage.remote()) for g in gpus]
+    busy.extend(x["busy_s"] - y["busy_s"] for x, y in zip(after, before, strict=True))
+
+
+def _gpu_figures(b: Bench, run: RunResult, busy_s: list[float], rate: float, key: str) -> None:
+    busy = [each / run.seconds for each in busy_s]
+    run.kind = "gpu_standin"
+    run.extra.update(busy=[round(f, 3) for f in busy])
+    b.add(run, f"{run.line()}; busy {', '.join(f'{f:.2f}' for f in busy)} (ideal {rate:.0f} photos/s)")
+    b.figures[f"{key}_photos_per_s"] = round(run.photos_per_s, 1)
+    b.figures[f"{key}_busy_min"] = round(min(busy), 3)
+    b.figures[f"{key}_busy_mean"] = round(sum(busy) / len(busy), 3)
+
+
+def run_bulk_lane(
+    service: BenchService, b: Bench, rows: list[tuple[str, str]], label: str
+) -> tuple[RunResult, uuid.UUID]:
+    """``jobs.reindex_all`` over one fresh session of ``rows`` in this process (the background
+    lane, on the service's pool); timed by the job's own summary."""
+    sid = b.catalog_writer.add_session(f"bench bulk lane {uuid.uuid4().hex[:6]}")
+    b.catalog_writer.add_photos(sid, rows)
+    pids = {**service.pids(), "bulk-driver": os.getpid()}
+    pids.pop("driver", None)
+    summary_path = b.args.out / "gpu-standin-bulk.json"
+    spy = SpyRecorder(pids, b.profile_dir, f"bulk-{len(rows)}") if b.profile_dir else None
+    with spy or nullcontext(), OtherLoad(pids) as load:
+        summary = run_job(b.settings.cloud_url(), service.settings, summary_path, "--session", str(sid))
+    run = RunResult(
+        kind="gpu_standin",
+        label=label,
+        photos=int(summary["photos_processed"]),
+        faces=int(summary.get("faces_indexed", 0)),
+        seconds=float(summary["elapsed_s"]),
+        latency_ms=0.0,
+        session_photos=len(rows),
+        load=load.figures(),
+        extra={"bulk_summary": {k: v for k, v in summary.items() if not isinstance(v, list | dict)}},
+    )
+    if spy is not None:
+        run.extra["profile"] = spy.summary()
+    return run, sid
 
 
 def memory(b: Bench) -> None:
@@ -392,10 +441,13 @@ STAGES: list[Stage] = [
     Stage("fp32_pipeline", fp32_pipeline, "(c) once with the reference"),
     Stage("pipeline", pipeline, "(c) in rounds, the reruns", ("limit",)),
     Stage("follow", follow, "follow lag and interactive-first under a backlog"),
-]
-# Run only when asked for (--stages gpu_standin): issue 33's instrument, not yet in `make bench`.
-OPTIONAL: list[Stage] = [
-    Stage("gpu_standin", gpu_standin, "the route on virtual GPUs (t0 + t1 * n a batch)", ("limit",)),
+    # Last: the bulk job it runs in this process sets up logging the way a job does.
+    Stage(
+        "gpu_standin",
+        gpu_standin,
+        "the route and the bulk job on virtual GPUs (t0 + t1 * n a batch)",
+        ("limit",),
+    ),
 ]
 MEMORY = Stage("memory", memory, "(c) at N and 4N: peak RSS")
 
@@ -404,14 +456,14 @@ def select(names: list[str] | None) -> list[Stage]:
     """The stages asked for and the ones they need, in the registry's order (all by default)."""
     if not names:
         return list(STAGES)
-    by_name = {stage.name: stage for stage in [*STAGES, *OPTIONAL]}
+    by_name = {stage.name: stage for stage in STAGES}
     unknown = [name for name in names if name not in by_name]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; the stages: {', '.join(by_name)}")
     wanted = set(names)
     for name in names:
         wanted |= set(by_name[name].needs)
-    return [stage for stage in [*STAGES, *OPTIONAL] if stage.name in wanted]
+    return [stage for stage in STAGES if stage.name in wanted]
 
 
 # --- helpers of the stages -----------------------------------------------------------------

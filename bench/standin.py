@@ -28,6 +28,7 @@ from facepass.errors import NoFaceDetected, PhotoError
 from facepass.models import DetectedFace, PhotoRef, PhotoResult
 from facepass.settings import Settings
 from facepass.vision.images import ImageFetcher
+from facepass.wire import ResultBatch
 
 STAND_IN_MODEL_TAG = "stand-in (precomputed faces, no decode, no model)"
 
@@ -60,7 +61,7 @@ class StandInEmbeddingActor:
         return result
 
     async def process_batch(self, photos: list[PhotoRef]) -> list[PhotoResult]:
-        return list(await asyncio.gather(*(self.process(photo) for photo in photos)))
+        return ResultBatch(await asyncio.gather(*(self.process(photo) for photo in photos)))
 
     async def embed_image(self, data: bytes) -> list[DetectedFace]:
         raise PhotoError("the stand-in embeds no uploaded image")
@@ -134,7 +135,7 @@ class VirtualGpuActor:
             else:
                 result.faces = list(faces)
             results.append(result)
-        return results
+        return ResultBatch(results)
 
     async def embed_image(self, data: bytes) -> list[DetectedFace]:
         raise PhotoError("the virtual GPU embeds no uploaded image")

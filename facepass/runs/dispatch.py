@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -52,6 +53,14 @@ class Sizes:
     batch: int  # photos per call
 
 
+def background_window(floor: int, capacity: int, rate: float, wait_s: float) -> int:
+    """Background photos in flight: as many as the pool finishes in ``wait_s`` at its measured
+    rate (a person's photo waits about that long behind them), at least ``floor``, at most the
+    lane's ``capacity``. On CPU (a few photos/s an actor) the floor holds; on GPUs the window
+    grows with the rate until the devices are busy (a batch's round trip reaches ``wait_s``)."""
+    return max(floor, min(capacity, int(rate * wait_s)))
+
+
 class _Window:
     """At most ``limit()`` photos at once (more only for one caller alone); the limit is read
     again on every release."""
@@ -74,6 +83,33 @@ class _Window:
                 self._freed.notify_all()
 
 
+class RateMeter:
+    """Photos finished per second over the last ``span_s`` (the pool's measured rate)."""
+
+    def __init__(self, span_s: float = 5.0) -> None:
+        self.span_s = span_s
+        self._done: deque[tuple[float, int]] = deque()
+        self._photos = 0
+
+    def done(self, photos: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._done.append((now, photos))
+        self._photos += photos
+        self._forget(now)
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        self._forget(now)
+        if not self._done:
+            return 0.0
+        # Over the span, or since the first batch within it (a run just started), at least 1 s.
+        return self._photos / min(self.span_s, max(now - self._done[0][0], 1.0))
+
+    def _forget(self, now: float) -> None:
+        while self._done and now - self._done[0][0] > self.span_s:
+            self._photos -= self._done.popleft()[1]
+
+
 class Dispatcher:
     """Queues, batches and the lanes' rule; ``changed`` is told whenever a queue moves: with
     the lane a photo joined, or with None when a batch ended (every lane may have moved)."""
@@ -84,7 +120,9 @@ class Dispatcher:
         run_batch: RunBatch,
         lost: Lost,
         changed: Callable[[Lane | None], None] = lambda lane: None,
+        meter: RateMeter | None = None,
     ) -> None:
+        self.meter = meter or RateMeter()
         self._sizes = sizes
         self._run_batch = run_batch
         self._lost = lost
@@ -196,6 +234,7 @@ class Dispatcher:
             if not isinstance(exc, Exception):
                 raise
         finally:
+            self.meter.done(len(batch))
             self.gate.finished(lane, len(batch))
             self._after(lane)
         for (_, handed, index), outcome in zip(batch, outcomes, strict=True):

@@ -23,7 +23,7 @@ from facepass.runs.attempts import (
     Written,
     lost,
 )
-from facepass.runs.dispatch import Dispatcher, Sizes
+from facepass.runs.dispatch import Dispatcher, RateMeter, Sizes, background_window
 from facepass.runs.lanes import Lane
 
 
@@ -246,3 +246,27 @@ def test_cancelled_callers_photos_not_yet_sent_leave_the_queue() -> None:
 
     asyncio.run(main())
     assert [len(b) for b in run.batches] == [2]
+
+
+def test_the_measured_rate_and_the_background_window_it_gives() -> None:
+    meter = RateMeter(span_s=5.0)
+    assert meter.rate(now=100.0) == 0.0
+    for k in range(10):  # 40 photos a second for 2.5 s
+        meter.done(10, now=100.0 + 0.25 * k)
+    assert meter.rate(now=102.5) == pytest.approx(100 / 2.5)
+    assert meter.rate(now=110.0) == 0.0  # all older than the span: forgotten
+    # A CPU pool (a few photos/s): the floor; GPUs: rate x wait, up to the lane's capacity.
+    assert background_window(floor=16, capacity=48, rate=12.0, wait_s=0.5) == 16
+    assert background_window(floor=16, capacity=4000, rate=4000.0, wait_s=0.5) == 2000
+    assert background_window(floor=16, capacity=768, rate=4000.0, wait_s=0.5) == 768
+
+
+def test_a_dispatcher_measures_what_it_finishes() -> None:
+    run = Recorder()
+
+    async def main() -> float:
+        dispatcher = Dispatcher(lambda: Sizes(capacity=100, background_cap=8, batch=4), run, lost)
+        await dispatcher.submit_many(photos(12), Lane.INTERACTIVE)
+        return dispatcher.meter.rate()
+
+    assert asyncio.run(main()) == pytest.approx(12.0)  # 12 photos within the first second

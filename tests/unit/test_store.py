@@ -343,3 +343,22 @@ def test_prune_removes_faces_and_ledger_rows_together(store: VectorStore, sessio
     assert store.ledger(session_id) == {keep.id: "indexed"}
     assert store.count_embeddings(session_id) == 2
     assert store.prune_photos(session_id, []).photos == 0
+
+
+def test_the_copy_buffer_stores_every_field_of_every_face_as_given(
+    store: VectorStore, session_id: uuid.UUID
+) -> None:
+    """The numpy-built binary COPY payload (one buffer a batch) round-trips each field, for two
+    models (two record layouts) in one transaction."""
+    refs = [photo(session_id, f"c{i}.jpg") for i in range(3)]
+    other = PhotoResult(photo=refs[2], model_name="another/model-ü", faces=faces(2, seed=7))
+    results = [indexed(refs[0], 3, seed=5), indexed(refs[1], 1, seed=6), other]
+    store.write_results(results)
+    for result in results:
+        rows = rows_of(store, result.photo.id)
+        assert [r.face_index for r in rows] == list(range(len(result.faces)))
+        for row, face in zip(rows, result.faces, strict=True):
+            assert row.session_id == session_id and row.model_name == result.model_name
+            assert (row.bbox_x1, row.bbox_y1, row.bbox_x2, row.bbox_y2) == face.bbox
+            assert row.det_score == face.det_score
+            assert np.array_equal(np.asarray(row.embedding, dtype=np.float32), face.embedding)
