@@ -10,10 +10,11 @@ dumper per vector. pgvector's binary ``vector``: int16 dimensions, int16 unused,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 
 import numpy as np
 
-from facepass.models import DetectedFace, PhotoResult
+from facepass.models import DetectedFace, PhotoResult, PhotoStatus
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 # The table's columns, in the payload's order.
@@ -32,6 +33,7 @@ COLUMNS = (
 _FLOATS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "det_score")
 
 
+@cache  # a handful of layouts (one per model name length and vector size)
 def _row_type(dim: int, name_bytes: int) -> np.dtype[np.void]:
     fields: list[tuple[str, str] | tuple[str, str, tuple[int]]] = [
         ("fields", ">i2"),
@@ -55,14 +57,17 @@ def _row_type(dim: int, name_bytes: int) -> np.dtype[np.void]:
     return np.dtype(fields)
 
 
-def faces_payload(results: Sequence[PhotoResult]) -> bytes:
-    """The COPY payload (signature and rows) of every face of ``results``."""
+def faces_rows(results: Sequence[PhotoResult]) -> bytes:
+    """The COPY rows (no signature) of every face of ``results``: rows of several batches
+    join into one payload."""
     groups: dict[tuple[str, int], list[tuple[PhotoResult, int, DetectedFace]]] = {}
     for result in results:
+        if result.status is PhotoStatus.RETRY:  # never written
+            continue
         for index, face in enumerate(result.faces):
             key = (result.model_name, len(face.embedding))
             groups.setdefault(key, []).append((result, index, face))
-    parts = [SIGNATURE]
+    parts: list[bytes] = []
     for (model_name, dim), rows in groups.items():
         name = model_name.encode()
         if not name:
@@ -86,3 +91,8 @@ def faces_payload(results: Sequence[PhotoResult]) -> bytes:
         table["model_name"] = name
         parts.append(table.tobytes())
     return b"".join(parts)
+
+
+def faces_payload(results: Sequence[PhotoResult]) -> bytes:
+    """The COPY payload (signature and rows) of every face of ``results``."""
+    return SIGNATURE + faces_rows(results)

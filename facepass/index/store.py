@@ -28,6 +28,7 @@ from sqlalchemy.dialects import postgresql as pg
 from facepass.db import make_engine
 from facepass.errors import Fenced, WriteFailed
 from facepass.index.copy_faces import COLUMNS as COPY_COLUMNS
+from facepass.index.copy_faces import SIGNATURE as COPY_SIGNATURE
 from facepass.index.copy_faces import faces_payload
 from facepass.index.migrations import migrate, require_current
 from facepass.models import EMBEDDING_DIM, Fence, LedgerStatus, PhotoOutcome, PhotoResult, PhotoStatus
@@ -107,6 +108,15 @@ class SearchHit:
 _Key = tuple[uuid.UUID, uuid.UUID]  # (session, photo): the ledger's key
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedWrite:
+    """A transaction's worth of results, its COPY payload built (``VectorStore.prepare``)."""
+
+    results: list[PhotoResult]  # as handed in: one outcome each, in this order
+    latest: dict[_Key, PhotoResult]  # what is written: the last result of each photo, no RETRY
+    payload: bytes | None  # the COPY of ``latest``'s faces (None: no face)
+
+
 def _key(result: PhotoResult) -> _Key:
     return (result.photo.session_id, result.photo.id)
 
@@ -171,14 +181,30 @@ class VectorStore:
         ``write_error`` (not recorded: retried by the next run). A lost connection
         raises: nothing of the batch was committed, so the caller may write it again.
         """
-        started = time.perf_counter()
+        return self.write_prepared(self.prepare(results))
+
+    def prepare(self, results: Sequence[PhotoResult], rows: Sequence[bytes] | None = None) -> PreparedWrite:
+        """What a transaction of ``results`` needs, built without the database; ``rows``: the
+        COPY rows of each batch in it, built as the batches came (``faces_rows`` of each),
+        joined when no photo is in the transaction twice."""
         # The last result of a photo wins (the same photo twice in one batch cannot upsert twice).
         latest = {_key(r): r for r in results if r.status is not PhotoStatus.RETRY}
+        written = list(latest.values())
+        if not any(r.faces for r in written):
+            return PreparedWrite(list(results), latest, None)
+        if rows is not None and len(written) == sum(r.status is not PhotoStatus.RETRY for r in results):
+            return PreparedWrite(list(results), latest, COPY_SIGNATURE + b"".join(rows))
+        return PreparedWrite(list(results), latest, faces_payload(written))
+
+    def write_prepared(self, prepared: PreparedWrite) -> list[PhotoOutcome]:
+        """``write_results`` of a prepared batch."""
+        started = time.perf_counter()
+        latest = prepared.latest
         errors: dict[_Key, str] = {}
         fenced: set[_Key] = set()
         if latest:
             try:
-                fenced = self._commit(list(latest.values()))
+                fenced = self._commit(list(latest.values()), prepared.payload)
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as exc:
@@ -189,7 +215,7 @@ class VectorStore:
                     errors, fenced = self._commit_one_by_one(list(latest.values()))
         write_ms = (time.perf_counter() - started) * 1000 / max(1, len(latest))
         outcomes = []
-        for result in results:
+        for result in prepared.results:
             key = _key(result)
             if key in fenced and latest.get(key) is result:
                 outcomes.append(PhotoOutcome.failed_write(result, Fenced(f"token {result.photo.fence}")))
@@ -270,9 +296,10 @@ class VectorStore:
             if r.photo.fence is not None and current.get(r.photo.session_id, r.photo.fence) > r.photo.fence
         }
 
-    def _commit(self, results: list[PhotoResult]) -> set[_Key]:
-        """Ledger upsert + delete of old faces + binary COPY of new faces, one transaction.
-        Returns the photos left out because their run was fenced off."""
+    def _commit(self, results: list[PhotoResult], payload: bytes | None = None) -> set[_Key]:
+        """Ledger upsert + delete of old faces + binary COPY of new faces, one transaction
+        (``payload``: the COPY of ``results``' faces, if built already). Returns the photos left
+        out because their run was fenced off."""
         raw = self.engine.raw_connection()
         try:
             conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
@@ -280,7 +307,11 @@ class VectorStore:
                 register_vector(conn)
             with conn.cursor() as cur:
                 fenced = self._fenced(cur, results)
-                results = [r for r in results if _key(r) not in fenced]
+                if fenced:  # the payload was built with them
+                    results = [r for r in results if _key(r) not in fenced]
+                    payload = None
+                if payload is None and any(r.faces for r in results):
+                    payload = faces_payload(results)
                 ids = [r.photo.id for r in results]
                 sessions = [r.photo.session_id for r in results]
                 # The upsert locks the ledger rows first: two writers of one photo serialize here.
@@ -299,9 +330,9 @@ class VectorStore:
                 )
                 # Only this model's rows: an older generation stays searchable until retired.
                 cur.execute(_FACES_DELETE, (sessions, ids, [r.model_name for r in results]))
-                if any(r.faces for r in results):  # every face row in one buffer (numpy)
+                if payload is not None:  # every face row in one buffer (numpy)
                     with cur.copy(_FACES_COPY) as copy:
-                        copy.write(faces_payload(results))
+                        copy.write(payload)
             raw.commit()
             return fenced
         except BaseException:

@@ -21,14 +21,16 @@ import sqlalchemy.exc
 
 from facepass.errors import IndexCannotWrite
 from facepass.health import cannot_write
-from facepass.index.store import PruneResult, VectorStore
+from facepass.index.copy_faces import faces_rows
+from facepass.index.store import PreparedWrite, PruneResult, VectorStore
 from facepass.models import Fence, PhotoOutcome, PhotoResult
 
 log = logging.getLogger(__name__)
 
 _CONNECTION_LOST = (sqlalchemy.exc.OperationalError, psycopg.OperationalError)
 
-_Waiting = tuple[list[PhotoResult], "asyncio.Future[list[PhotoOutcome]]"]
+# A caller's batch, its answer, and its COPY rows (built as it came, off the event loop).
+_Waiting = tuple[list[PhotoResult], "asyncio.Future[list[PhotoOutcome]]", "asyncio.Future[bytes]"]
 
 
 class GroupCommitter:
@@ -43,15 +45,21 @@ class GroupCommitter:
         self.cannot_write_since: float | None = None
         self._waiting: list[_Waiting] = []
         self._flusher: asyncio.Task[None] | None = None
-        # One thread: transactions never overlap, and the event loop stays free to queue.
+        # One thread: transactions never overlap, and the event loop stays free to queue; a
+        # second builds each batch's COPY rows as it comes (no database in it).
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facepass-write")
+        self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facepass-prepare")
 
     async def write(self, results: list[PhotoResult]) -> list[PhotoOutcome]:
         """Outcomes of ``results``, in order, once their transaction committed."""
         if not results:
             return []
-        future: asyncio.Future[list[PhotoOutcome]] = asyncio.get_running_loop().create_future()
-        self._waiting.append((list(results), future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[PhotoOutcome]] = loop.create_future()
+        batch = list(results)
+        # Its face rows are built now, in a second thread, while the transaction before it commits.
+        rows = loop.run_in_executor(self._builder, faces_rows, batch)
+        self._waiting.append((batch, future, rows))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -60,16 +68,18 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         while self._waiting:
             group = self._take()
-            results = [r for batch, _ in group for r in batch]
+            results = [r for batch, _, _ in group for r in batch]
             try:
-                outcomes = await loop.run_in_executor(self._thread, self.write_now, results)
+                rows = [await built for _, _, built in group]
+                prepared = self.store.prepare(results, rows)
+                outcomes = await loop.run_in_executor(self._thread, self.write_now, prepared)
             except Exception as exc:  # every caller of this transaction learns it failed
-                for _, future in group:
+                for _, future, _ in group:
                     if not future.done():
                         future.set_exception(exc)
                 continue
             start = 0
-            for batch, future in group:
+            for batch, future, _ in group:
                 if not future.done():  # a caller that gave up (cancelled) is skipped
                     future.set_result(outcomes[start : start + len(batch)])
                 start += len(batch)
@@ -92,19 +102,20 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, self.store.prune_photos, session_id, photo_ids, fence)
 
-    def write_now(self, results: list[PhotoResult]) -> list[PhotoOutcome]:
+    def write_now(self, prepared: PreparedWrite) -> list[PhotoOutcome]:
         """One transaction, retried once if the server dropped the connection (it rolled
         back, so writing again is safe and idempotent). A server with no room (SQLSTATE class
         53) raises ``IndexCannotWrite`` at once: writing again cannot help until space is freed."""
+        results = prepared.results
         try:
             try:
-                outcomes = self.store.write_results(results)
+                outcomes = self.store.write_prepared(prepared)
             except _CONNECTION_LOST as exc:
                 if cannot_write(exc) is not None:
                     raise
                 log.warning("write of %d photos failed (%s); retrying once", len(results), exc)
                 self.store.engine.dispose()
-                outcomes = self.store.write_results(results)
+                outcomes = self.store.write_prepared(prepared)
         except _CONNECTION_LOST as exc:
             full = cannot_write(exc)
             if full is None:

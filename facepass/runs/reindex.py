@@ -9,7 +9,6 @@ threads so the coordinator can live inside an async HTTP handler. The bulk job
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import enum
 import logging
 import time
@@ -166,7 +165,8 @@ class ReindexCoordinator:
         stale_count = sum(1 for p in todo if p.id in state and generation.stale(*state[p.id], model))
         unseen = frozenset(p.id for p in todo if p.id not in state)
         if fence is not None:  # every write of this run carries its token
-            todo = [dataclasses.replace(p, fence=fence.token) for p in todo]
+            token = fence.token  # built directly: dataclasses.replace costs ~3 us a photo
+            todo = [PhotoRef(p.id, p.session_id, p.filename, p.preview_path, token) for p in todo]
         skipped = len(photos) - len(todo)
         return ReindexPlan(session, len(photos), skipped, todo, prune, stale_count, fence, unseen)
 

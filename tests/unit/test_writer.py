@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 
 import numpy as np
 import pytest
 
 from facepass.errors import IndexCannotWrite
-from facepass.index.store import VectorStore
+from facepass.index.copy_faces import faces_rows
+from facepass.index.store import PreparedWrite, VectorStore
 from facepass.index.writer import GroupCommitter
-from facepass.models import PhotoStatus
+from facepass.models import PhotoOutcome, PhotoResult, PhotoStatus
 from tests.conftest import InjectedDiskFull
 from tests.unit.test_store import indexed, photo, rows_of
 
@@ -91,3 +93,63 @@ def test_a_full_disk_refuses_the_write_at_once_and_clears_with_the_next_commit(s
     assert all(len(rows_of(store, r.photo.id)) == 2 for r in batch)
     assert committer.refusal() is None
     committer.close()
+
+
+class SlowStore:
+    """A store whose commits wait until told."""
+
+    def __init__(self, inner: VectorStore) -> None:
+        self.inner = inner
+        self.engine = inner.engine
+        self.commits: list[int] = []
+        self.release = threading.Event()
+
+    def prepare(self, results: list[PhotoResult], rows: list[bytes] | None = None) -> PreparedWrite:
+        return self.inner.prepare(results, rows)
+
+    def write_prepared(self, prepared: PreparedWrite) -> list[PhotoOutcome]:
+        self.commits.append(len(prepared.results))
+        self.release.wait(10)
+        return self.inner.write_prepared(prepared)
+
+
+def test_a_batch_s_rows_are_built_while_the_transaction_before_it_commits(store: VectorStore) -> None:
+    session_id = uuid.uuid4()
+    slow = SlowStore(store)
+
+    async def main() -> None:
+        committer = GroupCommitter(slow, max_photos=64)  # type: ignore[arg-type]
+        first = asyncio.ensure_future(committer.write([indexed(photo(session_id, "a.jpg"), 1)]))
+        await asyncio.sleep(0.05)
+        batch = [indexed(photo(session_id, f"b{i}.jpg"), 3, seed=i) for i in range(2)]
+        second = asyncio.ensure_future(committer.write(batch))
+        await asyncio.sleep(0.2)
+        assert slow.commits == [1]  # the first still commits ...
+        [(_, _, rows)] = committer._waiting
+        assert rows.done() and rows.result() == faces_rows(batch)  # ... and the second's rows are ready
+        slow.release.set()
+        assert [o.status for o in await first] == [PhotoStatus.INDEXED]
+        assert [o.status for o in await second] == [PhotoStatus.INDEXED] * 2
+        assert [len(rows_of(store, r.photo.id)) for r in batch] == [3, 3]
+        bad = indexed(photo(session_id, "c.jpg"), 1)
+        bad.model_name = ""  # a face row needs its model's name: its rows cannot be built
+        with pytest.raises(ValueError, match="model's name"):
+            await committer.write([bad])
+        assert [o.status for o in await committer.write([indexed(photo(session_id, "d.jpg"), 2)])] == [
+            PhotoStatus.INDEXED
+        ]
+
+    asyncio.run(main())
+
+
+def test_the_same_photo_in_two_batches_of_one_transaction_is_written_once(store: VectorStore) -> None:
+    """Rows built per batch are joined only when no photo is in the transaction twice."""
+    session_id = uuid.uuid4()
+    ref = photo(session_id, "twice.jpg")
+    first, last = [indexed(ref, 3, seed=1)], [indexed(ref, 2, seed=2)]
+    prepared = store.prepare(first + last, [faces_rows(first), faces_rows(last)])
+    store.write_prepared(prepared)
+    rows = rows_of(store, ref.id)
+    assert len(rows) == 2 and np.array_equal(
+        np.asarray(rows[0].embedding, dtype=np.float32), last[0].faces[0].embedding
+    )
