@@ -9,6 +9,7 @@ rate also breaks Serve's own control calls: ``serve.run`` fails with ActorUnavai
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,7 +97,12 @@ def test_a_route_call_indexes_every_photo_once_under_rpc_failures(
         options = {"num_cpus": 0, "runtime_env": {"env_vars": ENV}}
         app = FacePassIngress.options(ray_actor_options=options).bind(settings)  # type: ignore[attr-defined]
         serve.run(app, name="facepass", route_prefix="/")
-        url = f"http://{settings.http_host}:{settings.http_port}/api/v1/faces/force-reindex-session/"
+        base = f"http://{settings.http_host}:{settings.http_port}"
+        # The pool's actors load (and measure their variant on cold caches) before the call: on
+        # 2 cores that load once starved Serve's proxy of its health checks mid-call, and the
+        # proxy, marked unhealthy, reset the call's connection (CI, 2026-12-07).
+        _wait_pool_ready(base, settings, timeout_s=300)
+        url = f"{base}/api/v1/faces/force-reindex-session/"
         response = httpx.post(url + str(catalog.sessions[0]), headers=settings.api_headers(), timeout=400)
         assert response.status_code == 200, response.text
         body = response.json()
@@ -104,3 +110,18 @@ def test_a_route_call_indexes_every_photo_once_under_rpc_failures(
         assert_every_photo_once(store, catalog)
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
+
+
+def _wait_pool_ready(base: str, settings: Settings, timeout_s: float) -> None:
+    """Until /healthz says every planned embedding actor is up (a lost reply: ask again)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{base}/healthz", headers=settings.api_headers(), timeout=30)
+            pool = response.json().get("pool") if response.status_code == 200 else None
+            if isinstance(pool, dict) and pool.get("ready_actors", 0) >= pool.get("planned_actors", 1):
+                return
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(1.0)
+    raise AssertionError(f"the pool was not ready within {timeout_s:g}s")
