@@ -33,6 +33,18 @@ from facepass.wire import ResultBatch
 STAND_IN_MODEL_TAG = "stand-in (precomputed faces, no decode, no model)"
 
 
+def _found(result: PhotoResult, faces_by_path: dict[str, list[DetectedFace]]) -> PhotoResult:
+    """The photo's result with the faces the limit run found in it (or why there are none)."""
+    faces = faces_by_path.get(result.photo.preview_path)
+    if faces is None:
+        result.fail(PhotoError(f"no precomputed faces for {result.photo.preview_path}"))
+    elif not faces:
+        result.fail(NoFaceDetected())
+    else:
+        result.faces = list(faces)
+    return result
+
+
 @ray.remote
 class StandInEmbeddingActor:
     def __init__(
@@ -50,15 +62,10 @@ class StandInEmbeddingActor:
         try:
             await self.fetcher.fetch(photo.preview_path)
             result.download_ms = (loop.time() - t0) * 1000
-            faces = self.faces_by_path.get(photo.preview_path)
-            if faces is None:
-                raise PhotoError(f"no precomputed faces for {photo.preview_path}")
-            if not faces:
-                raise NoFaceDetected()
-            result.faces = list(faces)
         except PhotoError as exc:
             result.fail(exc)
-        return result
+            return result
+        return _found(result, self.faces_by_path)
 
     async def process_batch(self, photos: list[PhotoRef]) -> list[PhotoResult]:
         return ResultBatch(await asyncio.gather(*(self.process(photo) for photo in photos)))
@@ -77,21 +84,27 @@ class StandInEmbeddingActor:
         }
 
 
+def _as_pool(actor: Any, settings: Settings, num_cpus: float, *args: Any) -> list[Any]:
+    """The pool's embedding actors, made as ``actor`` under the pool's names (after ray.init,
+    before serve.run: the pool's ``get_if_exists`` then hands the app these)."""
+    return [
+        actor.options(
+            name=embedding_actor_name(i),
+            namespace=settings.ray_namespace,
+            lifetime="detached",
+            max_concurrency=settings.photos_in_flight_per_actor,
+            num_cpus=num_cpus,
+        ).remote(*args)
+        for i in range(settings.local_pool_size())
+    ]
+
+
 def start_stand_ins(
     settings: Settings, faces_by_path: dict[str, list[DetectedFace]], model_name: str
 ) -> list[Any]:
     """Create the pool's embedding actors as stand-ins (call after ray.init, before serve.run)."""
     faces_ref = ray.put(faces_by_path)
-    return [
-        StandInEmbeddingActor.options(  # type: ignore[attr-defined]
-            name=embedding_actor_name(i),
-            namespace=settings.ray_namespace,
-            lifetime="detached",
-            max_concurrency=settings.photos_in_flight_per_actor,
-            num_cpus=settings.cpus_per_actor,
-        ).remote(settings, faces_ref, model_name)
-        for i in range(settings.local_pool_size())
-    ]
+    return _as_pool(StandInEmbeddingActor, settings, settings.cpus_per_actor, settings, faces_ref, model_name)
 
 
 @ray.remote
@@ -124,18 +137,10 @@ class VirtualGpuActor:
             self.busy_s += cost
             self.photos += len(photos)
             self.batches += 1
-        results = []
-        for photo in photos:
-            result = PhotoResult(photo=photo, model_name=self.model_name)
-            faces = self.faces_by_path.get(photo.preview_path)
-            if faces is None:
-                result.fail(PhotoError(f"no precomputed faces for {photo.preview_path}"))
-            elif not faces:
-                result.fail(NoFaceDetected())
-            else:
-                result.faces = list(faces)
-            results.append(result)
-        return ResultBatch(results)
+        return ResultBatch(
+            _found(PhotoResult(photo=photo, model_name=self.model_name), self.faces_by_path)
+            for photo in photos
+        )
 
     async def embed_image(self, data: bytes) -> list[DetectedFace]:
         raise PhotoError("the virtual GPU embeds no uploaded image")
@@ -164,14 +169,4 @@ def start_virtual_gpus(
     t1_s: float,
 ) -> list[Any]:
     """Create the pool's embedding actors as virtual GPUs (after ray.init, before serve.run)."""
-    faces_ref = ray.put(faces_by_path)
-    return [
-        VirtualGpuActor.options(  # type: ignore[attr-defined]
-            name=embedding_actor_name(i),
-            namespace=settings.ray_namespace,
-            lifetime="detached",
-            max_concurrency=settings.photos_in_flight_per_actor,
-            num_cpus=0,
-        ).remote(faces_ref, model_name, t0_s, t1_s)
-        for i in range(settings.local_pool_size())
-    ]
+    return _as_pool(VirtualGpuActor, settings, 0, ray.put(faces_by_path), model_name, t0_s, t1_s)
