@@ -26,7 +26,7 @@ from facepass.errors import IndexCannotWrite, PoolUnavailable
 from facepass.index.store import PruneResult
 from facepass.models import DetectedFace, Fence, PhotoOutcome, PhotoRef
 from facepass.runs.attempts import Attempt, BatchRunner, RetryPolicy, lost
-from facepass.runs.dispatch import Dispatcher, RateMeter, Sizes, background_window
+from facepass.runs.dispatch import Dispatcher, RateMeter, Sizes
 from facepass.runs.lanes import Lane
 from facepass.settings import Settings
 from facepass.vision.faces import ModelPack
@@ -65,15 +65,8 @@ class EmbeddingPool:
         self.members.keep_looking()
 
     def _sizes(self) -> Sizes:
-        s = self.settings
         size = max(len(self.members.usable()), self.members.planned, 1)
-        capacity = size * s.photos_in_flight_per_actor
-        floor = size * min(s.background_photos_in_flight_per_actor, s.photos_in_flight_per_actor)
-        return Sizes(
-            capacity,
-            background_window(floor, capacity, self.pace.rate(), s.background_wait_s),
-            s.actor_batch_photos,
-        )
+        return Sizes.derive(self.settings, size, self.pace.rate())
 
     def lane_capacity(self, lane: Lane) -> int:
         """Photos a caller of the lane keeps handed in at once."""

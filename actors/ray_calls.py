@@ -91,7 +91,7 @@ def make_decoders(settings: Settings) -> list[Any]:
     return [
         ImageDecoderActor.options(  # type: ignore[attr-defined]
             name=decoder_actor_name(i),
-            max_concurrency=settings.photos_in_flight_per_actor * 2,
+            max_concurrency=settings.in_flight_ceiling_per_actor() * 2,
             **settings.decoder_actor_options(),
             **_common(settings),
         ).remote(settings)
@@ -110,7 +110,7 @@ def make_embedder(settings: Settings, slot: Slot) -> Any:
         idle_exit_s = settings.pool_idle_exit_s
     return EmbeddingActor.options(  # type: ignore[attr-defined]
         name=slot.name,
-        max_concurrency=settings.photos_in_flight_per_actor,  # >= batches in flight
+        max_concurrency=settings.in_flight_ceiling_per_actor(),  # >= batches in flight
         **options,
     ).remote(settings, idle_exit_s)
 

@@ -43,7 +43,9 @@ JOB_SETTINGS = (
     "ray_namespace",
     "embed_actors",
     "actor_batch_photos",
+    "max_actor_batch_photos",
     "photos_in_flight_per_actor",
+    "max_photos_in_flight_per_actor",
     "background_photos_in_flight_per_actor",
 )
 

@@ -353,5 +353,7 @@ class SyntheticStorage(PhotoStorage):
     ) -> None:
         super().__init__(host=host, port=port, latency_s=latency_s, bytes_per_s=bytes_per_s)
         self.lazy_files = LazyPhotoFiles(session, cache_size, spool_dir)
-        # PhotoStorage types ``files`` as a dict; its handler only calls ``.get``.
+        # Unspooled photos are built on request (cv2, tens of ms): looked up off the server's loop.
+        self.lookups_block = spool_dir is None
+        # PhotoStorage types ``files`` as a dict; its server only calls ``.get``.
         self.files = self.lazy_files  # type: ignore[assignment]

@@ -61,7 +61,10 @@ def run_orchestration(
         )
         ids.append(str(warm_id))
         storage.latency_s = latency_ms / 1000
-        label = f"(d) orchestration: route, stand-in actors ({in_flight} in flight, batches of {batch})"
+        label = (
+            f"(d) orchestration: route, stand-in actors (at least {in_flight} in flight and batches of"
+            f" {batch} an actor, more as the measured rate allows)"
+        )
         run, sid = run_pipeline(service, catalog_writer, rows, latency_ms, label, profile_dir)
         ids.append(str(sid))
         run.kind = "orchestration"

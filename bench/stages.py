@@ -327,7 +327,8 @@ def gpu_standin(b: Bench) -> None:
         for batch in a.gpu_standin_batches:
             rate = n_gpus / (t0_s / batch + t1_s)  # what the virtual GPUs could do at this batch
             photos = max(4 * batch * n_gpus, int(rate * a.gpu_standin_seconds))
-            # Enough in flight to keep each device busy: two batches queued behind the one running.
+            # At least two batches queued behind the one running; the pool's window grows from
+            # there with its measured rate. The device's batch is the grid's (pinned).
             in_flight = 3 * batch
             settings = b.settings.model_copy(
                 update={
@@ -335,6 +336,7 @@ def gpu_standin(b: Bench) -> None:
                     "http_port": free_port(),
                     "embed_actors": n_gpus,
                     "actor_batch_photos": batch,
+                    "max_actor_batch_photos": batch,
                     "photos_in_flight_per_actor": in_flight,
                 }
             )

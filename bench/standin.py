@@ -92,7 +92,7 @@ def _as_pool(actor: Any, settings: Settings, num_cpus: float, *args: Any) -> lis
             name=embedding_actor_name(i),
             namespace=settings.ray_namespace,
             lifetime="detached",
-            max_concurrency=settings.photos_in_flight_per_actor,
+            max_concurrency=settings.in_flight_ceiling_per_actor(),
             num_cpus=num_cpus,
         ).remote(*args)
         for i in range(settings.local_pool_size())

@@ -190,14 +190,24 @@ class Settings(BaseSettings):
     control_on_head: bool = True
     gpus_per_actor: float = Field(default=0.0, ge=0)
     cpus_per_actor: float = Field(default=1.0, ge=0)
-    # Enough downloads in flight to hide ~0.5 s of storage latency at ~16 photos/s per actor
-    # on CPU, with batches of actor_batch_photos; raise it on GPUs (rate x latency).
+    # Photos in flight an actor (route calls, a person's work): at least this many (enough to
+    # hide ~0.5 s of storage latency at ~16 photos/s an actor on CPU) ...
     photos_in_flight_per_actor: int = Field(default=24, ge=1)
+    # ... or more: as many as the pool finishes in interactive_wait_s at its measured rate
+    # (rate x latency: on GPUs the window grows until the devices are busy or a batch's round
+    # trip reaches this long), up to max_photos_in_flight_per_actor (photos held in memory).
+    interactive_wait_s: float = Field(default=1.0, gt=0)
+    max_photos_in_flight_per_actor: int = Field(default=256, ge=1)
     ort_intra_op_threads: int = Field(default=0, ge=0)  # 0: cores / actors on CPU
     max_attempts: int = Field(default=3, ge=1)  # per photo, across actor deaths
     # Photos per call to an embedding actor (its results go to the writer as one batch):
     # fewer Ray calls per photo. Raise it on GPUs with many photos in flight.
     actor_batch_photos: int = Field(default=4, ge=1)
+    # ... or more where the window is larger (a fast pool): about batches_in_flight_per_actor
+    # batches an actor (one on the device, the next downloading, one being written, ...), at
+    # most max_actor_batch_photos photos a call.
+    batches_in_flight_per_actor: int = Field(default=6, ge=1)
+    max_actor_batch_photos: int = Field(default=64, ge=1)
     # Upper bound of photos in one group-commit transaction of the writer.
     writer_max_batch_photos: int = Field(default=256, ge=1)
     # 0: each embedding actor fetches and decodes its own photos. > 0: that many CPU-only
@@ -418,6 +428,10 @@ class Settings(BaseSettings):
             return self.embed_actors
         per_cpu = int((os.cpu_count() or 1) // self.cpus_per_actor) if self.cpus_per_actor else 1
         return max(1, self.pool_min_actors, min(self.pool_max_actors, per_cpu))
+
+    def in_flight_ceiling_per_actor(self) -> int:
+        """The most photos an actor is handed at once (its calls' concurrency, its connections)."""
+        return max(self.photos_in_flight_per_actor, self.max_photos_in_flight_per_actor)
 
     def intra_op_threads(self) -> int:
         if self.ort_intra_op_threads:

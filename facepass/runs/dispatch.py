@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from facepass.models import PhotoOutcome, PhotoRef
 from facepass.runs.lanes import Lane, LaneGate
+from facepass.settings import Settings
 
 RunBatch = Callable[[list[PhotoRef]], Awaitable[list[PhotoOutcome]]]
 Lost = Callable[[PhotoRef, str], PhotoOutcome]
@@ -52,13 +53,39 @@ class Sizes:
     background_cap: int  # background photos in flight while no person's work is under way
     batch: int  # photos per call
 
+    @classmethod
+    def derive(cls, s: Settings, actors: int, rate: float) -> Sizes:
+        """The sizes of a pool of ``actors`` finishing ``rate`` photos/s (measured): windows as
+        many photos as it finishes in ``interactive_wait_s`` / ``background_wait_s``, within the
+        settings' floor and ceiling an actor; batches of about a ``batches_in_flight_per_actor``-th
+        of an actor's window, at least ``actor_batch_photos``, at most ``max_actor_batch_photos``."""
+        capacity = rate_window(
+            actors * s.photos_in_flight_per_actor,
+            actors * s.in_flight_ceiling_per_actor(),
+            rate,
+            s.interactive_wait_s,
+        )
+        floor = actors * min(s.background_photos_in_flight_per_actor, s.photos_in_flight_per_actor)
+        batch = max(
+            s.actor_batch_photos,
+            min(s.max_actor_batch_photos, capacity // (actors * s.batches_in_flight_per_actor)),
+        )
+        return cls(capacity, background_window(floor, capacity, rate, s.background_wait_s), batch)
+
+
+def rate_window(floor: int, ceiling: int, rate: float, wait_s: float) -> int:
+    """Photos in flight: as many as the pool finishes in ``wait_s`` at its measured rate, at
+    least ``floor``, at most ``ceiling``. On CPU (a few photos/s an actor) the floor holds; on
+    GPUs the window grows with the rate until the devices are busy or a batch's round trip
+    reaches ``wait_s`` (a window-bound pool finishes window / round trip photos/s, so the window
+    grows while the round trip is shorter than ``wait_s``; at the devices' rate it stays)."""
+    return max(floor, min(ceiling, int(rate * wait_s)))
+
 
 def background_window(floor: int, capacity: int, rate: float, wait_s: float) -> int:
-    """Background photos in flight: as many as the pool finishes in ``wait_s`` at its measured
-    rate (a person's photo waits about that long behind them), at least ``floor``, at most the
-    lane's ``capacity``. On CPU (a few photos/s an actor) the floor holds; on GPUs the window
-    grows with the rate until the devices are busy (a batch's round trip reaches ``wait_s``)."""
-    return max(floor, min(capacity, int(rate * wait_s)))
+    """Background photos in flight: ``rate_window`` up to the lane's ``capacity`` (a person's
+    photo waits about ``wait_s`` behind them)."""
+    return rate_window(floor, capacity, rate, wait_s)
 
 
 class _Window:

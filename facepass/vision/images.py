@@ -202,7 +202,7 @@ class ImageFetcher:
         self.timeout_s = settings.download_timeout_s
         self.max_bytes = settings.max_download_bytes
         # One connection per photo in flight (a decoder actor holds twice as many), kept alive.
-        self.connections = max(16, 2 * settings.photos_in_flight_per_actor)
+        self.connections = max(16, 2 * settings.in_flight_ceiling_per_actor())
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
@@ -218,16 +218,18 @@ class ImageFetcher:
         return self._session
 
     async def fetch(self, preview_path: str) -> bytes:
+        if not urlsplit(preview_path.strip()).scheme:
+            # A path under the storage: the client's own total timeout is the deadline (no task
+            # of its own a photo: one less per download at thousands of photos/s).
+            return await self._download(self.policy.url_for(preview_path))
         try:
             return await asyncio.wait_for(self._resolve_and_download(preview_path), timeout=self.timeout_s)
         except TimeoutError as exc:
             raise DownloadTimeout(f"timeout after {self.timeout_s:g}s") from exc
 
     async def _resolve_and_download(self, preview_path: str) -> bytes:
-        if urlsplit(preview_path.strip()).scheme:  # absolute: a DNS look-up, off the event loop
-            url = await asyncio.to_thread(self.policy.url_for, preview_path)
-        else:
-            url = self.policy.url_for(preview_path)
+        # Absolute: a DNS look-up, off the event loop.
+        url = await asyncio.to_thread(self.policy.url_for, preview_path)
         return await self._download(url)
 
     async def _download(self, url: str) -> bytes:
@@ -238,6 +240,8 @@ class ImageFetcher:
                 declared = response.content_length
                 if declared is not None and declared > self.max_bytes:
                     raise PhotoTooLarge(f"{declared} bytes > limit {self.max_bytes}")
+                if declared is not None:  # within the cap: read at once
+                    return await response.read()
                 body = bytearray()
                 async for chunk in response.content.iter_chunked(_CHUNK):
                     body += chunk

@@ -25,6 +25,7 @@ from facepass.runs.attempts import (
 )
 from facepass.runs.dispatch import Dispatcher, RateMeter, Sizes, background_window
 from facepass.runs.lanes import Lane
+from facepass.settings import Settings
 
 
 def photos(n: int) -> list[PhotoRef]:
@@ -259,6 +260,32 @@ def test_the_measured_rate_and_the_background_window_it_gives() -> None:
     assert background_window(floor=16, capacity=48, rate=12.0, wait_s=0.5) == 16
     assert background_window(floor=16, capacity=4000, rate=4000.0, wait_s=0.5) == 2000
     assert background_window(floor=16, capacity=768, rate=4000.0, wait_s=0.5) == 768
+
+
+def test_the_pools_windows_and_batches_follow_its_measured_rate() -> None:
+    """CPU actors (a few photos/s each) keep the settings' floor: 24 in flight an actor,
+    batches of 4. A fast pool's window grows to what it finishes in interactive_wait_s, up to
+    the ceiling an actor, and its batches grow with the window (up to max_actor_batch_photos)."""
+    s = Settings(
+        photos_in_flight_per_actor=24,
+        max_photos_in_flight_per_actor=256,
+        interactive_wait_s=1.0,
+        background_photos_in_flight_per_actor=8,
+        background_wait_s=0.5,
+        actor_batch_photos=4,
+        batches_in_flight_per_actor=6,
+        max_actor_batch_photos=64,
+    )
+    assert Sizes.derive(s, actors=2, rate=0.0) == Sizes(capacity=48, background_cap=16, batch=4)
+    assert Sizes.derive(s, actors=2, rate=30.0) == Sizes(capacity=48, background_cap=16, batch=4)
+    fast = Sizes.derive(s, actors=2, rate=300.0)  # window 300, background 150, batches of 25
+    assert fast == Sizes(capacity=300, background_cap=150, batch=25)
+    assert Sizes.derive(s, actors=2, rate=5000.0) == Sizes(capacity=512, background_cap=512, batch=42)
+    big = s.model_copy(update={"max_photos_in_flight_per_actor": 4096})
+    assert Sizes.derive(big, actors=1, rate=9000.0).batch == 64  # max_actor_batch_photos
+    # A ceiling under the floor never shrinks the floor.
+    low = s.model_copy(update={"max_photos_in_flight_per_actor": 8})
+    assert Sizes.derive(low, actors=2, rate=5000.0).capacity == 48
 
 
 def test_a_dispatcher_measures_what_it_finishes() -> None:
