@@ -19,13 +19,16 @@ from facepass.wire import OutcomeBatch
 class IndexWriter:
     """Receives batches of results by ObjectRef straight from the embedding actors and
     group-commits them: whatever waits goes into the next transaction. Async actor:
-    many callers queue at once; transactions run one after another on one thread."""
+    many callers queue at once; ``writer_transactions`` transactions at a time."""
 
     def __init__(self, settings: Settings) -> None:
         logging.basicConfig(level=logging.INFO)
-        self.store = VectorStore(settings.local_url(), pool_size=2)
+        # A connection per transaction in flight, one more for prunes and pings.
+        self.store = VectorStore(settings.local_url(), pool_size=settings.writer_transactions + 1)
         self.store.ready_schema(bool(settings.migrate_at_start))
-        self.committer = GroupCommitter(self.store, settings.writer_max_batch_photos)
+        self.committer = GroupCommitter(
+            self.store, settings.writer_max_batch_photos, settings.writer_transactions
+        )
 
     async def write_batch(self, results: list[PhotoResult]) -> list[PhotoOutcome]:
         return OutcomeBatch(await self.committer.write(results))  # back as columns (facepass.wire)

@@ -180,7 +180,7 @@ def writer(b: Bench) -> None:
     """The writer's code alone, on the faces (a) found."""
     if not b.args.writer_photos:
         return
-    store = VectorStore(b.settings.local_url(), pool_size=2)
+    store = VectorStore(b.settings.local_url(), pool_size=b.settings.writer_transactions + 1)
     try:
         figures, ids = run_writer(
             store,
@@ -189,6 +189,7 @@ def writer(b: Bench) -> None:
             photos=b.args.writer_photos,
             batch_photos=b.settings.actor_batch_photos,
             max_batch_photos=b.settings.writer_max_batch_photos,
+            transactions=b.settings.writer_transactions,
         )
     finally:
         store.close()

@@ -43,6 +43,7 @@ def run_writer(
     batch_photos: int = 4,
     callers: int = 48,
     max_batch_photos: int = 256,
+    transactions: int = 1,
     per_photo_sample: int = 300,
 ) -> tuple[dict[str, Any], list[uuid.UUID]]:
     """Photos/s of the group-committing writer and of one transaction per photo."""
@@ -50,7 +51,7 @@ def run_writer(
     batches = [results[i : i + batch_photos] for i in range(0, len(results), batch_photos)]
 
     async def replay() -> GroupCommitter:
-        committer = GroupCommitter(store, max_batch_photos)
+        committer = GroupCommitter(store, max_batch_photos, transactions)
         queue = iter(batches)
 
         async def caller() -> None:  # an embedding actor's calls, one after another
@@ -86,6 +87,7 @@ def run_writer(
         "writer_photos_per_transaction": round(photos / max(1, committer.transactions), 1),
         "writer_batch_photos": batch_photos,
         "writer_callers": callers,
+        "writer_transactions_in_flight": transactions,
         "writer_one_transaction_per_photo_photos_per_s": round(per_photo_sample / per_photo_s, 1),
     }
     figures["writer_vs_one_transaction_per_photo"] = round(

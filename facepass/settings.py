@@ -210,6 +210,9 @@ class Settings(BaseSettings):
     max_actor_batch_photos: int = Field(default=64, ge=1)
     # Upper bound of photos in one group-commit transaction of the writer.
     writer_max_batch_photos: int = Field(default=256, ge=1)
+    # Transactions the writer keeps in flight (each on its own connection): with 2, one's rows
+    # go to PostgreSQL while the other's commit waits for the disk.
+    writer_transactions: int = Field(default=2, ge=1)
     # 0: each embedding actor fetches and decodes its own photos. > 0: that many CPU-only
     # decoder actors fetch + decode and hand images to the (GPU) embedding actors.
     decode_actors: int = Field(default=0, ge=0)

@@ -312,6 +312,8 @@ class VectorStore:
                     payload = None
                 if payload is None and any(r.faces for r in results):
                     payload = faces_payload(results)
+                # Ledger rows locked in key order: transactions sharing photos wait, never deadlock.
+                results = sorted(results, key=_key)
                 ids = [r.photo.id for r in results]
                 sessions = [r.photo.session_id for r in results]
                 # The upsert locks the ledger rows first: two writers of one photo serialize here.

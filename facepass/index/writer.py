@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -34,9 +35,10 @@ _Waiting = tuple[list[PhotoResult], "asyncio.Future[list[PhotoOutcome]]", "async
 
 
 class GroupCommitter:
-    def __init__(self, store: VectorStore, max_photos: int = 256) -> None:
+    def __init__(self, store: VectorStore, max_photos: int = 256, transactions: int = 1) -> None:
         self.store = store
         self.max_photos = max(1, max_photos)
+        self.in_flight = max(1, transactions)
         self.transactions = 0
         self.photos_written = 0
         # Set when a transaction failed for lack of room (a full disk); cleared by the next
@@ -44,10 +46,13 @@ class GroupCommitter:
         self.cannot_write: IndexCannotWrite | None = None
         self.cannot_write_since: float | None = None
         self._waiting: list[_Waiting] = []
-        self._flusher: asyncio.Task[None] | None = None
-        # One thread: transactions never overlap, and the event loop stays free to queue; a
-        # second builds each batch's COPY rows as it comes (no database in it).
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facepass-write")
+        self._flushers: set[asyncio.Task[None]] = set()
+        self._counts = threading.Lock()
+        # ``transactions`` threads (each its own connection): with two, one transaction's rows go
+        # to the server while the other's commit waits for the disk. Locks are taken in key order
+        # (``VectorStore._commit``), so two transactions sharing photos wait, never deadlock. The
+        # event loop stays free to queue; one more thread builds each batch's COPY rows as it comes.
+        self._thread = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="facepass-write")
         self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facepass-prepare")
 
     async def write(self, results: list[PhotoResult]) -> list[PhotoOutcome]:
@@ -60,8 +65,10 @@ class GroupCommitter:
         # Its face rows are built now, in a second thread, while the transaction before it commits.
         rows = loop.run_in_executor(self._builder, faces_rows, batch)
         self._waiting.append((batch, future, rows))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+        # A flusher that has just ended may not have been discarded yet (its callback is due).
+        self._flushers = {f for f in self._flushers if not f.done()}
+        if len(self._flushers) < self.in_flight:
+            self._flushers.add(asyncio.create_task(self._flush()))
         return await future
 
     async def _flush(self) -> None:
@@ -97,8 +104,8 @@ class GroupCommitter:
     async def prune(
         self, session_id: uuid.UUID, photo_ids: list[uuid.UUID], fence: Fence | None = None
     ) -> PruneResult:
-        """Remove photos from the index, on the same thread as the writes (never between a
-        photo's write and its commit)."""
+        """Remove photos from the index, on the writes' threads (a write of one of the photos in
+        flight on another commits before or after it, never between: both lock its ledger row)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, self.store.prune_photos, session_id, photo_ids, fence)
 
@@ -125,9 +132,10 @@ class GroupCommitter:
             self.cannot_write = full
             log.error("write of %d photos refused: %s", len(results), full)
             raise full from None
-        self.cannot_write = self.cannot_write_since = None
-        self.transactions += 1
-        self.photos_written += len(results)
+        with self._counts:
+            self.cannot_write = self.cannot_write_since = None
+            self.transactions += 1
+            self.photos_written += len(results)
         return outcomes
 
     def refusal(self) -> IndexCannotWrite | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import uuid
 
@@ -153,3 +154,52 @@ def test_the_same_photo_in_two_batches_of_one_transaction_is_written_once(store:
     assert len(rows) == 2 and np.array_equal(
         np.asarray(rows[0].embedding, dtype=np.float32), last[0].faces[0].embedding
     )
+
+
+def test_two_transactions_in_flight_overlap_and_both_commit(store: VectorStore) -> None:
+    """With transactions=2 a second transaction starts while the first still commits (each on
+    its own connection); with 1 it waits (the first test of this file)."""
+    session_id = uuid.uuid4()
+    slow = SlowStore(store)
+
+    async def main() -> None:
+        committer = GroupCommitter(slow, max_photos=64, transactions=2)  # type: ignore[arg-type]
+        first = asyncio.ensure_future(committer.write([indexed(photo(session_id, "a.jpg"), 1)]))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(committer.write([indexed(photo(session_id, "b.jpg"), 2)]))
+        await asyncio.sleep(0.2)
+        assert slow.commits == [1, 1]  # both are in their transactions at once
+        assert not committer._waiting
+        slow.release.set()
+        assert [o.status for o in await first] == [PhotoStatus.INDEXED]
+        assert [o.status for o in await second] == [PhotoStatus.INDEXED]
+        committer.close()
+
+    asyncio.run(main())
+    assert store.count_embeddings(session_id) == 3
+
+
+def test_transactions_sharing_photos_in_any_order_never_deadlock(
+    store: VectorStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two transactions in flight upsert the same photos, handed in in opposite orders: the
+    ledger rows are locked in key order, so one waits for the other; every photo is written and
+    ends with the faces of the last write (no deadlock, so no transaction is written again)."""
+    session_id = uuid.uuid4()
+    photos = [photo(session_id, f"d{i}.jpg") for i in range(1500)]
+
+    async def main() -> GroupCommitter:
+        committer = GroupCommitter(store, max_photos=len(photos), transactions=2)
+        for round_ in range(3):
+            forward = [indexed(p, 1 + round_ % 2, seed=round_) for p in photos]
+            backward = forward[::-1]
+            done = await asyncio.gather(committer.write(forward), committer.write(backward))
+            assert all(o.status is PhotoStatus.INDEXED for batch in done for o in batch)
+        committer.close()
+        return committer
+
+    with caplog.at_level(logging.WARNING, logger="facepass.index"):
+        committer = asyncio.run(main())
+    assert committer.transactions == 6
+    assert not [r.getMessage() for r in caplog.records]  # no deadlock: nothing retried
+    assert store.count_embeddings(session_id) == len(photos)  # the last round's faces, once each
