@@ -67,6 +67,7 @@ def _common(settings: Settings) -> dict[str, Any]:
         "lifetime": "detached",
         "get_if_exists": True,
         "max_restarts": -1,
+        "enable_task_events": settings.ray_task_events,
     }
 
 

@@ -94,6 +94,7 @@ def _as_pool(actor: Any, settings: Settings, num_cpus: float, *args: Any) -> lis
             lifetime="detached",
             max_concurrency=settings.in_flight_ceiling_per_actor(),
             num_cpus=num_cpus,
+            enable_task_events=settings.ray_task_events,
         ).remote(*args)
         for i in range(settings.local_pool_size())
     ]

@@ -164,6 +164,10 @@ class Settings(BaseSettings):
     # its own): a blocking force-reindex of a large session must fit in it.
     http_request_timeout_s: float = Field(default=900.0, gt=0)
     ray_namespace: str = "facepass"
+    # Ray's task events (the dashboard's task list, `ray list tasks`) for the pool's actors:
+    # every batch's calls reported to the GCS. Off, as Serve does for its proxies and replicas:
+    # the calls cost the cluster less CPU; metrics and logs are unchanged. On to debug.
+    ray_task_events: bool = False
     # Replicas of the HTTP ingress; calls for one session share one run whichever replica they hit.
     serve_replicas: int = Field(default=1, ge=1)
 
