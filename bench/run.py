@@ -130,8 +130,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--orch-n",
         type=int,
-        default=3000,
-        help="(d) photos (0 = skip)",
+        default=10000,
+        help="(d) photos (0 = skip); the pool's window grows with its rate over the first second or two",
     )
     parser.add_argument("--orch-latency-ms", type=float, default=100.0, help="storage latency of that run")
     parser.add_argument(
@@ -179,6 +179,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return fields
+    for line in text.split("\n\n", 1)[0].splitlines():
+        name, sep, value = line.partition(":")
+        if sep:
+            fields[name.strip()] = value.strip()
+    return fields
+
+
+def _cpu_id() -> str:
+    """Vendor, family, model and stepping, e.g. "AuthenticAMD family 25 model 17 stepping 1"."""
+    info = _cpuinfo()
+    parts = [info.get("vendor_id", platform.machine())]
+    parts += [f"{key} {info[key]}" for key in ("cpu family", "model", "stepping") if key in info]
+    return " ".join(parts).replace("cpu family", "family")
+
+
 def _machine() -> dict[str, Any]:
     import onnxruntime
     import openvino
@@ -193,6 +215,9 @@ def _machine() -> dict[str, Any]:
         # lscpu's model name and the flags that decide the builds (issue 31's bar names them).
         "cpu_model": hardware.cpu_model,
         "cpu_flags": list(hardware.cpu_flags),
+        # The same model name covers several generations (AMD EPYC: family 25 model 1 and 17).
+        "cpu_id": _cpu_id(),
+        "cpu_flags_all": _cpuinfo().get("flags", "").split(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "ray": ray.__version__,
@@ -366,7 +391,8 @@ def _say_start(
     _say(
         f"bench: {sizes} photos (seed {args.seed}), storage latency "
         f"{', '.join(f'{v:g}' for v in b.latencies)} ms per request, bandwidth {bandwidth}"
-        f" per connection; {machine['cpus']} CPUs, load average {machine['load_average_at_start']}"
+        f" per connection; {machine['cpus']} CPUs ({machine['cpu_model']}, {machine['cpu_id']}; "
+        f"{' '.join(machine['cpu_flags']) or 'no AVX2'}), load average {machine['load_average_at_start']}"
     )
     _say(
         f"pool: {settings.local_pool_size()} embedding actors x {settings.intra_op_threads()} ORT threads, "

@@ -18,6 +18,15 @@ _HEAD_LIMIT = 64 * 1024  # request line and headers
 _CHUNK = 64 * 1024  # bytes written between two waits under a bandwidth cap
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where installed (Ray's own actors use it: ~2x less CPU a request), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class PhotoStorage:
     # True where ``files.get`` may block (builds a photo): looked up in a thread, not on the loop.
     lookups_block = False
@@ -30,7 +39,7 @@ class PhotoStorage:
         self.latency_s = latency_s
         self.bytes_per_s = bytes_per_s
         self._sock = socket.create_server((host, port), backlog=1024)  # many clients connect at once
-        self._loop = asyncio.new_event_loop()
+        self._loop = _new_loop()
         self._thread = threading.Thread(target=self._serve, daemon=True, name="photo-storage")
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
