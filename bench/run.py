@@ -179,45 +179,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _cpuinfo() -> dict[str, str]:
-    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
-    fields: dict[str, str] = {}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return fields
-    for line in text.split("\n\n", 1)[0].splitlines():
-        name, sep, value = line.partition(":")
-        if sep:
-            fields[name.strip()] = value.strip()
-    return fields
-
-
-def _cpu_id() -> str:
-    """Vendor, family, model and stepping, e.g. "AuthenticAMD family 25 model 17 stepping 1"."""
-    info = _cpuinfo()
-    parts = [info.get("vendor_id", platform.machine())]
-    parts += [f"{key} {info[key]}" for key in ("cpu family", "model", "stepping") if key in info]
-    return " ".join(parts).replace("cpu family", "family")
-
-
 def _machine() -> dict[str, Any]:
     import onnxruntime
     import openvino
     import ray
 
     from facepass.settings import Settings
-    from facepass.vision.variants import detect_hardware
+    from facepass.vision.variants import cpu_fields, cpu_id, detect_hardware
 
     hardware = detect_hardware(Settings())
+    cpu = cpu_fields()
     return {
         "cpus": os.cpu_count(),
         # lscpu's model name and the flags that decide the builds (issue 31's bar names them).
         "cpu_model": hardware.cpu_model,
         "cpu_flags": list(hardware.cpu_flags),
         # The same model name covers several generations (AMD EPYC: family 25 model 1 and 17).
-        "cpu_id": _cpu_id(),
-        "cpu_flags_all": _cpuinfo().get("flags", "").split(),
+        "cpu_id": cpu_id(cpu),
+        "cpu_flags_all": cpu.get("flags", "").split(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "ray": ray.__version__,

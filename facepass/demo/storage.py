@@ -12,6 +12,7 @@ import asyncio
 import socket
 import threading
 from collections import Counter
+from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
 _HEAD_LIMIT = 64 * 1024  # request line and headers
@@ -85,9 +86,8 @@ class PhotoStorage:
     def __exit__(self, *_: object) -> None:
         self.stop()
 
-    def _on_loop(self, action: object) -> None:
+    def _on_loop(self, action: Callable[[], object]) -> None:
         """Run ``action()`` on the server's loop and wait for it (at once before start)."""
-        assert callable(action)
         if not self._thread.is_alive():
             action()
             return

@@ -160,21 +160,39 @@ class Hardware:
         }
 
 
-def _cpuinfo() -> tuple[str, list[str]]:
-    model, flags = "", list[str]()
+def cpu_fields() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ("model name", "flags", "cpu family", ...);
+    empty where there is none."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
             for line in cpuinfo:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and not model:
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = value.split()
-                if model and flags:
-                    break
+                if not line.strip():
+                    break  # the first processor's block ends here
+                key, sep, value = line.partition(":")
+                if sep:
+                    fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return model or platform.processor() or platform.machine(), sorted(flags)
+    return fields
+
+
+_CPU_ID = (("cpu family", "family"), ("model", "model"), ("stepping", "stepping"))
+
+
+def cpu_id(fields: dict[str, str] | None = None) -> str:
+    """Vendor, family, model and stepping, e.g. "AuthenticAMD family 25 model 17 stepping 1":
+    one model name ("AMD EPYC") covers several generations."""
+    info = cpu_fields() if fields is None else fields
+    parts = [info.get("vendor_id", platform.machine())]
+    parts += [f"{label} {info[key]}" for key, label in _CPU_ID if key in info]
+    return " ".join(parts)
+
+
+def _cpuinfo() -> tuple[str, list[str]]:
+    fields = cpu_fields()
+    model = fields.get("model name", "")
+    return model or platform.processor() or platform.machine(), sorted(fields.get("flags", "").split())
 
 
 def _openvino_capabilities() -> tuple[str, ...]:
