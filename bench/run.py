@@ -54,7 +54,7 @@ from bench.memory import driver_maxrss_mb
 from bench.report import Round, peak_by_process, summarize, write_chart, write_json
 from bench.results import RunResult
 from bench.service import free_port
-from bench.stages import MEMORY, STAGES, Bench, Stage, select
+from bench.stages import MEMORY, STAGES, Bench, Stage, select, settle_heap
 from facepass.db import resolve_databases
 from facepass.demo.scenario import CatalogWriter
 from facepass.index.store import VectorStore
@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"photos spooled to {spool_dir} ({built} built now) in {time.perf_counter() - t0:.1f} s")
         for stage in stages:
             _say(f"--- stage {stage.name}: {stage.help}")
+            settle_heap()
             stage.run(b)
     finally:
         storage.stop()

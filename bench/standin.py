@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any
 
 import ray
@@ -130,11 +131,14 @@ class VirtualGpuActor:
         self.busy_s = 0.0
         self.photos = 0
         self.batches = 0
+        self.first_start = self.last_end = 0.0  # wall clock of the device's first and last batch
 
     async def process_batch(self, photos: list[PhotoRef]) -> list[PhotoResult]:
         async with self.device:
             cost = self.t0_s + self.t1_s * len(photos)
+            self.first_start = self.first_start or time.time()
             await asyncio.sleep(cost)
+            self.last_end = time.time()
             self.busy_s += cost
             self.photos += len(photos)
             self.batches += 1
@@ -157,8 +161,17 @@ class VirtualGpuActor:
         }
 
     async def usage(self) -> dict[str, float]:
-        """Busy seconds, photos and batches so far (the bench reads them before and after a run)."""
-        return {"busy_s": self.busy_s, "photos": float(self.photos), "batches": float(self.batches)}
+        """Busy seconds, photos and batches so far (the bench reads them before and after a run),
+        and the wall clock of the first and last batch since the last reading."""
+        usage = {
+            "busy_s": self.busy_s,
+            "photos": float(self.photos),
+            "batches": float(self.batches),
+            "first_start": self.first_start,
+            "last_end": self.last_end,
+        }
+        self.first_start = 0.0
+        return usage
 
 
 def start_virtual_gpus(

@@ -58,18 +58,23 @@ class Sizes:
         """The sizes of a pool of ``actors`` finishing ``rate`` photos/s (measured): windows as
         many photos as it finishes in ``interactive_wait_s`` / ``background_wait_s``, within the
         settings' floor and ceiling an actor; batches of about a ``batches_in_flight_per_actor``-th
-        of an actor's window, at least ``actor_batch_photos``, at most ``max_actor_batch_photos``."""
+        of an actor's window, at least ``actor_batch_photos``, at most ``max_actor_batch_photos``;
+        background work at least two batches an actor (a device never waits for the window to
+        grow before its first batch)."""
         capacity = rate_window(
             actors * s.photos_in_flight_per_actor,
             actors * s.in_flight_ceiling_per_actor(),
             rate,
             s.interactive_wait_s,
         )
-        floor = actors * min(s.background_photos_in_flight_per_actor, s.photos_in_flight_per_actor)
         batch = max(
             s.actor_batch_photos,
             min(s.max_actor_batch_photos, capacity // (actors * s.batches_in_flight_per_actor)),
         )
+        # Background work keeps every device fed from the start: a batch running and one
+        # queued behind it an actor, at least (8 an actor on CPU, with its batches of 4).
+        per_actor = max(min(s.background_photos_in_flight_per_actor, s.photos_in_flight_per_actor), 2 * batch)
+        floor = min(capacity, actors * per_actor)
         return cls(capacity, background_window(floor, capacity, rate, s.background_wait_s), batch)
 
 
@@ -111,30 +116,40 @@ class _Window:
 
 
 class RateMeter:
-    """Photos finished per second over the last ``span_s`` (the pool's measured rate)."""
+    """Photos finished per second over the last ``span_s`` (the pool's measured rate).
+
+    Until a span has passed since the first batch counted was sent (a pool that just started,
+    or was idle), over the time since then: the first batches back give the pool's rate at
+    once (the window they went in, over their round trip), so a window grows as fast as its
+    batches come back instead of over the first second."""
 
     def __init__(self, span_s: float = 5.0) -> None:
         self.span_s = span_s
         self._done: deque[tuple[float, int]] = deque()
         self._photos = 0
+        self._since: float | None = None  # when the first batch still counted was sent
 
-    def done(self, photos: int, now: float | None = None) -> None:
+    def done(self, photos: int, now: float | None = None, sent: float | None = None) -> None:
+        """``photos`` finished ``now``; their batch was sent at ``sent`` (default: now)."""
         now = time.monotonic() if now is None else now
+        self._forget(now)
+        if self._since is None:
+            self._since = now if sent is None else min(sent, now)
         self._done.append((now, photos))
         self._photos += photos
-        self._forget(now)
 
     def rate(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
         self._forget(now)
-        if not self._done:
+        if self._since is None:
             return 0.0
-        # Over the span, or since the first batch within it (a run just started), at least 1 s.
-        return self._photos / min(self.span_s, max(now - self._done[0][0], 1.0))
+        return self._photos / min(self.span_s, max(now - self._since, 1e-3))
 
     def _forget(self, now: float) -> None:
         while self._done and now - self._done[0][0] > self.span_s:
             self._photos -= self._done.popleft()[1]
+        if not self._done:
+            self._since = None
 
 
 class Dispatcher:
@@ -254,6 +269,7 @@ class Dispatcher:
 
     async def _process(self, batch: list[_Queued], lane: Lane) -> None:
         photos = [photo for photo, _, _ in batch]
+        sent = time.monotonic()
         try:
             outcomes = await self._run_batch(photos)
         except BaseException as exc:  # never leave a caller waiting
@@ -261,7 +277,7 @@ class Dispatcher:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self.meter.done(len(batch))
+            self.meter.done(len(batch), sent=sent)
             self.gate.finished(lane, len(batch))
             self._after(lane)
         for (_, handed, index), outcome in zip(batch, outcomes, strict=True):
