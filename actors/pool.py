@@ -55,6 +55,13 @@ class EmbeddingPool:
     def _make_actor(self, slot: Slot) -> Any:
         return ray_calls.make_embedder(self.settings, slot)
 
+    def start(self) -> None:
+        """Inside the event loop, before the first photos are planned: the actors' pings go out
+        now, so every actor is ready when the first batches are (a batch goes only to an actor
+        that answered: pinged with the first batches, the first to answer took them all, and
+        their queues stayed longer than the others' for the rest of the run)."""
+        self._start_members()
+
     def _start_members(self) -> None:
         """Inside the event loop: ping the actors made in __init__, then look now and then."""
         if self._fresh is not None:

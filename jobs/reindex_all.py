@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, main_task.cancel)
+        if pool is not None:
+            pool.start()  # the actors are asked while the catalog is read
         return await bulk.run(args.session or None, args.mode, args.dry_run, hooks)
 
     try:
