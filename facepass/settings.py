@@ -199,9 +199,12 @@ class Settings(BaseSettings):
     photos_in_flight_per_actor: int = Field(default=24, ge=1)
     # ... or more: as many as the pool finishes in interactive_wait_s at its measured rate
     # (rate x latency: on GPUs the window grows until the devices are busy or a batch's round
-    # trip reaches this long), up to max_photos_in_flight_per_actor (photos held in memory).
+    # trip reaches this long), up to max_photos_in_flight_per_actor (photos held in memory):
+    # a GPU of ~1,000 photos/s at a 0.3-0.5 s round trip (download, decode, writer) needs
+    # 300-500 in flight; at 256 the bench's stand-in route stopped at ~2,600 photos/s with a
+    # third of the machine idle (3,400-3,500 at 512, issue 33).
     interactive_wait_s: float = Field(default=1.0, gt=0)
-    max_photos_in_flight_per_actor: int = Field(default=256, ge=1)
+    max_photos_in_flight_per_actor: int = Field(default=512, ge=1)
     ort_intra_op_threads: int = Field(default=0, ge=0)  # 0: cores / actors on CPU
     max_attempts: int = Field(default=3, ge=1)  # per photo, across actor deaths
     # Photos per call to an embedding actor (its results go to the writer as one batch):
