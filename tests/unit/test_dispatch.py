@@ -258,13 +258,20 @@ def test_the_measured_rate_and_the_background_window_it_gives() -> None:
     assert meter.rate(now=102.5) == pytest.approx(100 / 2.5)
     assert meter.rate(now=110.0) == 0.0  # all older than the span: forgotten
     # A pool just started (or idle for a span): its first batches back give its rate at once,
-    # the photos over the time since the first of them was sent, not over a whole second.
+    # the photos over the time since the first of them was sent (at least 0.1 s), not over a
+    # whole second.
     meter.done(64, now=120.1, sent=120.0)
-    assert meter.rate(now=120.1) == pytest.approx(640.0)
+    assert meter.rate(now=120.1) == pytest.approx(64 / 0.1)
     meter.done(64, now=120.2, sent=120.1)
-    assert meter.rate(now=120.2) == pytest.approx(640.0)
-    assert meter.rate(now=124.0) == pytest.approx(128 / 4.0)  # since the first was sent
-    assert meter.rate(now=125.05) == pytest.approx(128 / 5.0)  # a whole span since then
+    assert meter.rate(now=120.2) == pytest.approx(128 / 0.2)
+    meter.done(128, now=120.4, sent=120.2)
+    assert meter.rate(now=120.4) == pytest.approx(256 / 0.4)
+    assert meter.rate(now=124.0) == pytest.approx(256 / 4.0)  # since the first was sent
+    assert meter.rate(now=125.05) == pytest.approx(256 / 5.0)  # a whole span since then
+    # Four photos failing at once (not found, in 2 ms) are not 2,000 photos a second.
+    fresh = RateMeter(span_s=5.0)
+    fresh.done(4, now=200.002, sent=200.0)
+    assert fresh.rate(now=200.002) == pytest.approx(40.0)
     # A CPU pool (a few photos/s): the floor; GPUs: rate x wait, up to the lane's capacity.
     assert background_window(floor=16, capacity=48, rate=12.0, wait_s=0.5) == 16
     assert background_window(floor=16, capacity=4000, rate=4000.0, wait_s=0.5) == 2000
@@ -312,4 +319,5 @@ def test_a_dispatcher_measures_what_it_finishes() -> None:
         return dispatcher.meter.rate(now), now - started
 
     rate, took = asyncio.run(main())
-    assert rate >= 12 / max(took, 1e-3)  # 12 photos since the first batch was sent, not a second
+    # 12 photos since the first batch was sent (at least 0.1 s), not over a whole second
+    assert 12 / max(took, 0.1) <= rate <= 12 / 0.1 + 1e-9
