@@ -56,14 +56,11 @@ class EmbeddingPool:
         return ray_calls.make_embedder(self.settings, slot)
 
     def start(self) -> None:
-        """Inside the event loop, before the first photos are planned: the actors' pings go out
-        now, so every actor is ready when the first batches are (a batch goes only to an actor
-        that answered: pinged with the first batches, the first to answer took them all, and
-        their queues stayed longer than the others' for the rest of the run)."""
-        self._start_members()
-
-    def _start_members(self) -> None:
-        """Inside the event loop: ping the actors made in __init__, then look now and then."""
+        """Inside the event loop: ping the actors made in __init__, then look now and then.
+        Every use calls it; a caller that knows work is coming (the bulk job, before it plans)
+        calls it first, so every actor is ready when the first batches are (a batch goes only
+        to an actor that answered: pinged with the first batches, the first to answer took
+        them all, and their queues stayed longer than the others' for the rest of the run)."""
         if self._fresh is not None:
             for member in self._fresh:
                 self.members.probe(member)
@@ -115,7 +112,7 @@ class EmbeddingPool:
         queued and sent to an actor in batches of ``actor_batch_photos`` (one call to the
         actor and one to the writer per batch, results passed on by ObjectRef).
         Interactive photos go first; background ones when the gate leaves room."""
-        self._start_members()
+        self.start()
         self.members.last_busy = time.monotonic()
         outcomes = await self.dispatcher.submit_many(photos, lane)
         reindex_metrics().record_many(outcomes)
@@ -147,7 +144,7 @@ class EmbeddingPool:
     async def embed_image(self, data: bytes) -> list[DetectedFace]:
         """Faces of one uploaded image (a selfie: interactive), on the least busy actor
         (typed errors propagate)."""
-        self._start_members()
+        self.start()
         async with self.dispatcher.person():
             return await self.runner.ask(lambda m: ray_calls.embed_image(m.handle, data), 30.0)
 
@@ -156,7 +153,7 @@ class EmbeddingPool:
         return await self.writer.refusal(timeout_s)
 
     async def health(self, timeout_s: float = 10.0) -> dict[str, Any]:
-        self._start_members()
+        self.start()
         member = await self.members.wait_pick(set(), timeout_s)
         if member is None:
             raise PoolUnavailable(f"no embedding actor answered within {timeout_s:g}s")
