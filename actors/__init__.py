@@ -1,7 +1,6 @@
-"""Thin Ray shells around the core: embedding actors, the index writer, the pool."""
+"""Thin Ray shells around the core: embedding actors (``embedding.py``), the index writer
+(``writer.py``), the pool (``pool.py``) and every Ray call it makes (``ray_calls.py``).
 
-from actors.embedding import EmbeddingActor
-from actors.pool import EmbeddingPool
-from actors.writer import IndexWriter
-
-__all__ = ["EmbeddingActor", "EmbeddingPool", "IndexWriter"]
+The package imports none of them, so a module here that imports a sibling never loops back
+through this file.
+"""

@@ -29,7 +29,7 @@ from facepass.runs.attempts import Attempt, BatchRunner, RetryPolicy, lost
 from facepass.runs.dispatch import Dispatcher, RateMeter, Sizes
 from facepass.runs.lanes import Lane
 from facepass.settings import Settings
-from facepass.vision.faces import ModelPack
+from facepass.vision.pack import ModelPack
 from facepass.vision.variants import requested
 
 

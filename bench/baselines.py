@@ -16,6 +16,7 @@ from bench.cpu import OtherLoad
 from bench.data import LazyPhotoFiles
 from bench.memory import RssSampler
 from bench.results import RunResult
+from facepass.builds import REFERENCE_VARIANT
 from facepass.catalog.cloud import CloudCatalog
 from facepass.demo.scenario import CatalogWriter
 from facepass.errors import NoFaceDetected, PhotoError, PhotoNotFound, StorageUnavailable
@@ -26,7 +27,6 @@ from facepass.settings import Settings
 from facepass.vision.faces import FaceEmbedder
 from facepass.vision.images import UrlPolicy, decode_image
 from facepass.vision.pipeline import model_batch_photos
-from facepass.vision.variants import REFERENCE_VARIANT
 
 CHUNK = 32  # photos built (untimed) before each timed stretch of the limit run
 

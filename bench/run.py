@@ -55,7 +55,7 @@ from bench.report import Round, peak_by_process, summarize, write_chart, write_j
 from bench.results import RunResult
 from bench.service import free_port
 from bench.stages import MEMORY, STAGES, Bench, Stage, select, settle_heap
-from facepass.db import resolve_databases
+from facepass.db import resolve_databases, stop_embedded_postgres
 from facepass.demo.scenario import CatalogWriter
 from facepass.index.store import VectorStore
 from facepass.settings import Settings
@@ -337,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             for line in follow_bar_lines(b.figures):
                 _say(line)
     _say(f"wall time: {wall_s:.1f} s; driver peak RSS (getrusage): {common['driver_peak_rss_mb']} MB")
-    _say(str(path))
+    stop_embedded_postgres()  # its shutdown said now, not after the last line
+    _say(str(path))  # the very last line: a script reads the JSON's path here
     return 0
 
 

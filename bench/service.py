@@ -24,7 +24,7 @@ from bench.profiling import SpyRecorder
 from bench.results import RunResult
 from facepass.demo.scenario import CatalogWriter
 from facepass.settings import Settings
-from serve_app import build_app
+from serve_app.ingress import build_app
 
 APP_NAME = "facepass"
 
@@ -236,7 +236,7 @@ def seed_indexed_session(settings: Settings, catalog_writer: CatalogWriter, phot
 
     from facepass.db import make_engine
     from facepass.index.store import face_embeddings, indexed_photos
-    from facepass.vision.faces import ModelPack
+    from facepass.vision.pack import ModelPack
 
     model_name = ModelPack.from_settings(settings).name  # another model's rows would be stale
 

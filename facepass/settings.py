@@ -12,8 +12,9 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-CPU_PROVIDER = "CPUExecutionProvider"
-CUDA_PROVIDER = "CUDAExecutionProvider"
+from facepass.builds import AUTO, CPU_PROVIDER, CUDA_PROVIDER, Variant
+from facepass.errors import ModelLoadError
+
 # Ports an absolute photo URL from the catalog may name (the storage URL's own is allowed too).
 DEFAULT_STORAGE_PORTS = (80, 443)
 # What an API key may do: search (selfie search), reindex (the force-reindex route and its jobs),
@@ -236,9 +237,10 @@ class Settings(BaseSettings):
     det_size: int = Field(default=640, ge=64)
     det_thresh: float = Field(default=0.5, gt=0, lt=1)
 
-    # Which build of the pack runs (issue 31, facepass/vision/variants.py). model_variant "auto":
-    # each actor measures the builds its hardware can run (CPU: OpenVINO bf16 where the CPU has
-    # it, OpenVINO f32, ONNX Runtime fp32; GPU: CUDA fp16, fp32), detector and recognizer apart,
+    # Which build of the pack runs (issue 31; names in facepass/builds.py, the choice in
+    # facepass/vision/variants.py and selection.py). model_variant "auto": each actor measures
+    # the builds its hardware can run (CPU: OpenVINO bf16 where the CPU has it, OpenVINO f32,
+    # ONNX Runtime fp32; GPU: CUDA fp16, fp32), detector and recognizer apart,
     # and runs the fastest that passes the sharing gate; kept in the index database per machine.
     # A variant name pins it ("onnxruntime-fp32-fit/cpu+openvino-f32/cpu", "onnxruntime-fp32/cpu").
     # With model_variant auto, model_runtime "onnxruntime" pins the reference (CUDA on GPU
@@ -299,10 +301,7 @@ class Settings(BaseSettings):
     @field_validator("model_variant")
     @classmethod
     def _model_variant_is_known(cls, value: str) -> str:
-        """``auto`` or a variant's name (``facepass/vision/variants.py``), refused at once."""
-        from facepass.errors import ModelLoadError
-        from facepass.vision.variants import AUTO, Variant
-
+        """``auto`` or a variant's name (``facepass/builds.py``), refused at once."""
         if value.strip() == AUTO:
             return AUTO
         try:

@@ -27,7 +27,7 @@ from facepass.db import resolve_databases
 from facepass.index.audit import NORM_TOLERANCE, AuditReport, Defect, FixResult, IndexAuditor, SessionAudit
 from facepass.index.store import VectorStore
 from facepass.settings import Settings
-from facepass.vision.faces import ModelPack
+from facepass.vision.pack import ModelPack
 
 TABLE_ROWS = 50  # more sessions than this: the table shows only those with a defect (unless --all)
 IDS_IN_TEXT = 5

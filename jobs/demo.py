@@ -22,7 +22,7 @@ from facepass.db import resolve_databases
 from facepass.demo.scenario import build_seed_scenario
 from facepass.demo.storage import PhotoStorage
 from facepass.settings import Settings
-from serve_app import build_app
+from serve_app.ingress import build_app
 
 
 def call_route(base_url: str, session_id: str, headers: dict[str, str]) -> dict[str, object]:

@@ -36,7 +36,7 @@ from facepass.runs.reindex import PhotoProcessor, ReindexCoordinator, ReindexMod
 from facepass.runs.session_lock import SessionLocks
 from facepass.runs.session_runs import SessionRuns
 from facepass.settings import Settings
-from facepass.vision.faces import ModelPack
+from facepass.vision.pack import ModelPack
 
 
 class PlanOnly:

@@ -60,8 +60,7 @@ from facepass.runs.session_lock import SessionLocks
 from facepass.runs.session_runs import SessionRuns
 from facepass.settings import Settings
 from facepass.vision.generation_packs import GenerationPacks
-from serve_app import auth
-from serve_app.auth import ADMIN, REINDEX, SEARCH
+from serve_app.auth import ADMIN, REINDEX, SEARCH, configure, presented_scopes
 from serve_app.bind import require_closed_or_loopback
 from serve_app.follow import ReplicaFollower
 from serve_app.runs import RouteRuns
@@ -162,7 +161,7 @@ class FacePassIngress:
     def __init__(self, settings: Settings) -> None:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         require_closed_or_loopback(settings)  # before anything: no key on a public bind, no start
-        auth.configure(settings.keys_with_scopes())
+        configure(settings.keys_with_scopes())
         self.settings = settings
         self.catalog = CloudCatalog(settings.cloud_url())
         self.store = VectorStore(settings.local_url())
@@ -405,7 +404,7 @@ class FacePassIngress:
         ok = all(value == "ok" for key, value in checks.items() if key != "pool") and isinstance(
             checks["pool"], dict
         )
-        if "admin" not in auth.presented_scopes(request):
+        if "admin" not in presented_scopes(request):
             # Open to load balancers and probes: no host, port, database, user or driver text.
             public = {
                 key: "ok" if value == "ok" or isinstance(value, dict) else "fail"

@@ -17,7 +17,7 @@ from facepass.index.audit import Defect, IndexAuditor
 from facepass.index.store import VectorStore, face_embeddings, indexed_photos
 from facepass.models import EMBEDDING_DIM, PhotoRef, PhotoResult
 from facepass.settings import Settings
-from facepass.vision.faces import ModelPack
+from facepass.vision.pack import ModelPack
 from tests.unit.test_store import faces
 
 OLD_MODEL = "old_pack/det_10g+w600k_r50"

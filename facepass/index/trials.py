@@ -1,6 +1,7 @@
 """The measured builds of each kind of machine, kept in the index database (``model_trials``).
 
-A row per (machine, runtime versions, generation, trials version) with the record as jsonb
+A row per (machine, runtime versions, weights, trials version; the weights in the column
+``generation``) with the record as jsonb
 (``facepass/vision/trials.py``). The key's advisory lock, held on its own connection while a
 process measures, makes every other actor of that kind of machine wait for the row rather than
 measure again.
@@ -61,7 +62,7 @@ class IndexTrialStore:
         return {
             "machine": key.machine,
             "runtimes": key.runtimes,
-            "generation": key.generation,
+            "generation": key.weights,  # the column keeps its name (migration 0007)
             "version": key.version,
         }
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from facepass.index.trials import trial_store
 from facepass.models import DetectedFace
 from facepass.settings import Settings, packaged_model_root
-from facepass.vision.faces import WEIGHTS_MARK, FaceEmbedder, ModelPack, weights_of
+from facepass.vision.faces import FaceEmbedder
 from facepass.vision.images import decode_image
+from facepass.vision.pack import WEIGHTS_MARK, ModelPack, weights_of
 
 log = logging.getLogger(__name__)
 

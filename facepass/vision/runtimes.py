@@ -1,7 +1,7 @@
 """One ONNX file behind one call: ``session.run(batch) -> outputs``, on ONNX Runtime or OpenVINO.
 
 Which build runs each network (runtime, precision, device) is a ``Build``
-(``facepass/vision/variants.py``); which builds an embedder runs is measured at load or pinned
+(``facepass/builds.py``); which builds an embedder runs is measured at load or pinned
 by the settings (``facepass/vision/selection.py``). Outputs of the builds differ from the
 reference's (ONNX Runtime fp32 on the CPU) in the last bits only where the sharing gate says
 so: every build that passes it writes into the weights' generation (``ModelPack.name``); which
@@ -18,9 +18,10 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from facepass.builds import CPU_PROVIDER, CUDA_PROVIDER, OPENVINO, Build
 from facepass.errors import ModelLoadError
-from facepass.settings import CPU_PROVIDER, CUDA_PROVIDER, Settings
-from facepass.vision.variants import OPENVINO, Build
+from facepass.settings import Settings
+from facepass.vision.pack import weights_id
 
 log = logging.getLogger(__name__)
 Array = npt.NDArray[np.float32]
@@ -39,8 +40,6 @@ def fp16_copy(path: Path, cache_dir: Path) -> Path:
     the trial cache with ONNX Runtime's own converter (for the CUDA fp16 build)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    from facepass.vision.faces import weights_id
 
     target = cache_dir / "fp16" / f"{path.stem}-{weights_id(path)}-fp16.onnx"
     if not target.is_file():

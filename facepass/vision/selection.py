@@ -7,8 +7,8 @@ and recognizer per face; the variants (every detector build with every recognize
 ordered by their estimated time per photo (detector + ``FACES_PER_PHOTO`` x recognizer), and
 the first that is the reference or passes the sharing gate is chosen. A variant that fails the
 gate is never chosen. The timings, the verdicts and the choice are kept per machine, runtime
-versions and weights (``TrialStore``): the next load of that kind of machine reads the choice
-and loads only its two builds.
+versions and weights (``TrialStore``; the files' bytes, not the pack folder's name): the next
+load of that kind of machine reads the choice and loads only its two builds.
 
 A pinned variant (``variants.pinned``) is not measured; it is gated like any other (verdict
 kept in the same record) and refused for the reference build if it fails.
@@ -22,40 +22,21 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from facepass.errors import ModelLoadError
+from facepass.builds import REFERENCE, Build, Variant
 from facepass.models import DetectedFace
-from facepass.settings import CUDA_PROVIDER, Settings
+from facepass.settings import Settings
 from facepass.vision import accuracy
-from facepass.vision.detector import ScrfdDetector
-from facepass.vision.faces import ArcFaceRecognizer, ModelPack, embed_with
 from facepass.vision.images import BgrImage
-from facepass.vision.runtimes import ModelSession, open_session
+from facepass.vision.networks import Loaded, Networks, embed_with
+from facepass.vision.pack import ModelPack
 from facepass.vision.share_gate import GateVerdict, shares_generation
 from facepass.vision.trials import Record, TrialKey, TrialStore
-from facepass.vision.variants import (
-    REFERENCE,
-    Build,
-    Hardware,
-    Variant,
-    candidates,
-    check_runnable,
-    pinned,
-)
+from facepass.vision.variants import Hardware, candidates, check_runnable, pinned
 
 log = logging.getLogger(__name__)
 
 FACES_PER_PHOTO = 3  # the weight of the recognizer's time per face in a photo's estimate
 TIMING_ROUNDS = 3  # after one untimed round (first calls compile, allocate, tune)
-
-
-@dataclass(slots=True)
-class Loaded:
-    """A variant's two networks, ready to embed."""
-
-    variant: Variant
-    detector: ScrfdDetector
-    recognizer: ArcFaceRecognizer
-    providers: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,45 +70,6 @@ class Choice:
             + (f"; timings: {timings}" if timings else "")
             + (f"; refused by the sharing gate: {', '.join(refused)}" if refused else "")
         )
-
-
-class Networks:
-    """The pack's networks as each build runs them, each (runtime, precision, device) loaded
-    once (builds that differ only in the detector's ``fit`` share it)."""
-
-    def __init__(self, pack: ModelPack, settings: Settings, threads: int) -> None:
-        self.pack = pack
-        self.settings = settings
-        self.threads = threads
-        self._sessions: dict[tuple[str, str], ModelSession] = {}
-        self._recognizers: dict[tuple[str, str, str], ArcFaceRecognizer] = {}
-
-    def session(self, network: str, build: Build) -> ModelSession:
-        key = (network, build.name.replace("-fit", ""))
-        if key not in self._sessions:
-            path = self.pack.detector if network == "detector" else self.pack.recognizer
-            session = open_session(path, build, self.threads, self.settings)
-            if build.device == "cuda" and CUDA_PROVIDER not in session.providers:
-                raise ModelLoadError(
-                    f"{build.name}: ONNX Runtime did not load its CUDA provider ({session.providers})"
-                )
-            self._sessions[key] = session
-        return self._sessions[key]
-
-    def detector(self, build: Build) -> ScrfdDetector:
-        session = self.session("detector", build)
-        return ScrfdDetector(session, self.settings.det_size, self.settings.det_thresh, fit=build.fit)
-
-    def recognizer(self, build: Build) -> ArcFaceRecognizer:
-        if build.session_key not in self._recognizers:
-            session = self.session("recognizer", build)
-            self._recognizers[build.session_key] = ArcFaceRecognizer(session, self.pack.recognizer)
-        return self._recognizers[build.session_key]
-
-    def assemble(self, variant: Variant) -> Loaded:
-        detector, recognizer = self.detector(variant.detector), self.recognizer(variant.recognizer)
-        providers = list(dict.fromkeys(detector.session.providers + recognizer.session.providers))
-        return Loaded(variant, detector, recognizer, providers)
 
 
 def _embed(loaded: Loaded, batch: int) -> Callable[[list[BgrImage]], list[list[DetectedFace]]]:
@@ -208,9 +150,11 @@ def _kept(verdict: GateVerdict) -> dict[str, Any]:
     return {k: v for k, v in verdict.as_json().items() if k != "cached"}
 
 
-def _verdict_of(record: Record | None, variant: Variant) -> GateVerdict | None:
+def _verdict_of(record: Record | None, variant: Variant, generation: str) -> GateVerdict | None:
+    """The kept verdict on ``variant``, said of ``generation``: a record is kept per weights, so
+    it may have been measured under another pack folder holding the same files."""
     saved = (record or {}).get("gates", {}).get(variant.name)
-    return GateVerdict(**{**saved, "cached": True}) if saved else None
+    return GateVerdict(**{**saved, "generation": generation, "cached": True}) if saved else None
 
 
 def _runnable(nets: Networks, builds: list[Build], network: str) -> list[Build]:
@@ -242,7 +186,9 @@ def measure(nets: Networks, hardware: Hardware, generation: str, batch: int, kep
     for variant in sorted(estimate, key=lambda v: estimate[v]):
         if variant.is_reference:
             break
-        verdict = _verdict_of(kept, variant) or gate.verdict(variant)  # a pin's verdict is kept too
+        verdict = _verdict_of(kept, variant, generation) or gate.verdict(
+            variant
+        )  # a pin's verdict is kept too
         gates[variant.name] = _kept(verdict)
         log.info(
             "variant %s (%.1f ms a photo): sharing gate %s",
@@ -269,7 +215,7 @@ def choose(
     the reference, which needs none)."""
     nets = Networks(pack, settings, threads)
     batch = settings.detector_batch_photos or (0 if settings.uses_gpu else 1)
-    key = TrialKey(hardware.machine, hardware.runtimes, pack.name)
+    key = TrialKey(hardware.machine, hardware.runtimes, pack.weights)
     pin = pinned(settings, hardware)
     asked = pin.name if pin else "auto"
 
@@ -292,7 +238,7 @@ def choose(
             return nets.assemble(pin), made(pin, "pinned", None), None
 
         def gate_pin(kept: Record | None) -> Record | None:
-            if _verdict_of(kept, pin) is not None:
+            if _verdict_of(kept, pin, pack.name) is not None:
                 return None
             verdict = _Gate(nets, pack.name, batch).verdict(pin)
             record = dict(kept or {"hardware": hardware.as_json()})
@@ -303,7 +249,7 @@ def choose(
             return record
 
         record = store.update(key, gate_pin)
-        verdict = _verdict_of(record, pin)
+        verdict = _verdict_of(record, pin, pack.name)
         assert verdict is not None
         if verdict.passed:
             return nets.assemble(pin), made(pin, "pinned", record), verdict
@@ -328,7 +274,7 @@ def choose(
 
     record = store.update(key, measure_once) or {}
     variant = Variant.parse(record["choice"])
-    verdict = None if variant.is_reference else _verdict_of(record, variant)
+    verdict = None if variant.is_reference else _verdict_of(record, variant, pack.name)
     if verdict is not None and fresh:
         verdict = GateVerdict(**{**verdict.as_json(), "cached": False})
     return nets.assemble(variant), made(variant, "measured" if fresh else "kept", record), verdict

@@ -1,7 +1,8 @@
 """Where the measured builds of a machine are kept: the sharing gate's verdicts and the timings.
 
 A record per machine (the CPU's model and flags, or the GPU's model), runtime versions and
-generation (the weights' hash): ``{"timings_ms": {"detector": {build: ms}, "recognizer":
+weights (``ModelPack.weights``: the files' names and hash, not the pack folder's name, so a pack
+copied under another name is not measured again): ``{"timings_ms": {"detector": {build: ms}, "recognizer":
 {...}}, "gates": {variant: verdict}, "choice": variant}``. A restart, or another actor on the
 same kind of machine, reads it instead of measuring again; another runtime version or other
 weights make another key, measured afresh. Two stores: the index database (``model_trials``,
@@ -25,7 +26,7 @@ from facepass.settings import Settings
 
 # A change of the gate's photos or rules, of the candidate builds or of the timing sample
 # measures every machine again.
-TRIALS_VERSION = 2
+TRIALS_VERSION = 3  # 3: keyed by the pack's weights, not its generation's name
 Record = dict[str, Any]
 Change = Callable[[Record | None], Record | None]
 
@@ -34,7 +35,7 @@ Change = Callable[[Record | None], Record | None]
 class TrialKey:
     machine: str
     runtimes: str
-    generation: str
+    weights: str  # ModelPack.weights
     version: int = TRIALS_VERSION
 
     def digest(self) -> str:

@@ -25,7 +25,7 @@ from facepass.demo.scenario import (
 from facepass.demo.storage import PhotoStorage
 from facepass.index.store import VectorStore, face_embeddings, indexed_photos
 from facepass.settings import Settings
-from facepass.vision.faces import ModelPack
+from facepass.vision.pack import ModelPack
 from tests.integration.conftest import Service, actors_variant, wait_for_ray_logs
 
 SEED_KEYS = {
@@ -262,7 +262,7 @@ def _insightface_reference(data: bytes, tmp_path: object) -> list:  # type: igno
     import cv2
     from insightface.app import FaceAnalysis
 
-    from facepass.vision.faces import ModelPack
+    from facepass.vision.pack import ModelPack
 
     pack = ModelPack.from_settings(Settings())
     folder = Path(str(tmp_path)) / "pack"

@@ -2,18 +2,25 @@
 same pack on another build (ONNX Runtime fp32 pinned instead of the variant the CPU chose): it
 re-embeds nothing, its search finds the same photos, the photos it adds join the same
 generation, and the session audits clean with both builds recorded. Real Ray + Serve, the
-real model, PostgreSQL."""
+real model, PostgreSQL.
+
+Also the chooser's whole load path with a broken build (issue 31; moved from the unit tier in
+issue 43: it measures and gates every variant again, ~35 s): a variant that fails the sharing
+gate is never chosen."""
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from ray import serve
 
 from actors.ray_calls import kill_pool_actors
+from facepass.builds import Build, Variant
 from facepass.catalog.cloud import CloudCatalog
 from facepass.demo import photos
 from facepass.demo.scenario import CatalogWriter, add_face_photos, preview_path
@@ -21,9 +28,12 @@ from facepass.demo.storage import PhotoStorage
 from facepass.index.audit import IndexAuditor
 from facepass.index.store import VectorStore
 from facepass.settings import Settings
-from facepass.vision.faces import ModelPack
+from facepass.vision import networks, runtimes
+from facepass.vision.faces import FaceEmbedder
+from facepass.vision.pack import ModelPack
 from serve_app import build_app
 from tests.integration.conftest import Service, actors_variant, runtime_roles
+from tests.unit.test_selection import fastest_passing
 
 pytestmark = pytest.mark.slow
 
@@ -103,3 +113,37 @@ def test_another_build_of_the_weights_re_embeds_nothing_and_shares_the_generatio
     finally:
         serve.delete(APP)
         kill_pool_actors(ort)
+
+
+def test_a_variant_that_fails_the_gate_is_never_chosen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OpenVINO f32 recognizer broken (its vectors turned): the fastest variants all use it,
+    each is gated and refused, and a variant without it runs."""
+    real = runtimes.open_session
+
+    class Broken:
+        def __init__(self, session: runtimes.ModelSession) -> None:
+            self.session = session
+            self.providers = session.providers
+
+        def run(self, batch: runtimes.Array) -> list[runtimes.Array]:
+            out = self.session.run(batch)
+            return [np.roll(out[0], 1, axis=1)]  # other vectors, as fast
+
+    def opening(path: Path, build: Build, threads: int, settings: Settings) -> runtimes.ModelSession:
+        session = real(path, build, threads, settings)
+        if build.runtime == "openvino" and "w600k" in path.name:
+            return Broken(session)
+        return session
+
+    monkeypatch.setattr(networks, "open_session", opening)
+    embedder = FaceEmbedder(Settings(gate_cache_dir=tmp_path)).load()
+    choice = embedder.choice
+    assert choice is not None
+    assert "openvino" not in Variant.parse(choice.variant).recognizer.runtime
+    broken = [name for name in choice.gates if Variant.parse(name).recognizer.runtime == "openvino"]
+    assert broken and all(choice.gates[name]["passed"] is False for name in broken)
+    assert all(choice.gates[name]["report"]["embedding_cos_p1"] < 0.9 for name in broken)
+    assert choice.variant == fastest_passing({"estimate_ms": choice.estimate_ms, "gates": choice.gates})
+    assert embedder.gate is None or embedder.gate.passed

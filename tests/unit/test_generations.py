@@ -27,6 +27,7 @@ from facepass.vision.faces import FaceEmbedder
 from facepass.vision.generation_packs import GenerationPacks, pack_settings
 from facepass.vision.images import decode_image
 from facepass.vision.pipeline import LocalProcessor, PhotoPipeline
+from facepass.vision.trials import Record
 
 SELFIE = photos.jpeg(photos.load("yaoming.jpg"))
 
@@ -90,7 +91,10 @@ def test_search_finds_the_same_photos_at_every_step_of_a_model_change(
     storage: PhotoStorage,
     store: VectorStore,
     catalog: CloudCatalog,
+    kept_in_index: Record,
 ) -> None:
+    """Both packs hold the default weights: their embedders read the process's one measurement
+    (``kept_in_index``) instead of measuring again."""
     old, new = with_pack(settings, model_root, "pack_a"), with_pack(settings, model_root, "pack_b")
     sid = catalog_writer.add_session("Смена модели")
     names = []

@@ -15,7 +15,7 @@ from facepass.db import make_engine
 from facepass.index.migrations import current_revision, head_revision, migrate
 from facepass.index.store import VectorStore
 from facepass.settings import Settings
-from facepass.vision.faces import ModelPack
+from facepass.vision.pack import ModelPack
 
 # The schema exactly as main's VectorStore.create_schema() made it (metadata.create_all + HNSW).
 old = sa.MetaData()

@@ -16,7 +16,8 @@ from facepass.index.store import VectorStore, face_embeddings
 from facepass.models import LedgerStatus
 from facepass.runs.reindex import ReindexMode
 from facepass.settings import Settings, packaged_model_root
-from facepass.vision.faces import FaceEmbedder, ModelPack
+from facepass.vision.faces import FaceEmbedder
+from facepass.vision.pack import ModelPack
 from tests.unit.test_reindex import catalog, reindex  # noqa: F401 (fixture)
 
 

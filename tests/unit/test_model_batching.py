@@ -22,8 +22,9 @@ RUNTIMES = ("onnxruntime", "openvino")
 
 
 @pytest.fixture(scope="module")
-def embedders() -> dict[str, FaceEmbedder]:
-    """Detection over up to 8 photos per call (the GPU default; 1 per call is the CPU's)."""
+def embedders(embedder: FaceEmbedder) -> dict[str, FaceEmbedder]:
+    """Detection over up to 8 photos per call (the GPU default; 1 per call is the CPU's); the
+    pins' gate verdicts are read from ``embedder``'s measurement."""
     return {
         runtime: FaceEmbedder(Settings(model_runtime=runtime, detector_batch_photos=8)).load()
         for runtime in RUNTIMES
@@ -55,7 +56,7 @@ def test_detection_over_a_padded_batch_is_one_call(embedders: dict[str, FaceEmbe
     assert calls == [6]
 
 
-def test_fit_inputs_group_photos_by_shape() -> None:
+def test_fit_inputs_group_photos_by_shape(embedder: FaceEmbedder) -> None:
     """The fast path's detector input keeps each photo's aspect: photos of one input size
     share a call, and a call's input is the fitted size, not the 640 square."""
     fast = FaceEmbedder(Settings(detector_batch_photos=8, model_runtime="openvino")).load()

@@ -28,7 +28,8 @@ from facepass.models import Fence, PhotoOutcome, PhotoRef, PhotoStatus
 from facepass.runs.reindex import OneByOne, ReindexCoordinator, ReindexMode, SessionRun
 from facepass.runs.report import ReindexReport
 from facepass.settings import Settings
-from facepass.vision.faces import FaceEmbedder, ModelPack
+from facepass.vision.faces import FaceEmbedder
+from facepass.vision.pack import ModelPack
 from facepass.vision.pipeline import LocalProcessor, PhotoPipeline
 from tests.conftest import InjectedDiskFull
 

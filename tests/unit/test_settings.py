@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from facepass.settings import CPU_PROVIDER, CUDA_PROVIDER, Settings, packaged_model_root
+from facepass.builds import CPU_PROVIDER, CUDA_PROVIDER
+from facepass.settings import Settings, packaged_model_root
 
 
 @pytest.fixture(autouse=True)

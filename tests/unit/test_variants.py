@@ -8,20 +8,12 @@ import re
 
 import pytest
 
+from facepass.builds import REFERENCE, Build, Variant
 from facepass.errors import ModelLoadError
 from facepass.settings import Settings
-from facepass.vision.faces import FaceEmbedder, ModelPack
-from facepass.vision.variants import (
-    REFERENCE,
-    Build,
-    Hardware,
-    Variant,
-    candidates,
-    check_runnable,
-    detect_hardware,
-    pinned,
-    requested,
-)
+from facepass.vision.faces import FaceEmbedder
+from facepass.vision.pack import ModelPack
+from facepass.vision.variants import Hardware, candidates, check_runnable, detect_hardware, pinned, requested
 
 PACK = "model/scrfd_500m_bnkps+w600k_mbf"
 AVX2 = Hardware("AMD EPYC", ("avx2", "fma"), "aa", ("FP32", "INT8", "BIN"))

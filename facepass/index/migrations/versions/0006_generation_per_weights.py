@@ -63,8 +63,8 @@ WHERE r.rank > 1 AND f.session_id = r.session_id AND f.photo_id = r.photo_id AND
 def _weights_generations(names: list[str]) -> dict[str, str]:
     """Legacy generation name -> its weights' generation, for the packs found here."""
     from facepass.settings import Settings
-    from facepass.vision.faces import WEIGHTS_MARK, ModelPack
     from facepass.vision.generation_packs import pack_settings
+    from facepass.vision.pack import WEIGHTS_MARK, ModelPack
 
     settings = Settings()
     mapping: dict[str, str] = {}
