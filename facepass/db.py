@@ -150,7 +150,7 @@ def make_engine(
         with_driver(dsn),
         pool_pre_ping=True,  # survive a server that dropped idle connections
         pool_size=pool_size,
-        # A cap on connections (README "Connections"): a burst waits POOL_TIMEOUT_S for one,
+        # A cap on connections (docs/operations.md, "Connections"): a burst waits POOL_TIMEOUT_S for one,
         # then fails (503), rather than opening connections without end.
         max_overflow=max_overflow,
         pool_timeout=POOL_TIMEOUT_S,

@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     cloud_dsn_file: Path | None = None
     local_dsn_file: Path | None = None
     # The index's owner role, for `python -m jobs.migrate` (else local_dsn), so that the
-    # service's own role needs no DDL (README "Database roles").
+    # service's own role needs no DDL (docs/operations.md, "Migrations and database roles").
     migrate_dsn: SecretStr | None = None
     migrate_dsn_file: Path | None = None
     # Bounds on every database connection, put into the URLs resolve_databases returns (so every

@@ -283,7 +283,7 @@ class LocalProcessor(OneByOne):
 
 def model_batch_photos(settings: Settings) -> int:
     """Photos per model call: the setting, or auto: the actor's batch on GPU, one photo per
-    call on CPU (batched measured no faster there, with either runtime: see the README's
+    call on CPU (batched measured no faster there, with either runtime: see docs/model.md's
     "Photos batched through the model")."""
     if settings.model_batch_photos:
         return settings.model_batch_photos

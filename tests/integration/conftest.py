@@ -36,7 +36,7 @@ SCOPED_KEYS = {
 CATALOG_HOSTS = ["100.64.0.1", "64:ff9b::a9fe:a9fe", "203.0.113.7"]
 
 
-# The service runs as a deployment should (README "Migrations and database roles"): on the
+# The service runs as a deployment should (docs/operations.md, "Migrations and database roles"): on the
 # index a role that may only read and write rows (`python -m jobs.migrate --grant`), on the
 # catalog one that may only read; the schema is the owner's (the session's settings migrated
 # it). Service.settings stays the owner's: tests build catalogs and jobs with it.

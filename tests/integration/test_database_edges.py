@@ -271,7 +271,7 @@ def test_a_locked_catalog_table_gets_a_503_in_bounded_time_and_the_service_keeps
 
 
 def index_connections_cap(settings: Settings) -> int:
-    """README "Connections": what one replica and one index writer may hold on the index."""
+    """docs/operations.md "Connections": what one replica and one index writer may hold on the index."""
     replica = (
         (5 + 2) + (2 + 2) + (1 + 1) + 2 + settings.max_runs_per_replica + settings.follow_parallel_sessions
     )

@@ -1,7 +1,7 @@
 """Search by an exact per-session scan over a half-precision copy; no global HNSW.
 
 Measured on this machine (10 sessions x 10,000 clustered faces, EXPLAIN and
-timings in the README): a search is always inside one session, and the planner
+timings in docs/throughput.md): a search is always inside one session, and the planner
 takes the ``session_id`` b-tree and sorts, so the global HNSW index only cost
 ~3 ms of upkeep per inserted face. The full-precision ``embedding`` (2 KB) is
 TOASTed out of line, which made the exact scan ~6 us per face; a generated
