@@ -9,14 +9,21 @@ from pathlib import Path
 CORE = Path(__file__).resolve().parents[2] / "facepass"
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, package: list[str] | None = None) -> set[str]:
+    """Every name an import in the file names, at any depth (functions, TYPE_CHECKING): ``from
+    a.b import c`` gives ``a.b`` and ``a.b.c``. With the file's package, relative imports are
+    resolved against it; without, they are named as written."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if package is None and not node.module:
+                continue
+            base = package[: len(package) - node.level + 1] if node.level and package is not None else []
+            source = ".".join([*base, *([node.module] if node.module else [])])
+            names.add(source)
+            names.update(f"{source}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -58,15 +65,7 @@ def _edges(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
     (TYPE_CHECKING blocks too): ``from a.b import c`` counts as importing ``a.b`` and, where it is
     a module, ``a.b.c`` (strict: a package whose ``__init__`` imports ``a.b`` loops back)."""
     package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
-    named: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            named.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - node.level + 1] if node.level else []
-            source = ".".join([*base, *([node.module] if node.module else [])])
-            named.add(source)
-            named.update(f"{source}.{alias.name}" for alias in node.names)
+    named = _imports(path, package)
     edges = set()
     for name in named:
         parts = name.split(".")
