@@ -10,7 +10,7 @@ RUN := PYTHONPATH=$(CURDIR) $(UV) run --frozen
 # JPEG plugin import failed half-way). Workers use the project's venv, as cluster.yaml's nodes do.
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV := 0
 
-.PHONY: install demo demo-bulk test test-all unit integration slow cluster-test lint format bench bench-smoke bench-gpu serve clean
+.PHONY: install demo demo-s3 demo-bulk test test-all unit integration slow cluster-test lint format bench bench-smoke bench-gpu serve clean
 
 install:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -19,6 +19,12 @@ install:
 demo: install
 	$(RUN) python -m jobs.migrate
 	RAY_DEDUP_LOGS=0 $(RUN) python -m jobs.demo
+
+# The same from a private bucket of a real S3-compatible server on loopback (SeaweedFS), signed GETs,
+# then a selfie search whose presigned photo URL is opened.
+demo-s3: install
+	$(RUN) python -m jobs.migrate
+	RAY_DEDUP_LOGS=0 $(RUN) python -m jobs.demo --s3
 
 # The bulk job (all sessions) through the real `ray job submit`, on a local Ray head it starts
 # and stops: `make demo-bulk PHOTOS=3` for a smaller catalog.

@@ -15,6 +15,7 @@ from bench.data import SyntheticSession
 from bench.results import RunResult
 from bench.service import BenchService, free_port, run_pipeline
 from bench.standin import start_stand_ins
+from facepass.demo.s3server import LocalS3Server
 from facepass.demo.scenario import CatalogWriter
 from facepass.demo.storage import PhotoStorage
 from facepass.models import DetectedFace
@@ -23,7 +24,7 @@ from facepass.settings import Settings
 
 def run_orchestration(
     settings: Settings,
-    storage: PhotoStorage,
+    storage: PhotoStorage | None,
     catalog_writer: CatalogWriter,
     session: SyntheticSession,
     precomputed: list[list[DetectedFace]],
@@ -35,8 +36,11 @@ def run_orchestration(
     batch: int,
     profile_dir: Path | None = None,
     ray_logs: bool = False,
+    watched: dict[str, int] | None = None,
 ) -> tuple[RunResult, RunResult, list[str]]:
-    """A warm-up and the timed run; both sessions' ids for clean-up."""
+    """A warm-up and the timed run; both sessions' ids for clean-up. ``storage``: the loopback
+    HTTP storage whose latency the run sets (None: photos elsewhere, e.g. an S3 server, as they
+    are); ``watched``: other processes whose CPU the run names apart."""
     orch = settings.model_copy(
         update={
             "ray_namespace": f"{settings.ray_namespace}-orch",
@@ -53,14 +57,15 @@ def run_orchestration(
         orch, ray_logs=ray_logs, before_serve=lambda: start_stand_ins(orch, faces_by_path, model_name)
     )
     service.start()
+    service.watched = dict(watched or {})
     ids: list[str] = []
     try:
-        storage.latency_s = 0.0
+        _set_latency(storage, 0.0)
         warm, warm_id = run_pipeline(
             service, catalog_writer, rows[: min(photos, 4 * in_flight)], 0.0, "warm-up"
         )
         ids.append(str(warm_id))
-        storage.latency_s = latency_ms / 1000
+        _set_latency(storage, latency_ms / 1000)
         label = (
             f"(d) orchestration: route, stand-in actors (at least {in_flight} in flight and batches of"
             f" {batch} an actor, more as the measured rate allows)"
@@ -71,8 +76,87 @@ def run_orchestration(
         run.extra.update(stand_in=True, actor_batch_photos=batch)
     finally:
         service.stop()
-        storage.latency_s = 0.0
+        _set_latency(storage, 0.0)
     return warm, run, ids
+
+
+def _set_latency(storage: PhotoStorage | None, seconds: float) -> None:
+    if storage is not None:
+        storage.latency_s = seconds
+
+
+def service_cpu_ms_per_photo(run: RunResult) -> float:
+    """CPU of the service's processes a photo (actors, replica, writer, PostgreSQL, Ray's own):
+    the driver (it only POSTs, and hosts the loopback HTTP storage), an S3 server and a
+    profiler left out, so that two storages are compared on what the service spends."""
+    load = run.load
+    apart = sum(load.get(f"cores:{name}", 0.0) for name in ("driver", "storage", "profiler"))
+    cores = max(0.0, load.get("own_cores", 0.0) - apart)
+    return round(cores * run.seconds / max(run.photos, 1) * 1000, 3)
+
+
+def run_storage_comparison(
+    settings: Settings,
+    storage: PhotoStorage,
+    catalog_writer: CatalogWriter,
+    session: SyntheticSession,
+    precomputed: list[list[DetectedFace]],
+    model_name: str,
+    *,
+    photos: int,
+    in_flight: int,
+    batch: int,
+    ray_logs: bool = False,
+) -> tuple[RunResult, RunResult, list[str]]:
+    """The orchestration run twice at no added storage latency (an S3 server has none to set):
+    the photos from the plain loopback HTTP storage, then the same photos from a private bucket
+    of a real S3 server on loopback (SeaweedFS), every GET SigV4-signed by the actors."""
+
+    def run(at: Settings, where: PhotoStorage | None, watched: dict[str, int]) -> tuple[RunResult, list[str]]:
+        _, timed, ids = run_orchestration(
+            at,
+            where,
+            catalog_writer,
+            session,
+            precomputed,
+            model_name,
+            photos=photos,
+            latency_ms=0.0,
+            in_flight=in_flight,
+            batch=batch,
+            ray_logs=ray_logs,
+            watched=watched,
+        )
+        return timed, ids
+
+    plain, ids = run(settings, storage, {})
+    with LocalS3Server() as s3:
+        for _, path in session.names_paths(len(precomputed)):
+            data = storage.files.get(path)
+            assert data is not None, path
+            s3.put(path, data)
+        assert s3.pid is not None
+        signed, more = run(s3.settings(settings), None, {"storage": s3.pid})
+    plain.kind, signed.kind = "orchestration_plain", "orchestration_s3"
+    signed.extra["storage"] = "s3 (SeaweedFS on loopback, SigV4-signed GETs)"
+    plain.extra["storage"] = "http (loopback PhotoStorage, plain GETs)"
+    return plain, signed, ids + more
+
+
+def storage_figures(plain: RunResult, signed: RunResult) -> dict[str, object]:
+    plain_cpu, signed_cpu = service_cpu_ms_per_photo(plain), service_cpu_ms_per_photo(signed)
+    return {
+        "orchestration_plain_photos_per_s": round(plain.photos_per_s, 1),
+        "orchestration_s3_photos_per_s": round(signed.photos_per_s, 1),
+        "orchestration_plain_cpu_ms_per_photo": plain_cpu,
+        "orchestration_s3_cpu_ms_per_photo": signed_cpu,
+        "s3_vs_plain_cpu_per_photo": round(signed_cpu / plain_cpu, 3) if plain_cpu else None,
+        "s3_vs_plain_photos_per_s": round(signed.photos_per_s / plain.photos_per_s, 3)
+        if plain.photos_per_s
+        else None,
+        "orchestration_s3_server_cores": signed.load.get("cores:storage"),
+        "orchestration_storage_photos": signed.photos,
+    }
 
 
 def orchestration_figures(run: RunResult) -> dict[str, object]:

@@ -191,6 +191,7 @@ BARS: tuple[tuple[str, str, str, float], ...] = (
     ("rerun_indexed_s", "rerun of 10k indexed, s", "<=", 2.0),
     ("writer_photos_per_s", "writer photos/s", ">=", 3000.0),
     ("orchestration_photos_per_s", "orchestration photos/s", ">=", 300.0),
+    ("s3_vs_plain_cpu_per_photo", "signed S3 / plain HTTP, service CPU a photo", "<=", 1.5),
 )
 # Photos/s of the real model, bare and through the route: one scale.
 RATES: tuple[tuple[str, str, str], ...] = (

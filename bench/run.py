@@ -139,6 +139,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--orch-batch", type=int, default=8, help="(d) photos per actor call")
     parser.add_argument(
+        "--orch-storage-n",
+        type=int,
+        default=None,
+        help="photos of each run of the storage stage, plain HTTP vs S3 signed (default: --orch-n; 0 = skip)",
+    )
+    parser.add_argument(
         "--model-sample",
         type=int,
         default=240,

@@ -50,6 +50,8 @@ class BenchService:
         self.base_url = f"http://{settings.http_host}:{settings.http_port}"
         self.ray_logs = ray_logs
         self.actor_pids: dict[str, int] = {}
+        # Other processes whose CPU a run names apart (e.g. {"storage": pid of an S3 server}).
+        self.watched: dict[str, int] = {}
         self.startup_s: dict[str, float] = {}
         self._http = httpx.Client(timeout=httpx.Timeout(None, connect=30), trust_env=False)
 
@@ -120,7 +122,7 @@ class BenchService:
         return pids
 
     def pids(self) -> dict[str, int]:
-        return {"driver": os.getpid(), **self.actor_pids}
+        return {"driver": os.getpid(), **self.actor_pids, **self.watched}
 
     def reindex(self, session_id: uuid.UUID, photos: int, mode: str = "missing") -> dict[str, Any]:
         """POST the route; the answer may take a while (a generous 300 s + 2 s per photo)."""

@@ -30,7 +30,13 @@ from bench.cpu import OtherLoad
 from bench.data import SyntheticSession, SyntheticStorage
 from bench.follow import run_follow_bench
 from bench.models import run_accuracy, run_model_comparison
-from bench.orchestration import orchestration_figures, run_orchestration
+from bench.orchestration import (
+    orchestration_figures,
+    run_orchestration,
+    run_storage_comparison,
+    service_cpu_ms_per_photo,
+    storage_figures,
+)
 from bench.profiling import SpyRecorder
 from bench.report import Round
 from bench.results import RunResult
@@ -263,6 +269,39 @@ def orchestration(b: Bench) -> None:
     say_profile(run)
 
 
+def storage(b: Bench) -> None:
+    """(d) twice at no storage latency: plain HTTP storage, then a private bucket of a real S3
+    server with signed GETs; the service's CPU per photo of each and their ratio."""
+    a = b.args
+    photos = a.orch_storage_n if a.orch_storage_n is not None else a.orch_n
+    if not photos:
+        return
+    b.drop_embedder()
+    say(f"storage: the orchestration run on plain HTTP, then on S3 (signed GETs), {photos} photos each ...")
+    plain, signed, ids = run_storage_comparison(
+        b.settings,
+        b.storage,
+        b.catalog_writer,
+        b.session,
+        b.precomputed,
+        b.model_name,
+        photos=photos,
+        in_flight=a.orch_in_flight,
+        batch=a.orch_batch,
+        ray_logs=a.ray_logs,
+    )
+    b.session_ids += ids
+    b.add(plain)
+    b.add(signed)
+    b.figures |= storage_figures(plain, signed)
+    for run in (plain, signed):
+        say(
+            f"  {run.extra['storage']}: {run.photos_per_s:.1f} photos/s, "
+            f"{service_cpu_ms_per_photo(run):.3f} ms of the service's CPU a photo"
+        )
+    say(f"  s3 vs plain, CPU a photo: {b.figures['s3_vs_plain_cpu_per_photo']}x (bar: 1.5x)")
+
+
 def fp32_pipeline(b: Bench) -> None:
     """(c) once at the lowest latency with the reference (FACEPASS_MODEL_RUNTIME=onnxruntime),
     just before the default configuration's rounds: the route's "before" of the fast path."""
@@ -482,6 +521,7 @@ STAGES: list[Stage] = [
     Stage("writer", writer, "the writer alone", ("limit",)),
     Stage("search", search, "search at scale"),
     Stage("orchestration", orchestration, "(d) the route with the stand-in", ("limit",)),
+    Stage("storage", storage, "(d) on plain HTTP and on S3 (signed GETs): CPU a photo", ("limit",)),
     Stage("fp32_pipeline", fp32_pipeline, "(c) once with the reference"),
     Stage("pipeline", pipeline, "(c) in rounds, the reruns", ("limit",)),
     Stage("follow", follow, "follow lag and interactive-first under a backlog"),

@@ -196,6 +196,14 @@ class StorageUnavailable(DownloadError):
     code = "storage_unavailable"
 
 
+class StorageForbidden(DownloadError):
+    """The bucket refused a signed request (403: wrong key or secret, an expired token, a clock
+    off by minutes, no read permission): a fault of the service's credentials, not of the
+    photo, so it is not recorded as done and the next run after the fix fetches it."""
+
+    code = "storage_forbidden"
+
+
 class PhotoTooLarge(DownloadError):
     code = "too_large"
     transient = False

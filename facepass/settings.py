@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -23,7 +24,19 @@ Scope = Literal["search", "reindex", "admin"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
 _KEYS_LINE = "<key> <scope>[,<scope>...]"
 # Secrets each also read from a file, FACEPASS_<NAME>_FILE.
-_SECRET_FILES = ("cloud_dsn", "local_dsn", "migrate_dsn", "api_key")
+_SECRET_FILES = (
+    "cloud_dsn",
+    "local_dsn",
+    "migrate_dsn",
+    "api_key",
+    "s3_access_key_id",
+    "s3_secret_access_key",
+    "s3_session_token",
+)
+StorageBackend = Literal["http", "s3"]
+S3Addressing = Literal["path", "virtual"]
+# SigV4's longest presigned URL: 7 days.
+MAX_PRESIGN_S = 7 * 24 * 3600
 
 
 def packaged_model_root() -> Path:
@@ -142,6 +155,32 @@ class Settings(BaseSettings):
     storage_allowed_hosts: list[str] = Field(default_factory=list)
     # ...and only on these ports (the storage URL's own port is always allowed).
     storage_allowed_ports: list[int] = Field(default_factory=lambda: list(DEFAULT_STORAGE_PORTS))
+    # Where a relative preview_path lives: "http" (storage_url + path, a plain GET) or "s3" (a
+    # key in s3_bucket, fetched with SigV4-signed GETs; docs/storage.md). Absolute http(s)
+    # URLs in the catalog (e.g. URLs it stores presigned) are fetched as they are, unsigned,
+    # under the allow-list above; s3://<s3_bucket>/<key> names a key of the bucket.
+    storage_backend: StorageBackend = "http"
+    # None: AWS itself (https://s3.<region>.amazonaws.com). The operator's endpoint may be on
+    # loopback or a private network (it is trusted as storage_url is); catalog data is not.
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"  # MinIO/SeaweedFS us-east-1, Yandex ru-central1, Ceph its zonegroup
+    s3_bucket: str | None = None
+    s3_prefix: str = ""  # put before every relative key ("photos/" + "a.jpg")
+    # None: path-style for a custom endpoint (MinIO, Ceph, SeaweedFS), virtual-host for AWS.
+    s3_addressing: S3Addressing | None = None
+    # Credentials: these (or their *_FILE forms, mounted secrets); unset: the standard AWS chain
+    # (AWS_* environment, shared config/credentials files, container or instance role).
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_session_token: SecretStr | None = None
+    s3_access_key_id_file: Path | None = None
+    s3_secret_access_key_file: Path | None = None
+    s3_session_token_file: Path | None = None
+    # Search answers carry a presigned GET URL per photo of the bucket, valid this long (0: none).
+    s3_presign_expiry_s: int = Field(default=900, ge=0, le=MAX_PRESIGN_S)
+    # The endpoint guests' clients reach, when it is not the one the service fetches from
+    # (an internal http://minio:9000 behind a public https://photos.example.com); None: the same.
+    s3_presign_endpoint_url: str | None = None
 
     http_host: str = "127.0.0.1"
     http_port: int = 8000
@@ -264,6 +303,12 @@ class Settings(BaseSettings):
     download_timeout_s: float = Field(default=30.0, gt=0)
     max_download_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=50_000_000, gt=0)
+    # A transient storage failure (5xx, SlowDown, a stall, a dropped connection) is tried again
+    # this many times within the photo's download_timeout_s, after a jittered backoff doubling
+    # from storage_retry_backoff_s; a connection that sends nothing this long is a stall.
+    storage_retries: int = Field(default=2, ge=0)
+    storage_retry_backoff_s: float = Field(default=0.1, ge=0)
+    storage_stall_timeout_s: float = Field(default=10.0, gt=0)
 
     report_max_errors: int = Field(default=10, ge=0)
     catalog_page_size: int = Field(default=1000, ge=1)
@@ -315,6 +360,38 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("FACEPASS_STORAGE_URL must be an http(s) URL")
         return value if value.endswith("/") else value + "/"
+
+    @field_validator("s3_endpoint_url", "s3_presign_endpoint_url")
+    @classmethod
+    def _s3_endpoint_is_http(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("an S3 endpoint URL must be an http(s) URL")
+        if parts.path or parts.query or parts.username or parts.password:
+            raise ValueError(
+                "an S3 endpoint URL is scheme://host[:port] only (the bucket: FACEPASS_S3_BUCKET)"
+            )
+        return value
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _s3_prefix_is_a_folder(cls, value: str) -> str:
+        value = value.strip().strip("/")
+        return value + "/" if value else ""
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> Settings:
+        if self.storage_backend == "s3" and not (self.s3_bucket or "").strip():
+            raise ValueError("FACEPASS_STORAGE_BACKEND=s3 needs FACEPASS_S3_BUCKET")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError(
+                "set both FACEPASS_S3_ACCESS_KEY_ID and FACEPASS_S3_SECRET_ACCESS_KEY (or neither: "
+                "the AWS credential chain)"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -59,6 +59,7 @@ from facepass.runs.reindex import ReindexCoordinator, ReindexMode
 from facepass.runs.session_lock import SessionLocks
 from facepass.runs.session_runs import SessionRuns
 from facepass.settings import Settings
+from facepass.storage.s3 import PhotoLinks
 from facepass.vision.generation_packs import GenerationPacks
 from serve_app.auth import ADMIN, REINDEX, SEARCH, configure, presented_scopes
 from serve_app.bind import require_closed_or_loopback
@@ -189,6 +190,7 @@ class FacePassIngress:
         except DatabaseError as exc:  # a schema behind this code: 503s naming jobs.migrate until run
             log.warning("local index not ready at start (%s); will check again on the next call", exc)
         self.generation_packs = GenerationPacks(settings)  # earlier packs, loaded on first use
+        self.photo_links = PhotoLinks(settings)
         self._follower_lock = FollowerLock(settings.local_url())  # asks who follows (never takes it here)
         self.follower: ReplicaFollower | None = None
         if settings.follow:
@@ -336,21 +338,24 @@ class FacePassIngress:
                 now = await asyncio.to_thread(generations.search_model, session_id)
                 if now != model:
                     face, matches = await self._search_in(now, data, session_id, limit, threshold)
+        urls = await asyncio.to_thread(self.photo_links.urls, [m.preview_path for m in matches])
         return {
             "session_id": str(session_id),
             "session_name": session.name,
             "selfie_face": {"bbox": face.bbox, "det_score": face.det_score},
             "threshold": threshold,
+            "photo_urls_expire_in_s": self.photo_links.expires_in_s,
             "matches": [
                 {
                     "photo_id": str(m.photo_id),
                     "filename": m.filename,
                     "preview_path": m.preview_path,
+                    "photo_url": url,
                     "similarity": round(m.similarity, 4),
                     "face_index": m.face_index,
                     "bbox": m.bbox,
                 }
-                for m in matches
+                for m, url in zip(matches, urls, strict=True)
             ],
         }
 

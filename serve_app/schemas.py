@@ -62,6 +62,10 @@ class SearchMatch(BaseModel):
     photo_id: str
     filename: str
     preview_path: str
+    photo_url: str | None = Field(
+        default=None,
+        description="a presigned GET URL of the photo (s3 backend), valid photo_urls_expire_in_s; else null",
+    )
     similarity: float
     face_index: int
     bbox: tuple[float, float, float, float]
@@ -72,6 +76,9 @@ class SearchResponse(BaseModel):
     session_name: str
     selfie_face: SelfieFace
     threshold: float
+    photo_urls_expire_in_s: int | None = Field(
+        default=None, description="how long each match's photo_url stays valid; null: no URLs"
+    )
     matches: list[SearchMatch]
 
 

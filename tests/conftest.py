@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from facepass.db import resolve_databases
+from facepass.demo.s3server import LocalS3Server
 from facepass.demo.scenario import CatalogWriter
 from facepass.demo.storage import PhotoStorage
 from facepass.index.store import VectorStore
@@ -101,6 +102,14 @@ class InjectedDiskFull:
 @pytest.fixture(scope="session")
 def storage() -> Iterator[PhotoStorage]:
     with PhotoStorage() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[LocalS3Server]:
+    """A real S3-compatible server (SeaweedFS) on loopback with a private bucket, started on
+    first use and shared by the test session; tests put photos under keys of their own."""
+    with LocalS3Server() as server:
         yield server
 
 

@@ -6,12 +6,12 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import sqlalchemy as sa
 
 from facepass.db import make_engine
 from facepass.demo import photos
-from facepass.demo.storage import PhotoStorage
 from facepass.index.store import VectorStore
 from facepass.models import PhotoRef
 from facepass.settings import Settings
@@ -19,6 +19,12 @@ from facepass.vision.pipeline import LocalProcessor, PhotoPipeline
 
 SEED_SESSION_NAME = "Тестовая фотосессия"
 SCHEMA_SQL = Path(__file__).with_name("cloud_schema.sql")
+
+
+class Uploads(Protocol):
+    """Where a scenario puts its photos: the loopback HTTP storage or the local S3 server."""
+
+    def put(self, path: str, data: bytes) -> None: ...
 
 
 class CatalogWriter:
@@ -102,7 +108,7 @@ def new_catalog_database(
 
 
 def add_face_photos(
-    writer: CatalogWriter, storage: PhotoStorage, session_id: uuid.UUID, n: int, prefix: str = "b"
+    writer: CatalogWriter, storage: Uploads, session_id: uuid.UUID, n: int, prefix: str = "b"
 ) -> list[PhotoRef]:
     """``n`` photos of one real face each (crops of the packaged photos, varied), in storage
     and in the catalog."""
@@ -132,7 +138,7 @@ def preview_path(session_id: uuid.UUID, filename: str) -> str:
 
 def build_seed_scenario(
     settings: Settings,
-    storage: PhotoStorage,
+    storage: Uploads,
     session_id: uuid.UUID | None = None,
     n_faces: int = 11,
     n_preindexed: int = 3,

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import ipaddress
+import logging
+import random
 import socket
+import time
 from collections.abc import Collection
 from typing import Any
 from urllib.parse import SplitResult, quote, urlsplit
@@ -24,10 +27,16 @@ from facepass.errors import (
     PhotoError,
     PhotoNotFound,
     PhotoTooLarge,
+    StorageForbidden,
     StorageUnavailable,
     UrlNotAllowed,
 )
 from facepass.settings import DEFAULT_STORAGE_PORTS, Settings
+from facepass.storage import s3
+from facepass.storage.paths import is_absolute, relative_path
+from facepass.storage.s3 import S3Bucket
+
+log = logging.getLogger(__name__)
 
 BgrImage = npt.NDArray[np.uint8]
 
@@ -37,6 +46,8 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"BM", "bmp"),
 )
 _CHUNK = 64 * 1024
+_ERROR_BODY = 8 * 1024  # of a bucket's error answer: its code and message come first
+_TELL_EVERY_S = 60.0
 
 
 class ImageTooLarge(PhotoError):
@@ -112,16 +123,9 @@ class UrlPolicy:
         )
 
     def url_for(self, preview_path: str) -> str:
-        path = preview_path.strip()
-        parts = urlsplit(path)
-        if parts.scheme or path.startswith("//"):
-            return self._absolute(path)
-        if not path or path.startswith("/") or "\\" in path:
-            raise UrlNotAllowed(f"bad preview path {preview_path!r}")
-        segments = path.split("/")
-        if any(seg in ("", ".", "..") for seg in segments):
-            raise UrlNotAllowed(f"bad preview path {preview_path!r}")
-        return self.base + quote(path, safe="/")
+        if is_absolute(preview_path):
+            return self._absolute(preview_path.strip())
+        return self.base + quote(relative_path(preview_path), safe="/")
 
     def _absolute(self, url: str) -> str:
         parts = urlsplit(url)
@@ -193,17 +197,29 @@ class ImageFetcher:
     ~4 ms of CPU per download in its own bookkeeping (the benchmark's
     orchestration run); aiohttp (already installed with Ray) does the same work
     in a fraction of that. Redirects are refused, the size is capped before and
-    while reading, and the whole download has one deadline.
+    while reading, and the whole download has one deadline, retries of transient
+    failures (5xx, SlowDown, a stall, a dropped connection) included. With the s3
+    backend, keys of the bucket are fetched with SigV4-signed GETs (``storage/s3.py``).
     """
 
     def __init__(self, settings: Settings) -> None:
         self.policy = UrlPolicy.from_settings(settings)
+        self.bucket = S3Bucket(settings) if settings.storage_backend == "s3" else None
         self._trusted = {urlsplit(settings.storage_url).hostname or ""}
+        if self.bucket is not None:
+            self._trusted.add(self.bucket.host)
         self.timeout_s = settings.download_timeout_s
         self.max_bytes = settings.max_download_bytes
+        self.retries = settings.storage_retries
+        self.backoff_s = settings.storage_retry_backoff_s
+        self.stall_s = min(settings.storage_stall_timeout_s, self.timeout_s)
         # One connection per photo in flight (a decoder actor holds twice as many), kept alive.
         self.connections = max(16, 2 * settings.in_flight_ceiling_per_actor())
         self._session: aiohttp.ClientSession | None = None
+        self._told: dict[str, float] = {}  # bucket error code -> when it was last logged
+
+    def _timeout(self, total: float) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=total, sock_connect=self.stall_s, sock_read=self.stall_s)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -211,14 +227,16 @@ class ImageFetcher:
                 connector=aiohttp.TCPConnector(
                     limit=self.connections, limit_per_host=0, resolver=CheckedResolver(self._trusted)
                 ),
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                timeout=self._timeout(self.timeout_s),
                 trust_env=False,  # no proxies from the environment
                 auto_decompress=False,  # the bytes stored are the bytes checked
             )
         return self._session
 
     async def fetch(self, preview_path: str) -> bytes:
-        if not urlsplit(preview_path.strip()).scheme:
+        if self.bucket is not None and self.bucket.is_key(preview_path):
+            return await self._fetch_signed(self.bucket, preview_path)
+        if not is_absolute(preview_path):
             # A path under the storage: the client's own total timeout is the deadline (no task
             # of its own a photo: one less per download at thousands of photos/s).
             return await self._download(self.policy.url_for(preview_path))
@@ -232,11 +250,52 @@ class ImageFetcher:
         url = await asyncio.to_thread(self.policy.url_for, preview_path)
         return await self._download(url)
 
-    async def _download(self, url: str) -> bytes:
+    async def _fetch_signed(self, bucket: S3Bucket, preview_path: str) -> bytes:
+        url = bucket.url_of(bucket.key_for(preview_path))
+        if not bucket.credentials_ready:  # the AWS chain's first look-up may block (a role's metadata)
+            await asyncio.to_thread(bucket.credentials)
         try:
-            # encoded=True: url_for already quoted the path; aiohttp must not re-quote it.
-            async with self._http().get(yarl.URL(url, encoded=True), allow_redirects=False) as response:
-                self._check_status(response.status, response.reason)
+            return await self._download(url, bucket)
+        except StorageForbidden as exc:
+            self._tell(bucket, exc)
+            raise
+
+    async def _download(self, url: str, bucket: S3Bucket | None = None) -> bytes:
+        """GET with retries of transient failures, all within one deadline of timeout_s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        timeout: aiohttp.ClientTimeout | None = None  # the first try: the session's own
+        for attempt in range(self.retries + 1):
+            try:
+                headers = bucket.signed_headers(url) if bucket is not None else None
+                return await self._get(url, headers, timeout, bucket)
+            except (StorageUnavailable, DownloadTimeout):
+                pause = self.backoff_s * (2**attempt) * random.uniform(0.5, 1.0)
+                if attempt == self.retries or deadline - loop.time() <= pause:
+                    raise
+            await asyncio.sleep(pause)
+            timeout = self._timeout(deadline - loop.time())
+        raise AssertionError("unreachable: the last try raises")
+
+    async def _get(
+        self,
+        url: str,
+        headers: dict[str, str] | None,
+        timeout: aiohttp.ClientTimeout | None,
+        bucket: S3Bucket | None,
+    ) -> bytes:
+        try:
+            # encoded=True: the path is quoted already; aiohttp must not re-quote it.
+            # No timeout argument on a first try: None would mean none at all, not the session's.
+            extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+            async with self._http().get(
+                yarl.URL(url, encoded=True), headers=headers, allow_redirects=False, **extra
+            ) as response:
+                if response.status != 200:
+                    if bucket is not None:  # the XML body says which of its errors it is
+                        answer = await response.content.read(_ERROR_BODY)
+                        raise s3.error_for(s3.parse_error(response.status, response.reason, answer))
+                    self._check_status(response.status, response.reason)
                 declared = response.content_length
                 if declared is not None and declared > self.max_bytes:
                     raise PhotoTooLarge(f"{declared} bytes > limit {self.max_bytes}")
@@ -256,6 +315,22 @@ class ImageFetcher:
             raise StorageUnavailable(f"{type(exc).__name__}: {exc}") from exc
         except aiohttp.ClientError as exc:
             raise StorageUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    def _tell(self, bucket: S3Bucket, exc: StorageForbidden) -> None:
+        """One log line per kind of refusal a minute: every photo fails the same way then."""
+        kind = exc.detail.split(":", 1)[0]
+        now = time.monotonic()
+        if now - self._told.get(kind, -_TELL_EVERY_S) < _TELL_EVERY_S:
+            return
+        self._told[kind] = now
+        hint = next((h for code, h in s3.HINTS.items() if code in kind), "")
+        log.warning(
+            "S3 bucket %r at %s refused a signed GET: %s%s",
+            bucket.bucket,
+            bucket.endpoint,
+            exc.detail,
+            f" ({hint})" if hint else "",
+        )
 
     @staticmethod
     def _check_status(status: int, reason_phrase: str | None) -> None:

@@ -15,6 +15,8 @@ from ray import serve
 from ray.job_submission import JobStatus, JobSubmissionClient
 from ray.util.state import list_actors, list_jobs
 
+from actors.ray_calls import kill_pool_actors
+from facepass.demo.s3server import LocalS3Server
 from facepass.demo.scenario import CatalogWriter, add_face_photos, index_locally, new_catalog_database
 from facepass.demo.storage import PhotoStorage
 from facepass.index.store import VectorStore, face_embeddings
@@ -43,7 +45,13 @@ def job_env(service: Service, cloud_dsn: str, secrets: Path) -> dict[str, str]:
 
 
 def submit(
-    service: Service, cloud_dsn: str, summary: Path, *job_args: str, wait: bool = True, job_id: str = ""
+    service: Service,
+    cloud_dsn: str,
+    summary: Path,
+    *job_args: str,
+    wait: bool = True,
+    job_id: str = "",
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """The README's command, from the repository: `ray` and the job's `python` come from PATH
     (the head was started with the project's bin first on it), RAY_ADDRESS names the head;
@@ -53,7 +61,12 @@ def submit(
         "--working-dir",
         ".",
         "--runtime-env-json",
-        json.dumps({"env_vars": job_env(service, cloud_dsn, summary.parent / f"{summary.stem}-secrets")}),
+        json.dumps(
+            {
+                "env_vars": job_env(service, cloud_dsn, summary.parent / f"{summary.stem}-secrets")
+                | (env or {})
+            }
+        ),
     ]
     if job_id:
         options += ["--submission-id", job_id]
@@ -127,6 +140,52 @@ def test_bulk_job_indexes_every_active_session_and_a_second_run_does_nothing(
     )
     assert embeddings_of(store, complete) == complete_rows  # other sessions untouched
     writer.close()
+
+
+def test_bulk_job_indexes_a_private_bucket_and_a_wrong_secret_writes_nothing(
+    service: Service, store: VectorStore, s3_server: LocalS3Server, tmp_path: Path
+) -> None:
+    """Photos in a private bucket of a real S3 server (signatures checked): with a wrong secret
+    every photo is a per-photo storage_forbidden, nothing is written (no row, no ledger entry)
+    and the secret is nowhere; with the right one every photo is indexed once."""
+    dsn, writer = new_catalog_database(service.settings)
+    sid = writer.add_session("Сессия в бакете")
+    add_face_photos(writer, s3_server, sid, 4, prefix="s3")
+    writer.close()
+    # A namespace of its own: the pool's actors are named per namespace, and these fetch from S3.
+    namespace = f"facepass-s3-job-{uuid.uuid4().hex[:8]}"
+    wrong_secret = "wrong-secret-5b1d90"
+
+    def bucket_env(secret: str, label: str) -> dict[str, str]:
+        plain = {k: v for k, v in s3_server.environment().items() if "_KEY" not in k}
+        keys = secret_files(
+            tmp_path / f"s3-{label}", s3_access_key_id=s3_server.access_key, s3_secret_access_key=secret
+        )
+        return plain | keys | {"FACEPASS_RAY_NAMESPACE": namespace}
+
+    try:
+        refused = submit(service, dsn, tmp_path / "wrong.json", env=bucket_env(wrong_secret, "wrong"))
+        assert refused.returncode == 0, refused.stdout + refused.stderr  # photos failed, not the job
+        summary = json.loads((tmp_path / "wrong.json").read_text())
+        assert (summary["photos_processed"], summary["photos_failed"], summary["photos_successful"]) == (
+            4,
+            4,
+            0,
+        )
+        assert all("403 SignatureDoesNotMatch" in error for error in summary["errors"]), summary["errors"]
+        assert embeddings_of(store, sid) == [] and store.ledger(sid) == {}
+        shown = refused.stdout + refused.stderr + (tmp_path / "wrong.json").read_text()
+        assert wrong_secret not in shown and s3_server.secret_key not in shown
+
+        indexed = submit(service, dsn, tmp_path / "right.json", env=bucket_env(s3_server.secret_key, "right"))
+        assert indexed.returncode == 0, indexed.stdout + indexed.stderr
+        right = json.loads((tmp_path / "right.json").read_text())
+        assert (right["photos_processed"], right["photos_successful"]) == (4, 4)
+        rows = embeddings_of(store, sid)
+        assert len({photo for photo, _ in rows}) == 4 and len(rows) == len(set(rows))
+        assert s3_server.secret_key not in indexed.stdout + indexed.stderr
+    finally:
+        kill_pool_actors(service.settings.model_copy(update={"ray_namespace": namespace}))
 
 
 def test_no_database_password_in_anything_a_run_shows(

@@ -36,6 +36,8 @@ def test_selfie_finds_the_photos_of_that_person_only(
     matches = found.json()["matches"]
     assert [m["filename"] for m in matches] == ["players.jpg"]
     assert matches[0]["photo_id"] == str(refs["players.jpg"].id) and matches[0]["similarity"] > 0.45
+    # Plain HTTP storage: nothing to presign (the s3 backend's answers: tests/integration/test_s3_storage.py).
+    assert matches[0]["photo_url"] is None and found.json()["photo_urls_expire_in_s"] is None
 
     # With no threshold every photo comes back, the right one first.
     everything = search(service, sid, photos.jpeg(photos.load("yaoming.jpg")), threshold="-1").json()
