@@ -37,6 +37,7 @@ def run_orchestration(
     profile_dir: Path | None = None,
     ray_logs: bool = False,
     watched: dict[str, int] | None = None,
+    source: str = "",
 ) -> tuple[RunResult, RunResult, list[str]]:
     """A warm-up and the timed run; both sessions' ids for clean-up. ``storage``: the loopback
     HTTP storage whose latency the run sets (None: photos elsewhere, e.g. an S3 server, as they
@@ -69,7 +70,7 @@ def run_orchestration(
         label = (
             f"(d) orchestration: route, stand-in actors (at least {in_flight} in flight and batches of"
             f" {batch} an actor, more as the measured rate allows)"
-        )
+        ) + (f", photos from {source}" if source else "")
         run, sid = run_pipeline(service, catalog_writer, rows, latency_ms, label, profile_dir)
         ids.append(str(sid))
         run.kind = "orchestration"
@@ -112,7 +113,9 @@ def run_storage_comparison(
     the photos from the plain loopback HTTP storage, then the same photos from a private bucket
     of a real S3 server on loopback (SeaweedFS), every GET SigV4-signed by the actors."""
 
-    def run(at: Settings, where: PhotoStorage | None, watched: dict[str, int]) -> tuple[RunResult, list[str]]:
+    def run(
+        at: Settings, where: PhotoStorage | None, watched: dict[str, int], source: str
+    ) -> tuple[RunResult, list[str]]:
         _, timed, ids = run_orchestration(
             at,
             where,
@@ -126,20 +129,22 @@ def run_storage_comparison(
             batch=batch,
             ray_logs=ray_logs,
             watched=watched,
+            source=source,
         )
+        timed.extra["storage"] = source
         return timed, ids
 
-    plain, ids = run(settings, storage, {})
+    plain, ids = run(settings, storage, {}, "http (loopback PhotoStorage, plain GETs)")
     with LocalS3Server() as s3:
         for _, path in session.names_paths(len(precomputed)):
             data = storage.files.get(path)
             assert data is not None, path
             s3.put(path, data)
         assert s3.pid is not None
-        signed, more = run(s3.settings(settings), None, {"storage": s3.pid})
+        signed, more = run(
+            s3.settings(settings), None, {"storage": s3.pid}, "s3 (SeaweedFS on loopback, SigV4-signed GETs)"
+        )
     plain.kind, signed.kind = "orchestration_plain", "orchestration_s3"
-    signed.extra["storage"] = "s3 (SeaweedFS on loopback, SigV4-signed GETs)"
-    plain.extra["storage"] = "http (loopback PhotoStorage, plain GETs)"
     return plain, signed, ids + more
 
 

@@ -14,13 +14,16 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.session import Session as BotocoreSession
+from pydantic import SecretStr
 
 from facepass.errors import (
     PhotoError,
@@ -115,6 +118,7 @@ class S3Bucket:
         self._presign_base = self._base_url(presign_endpoint)
         self.presign_expiry_s = settings.s3_presign_expiry_s
         self._explicit = _explicit_credentials(settings)
+        self._key_files = KeyFiles.of(settings) if self._explicit is not None else None
         self._chain: Credentials | None = None
         self._lock = threading.Lock()
 
@@ -151,6 +155,8 @@ class S3Bucket:
         """The keys to sign with: the settings' own, else the AWS chain's (looked up once, on
         first use; may block on a metadata service: call it off the event loop)."""
         if self._explicit is not None:
+            if self._key_files is not None and (renewed := self._key_files.renewed()) is not None:
+                self._explicit = renewed
             return self._explicit.get_frozen_credentials()
         with self._lock:
             if self._chain is None:
@@ -182,6 +188,76 @@ class S3Bucket:
         signer = S3SigV4QueryAuth(self.credentials(), "s3", self.region, expires=self.presign_expiry_s)
         signer.add_auth(request)
         return str(request.url)
+
+
+class KeyFiles:
+    """Keys read from ``FACEPASS_S3_*_FILE`` files are read again when a file changes (a mounted
+    Secret rotated in place, a wrong secret fixed), looked at once every few seconds: the pool's
+    actors are long-lived and shared by the service and the jobs, so a fix must reach them
+    without a restart. Only the keys that came from their files (a value set directly wins)."""
+
+    CHECK_EVERY_S = 5.0
+
+    def __init__(self, files: dict[str, Path], values: dict[str, str | None]) -> None:
+        self.files = files  # field name -> its file, for the fields that came from a file
+        self.values = values  # every key field's value now
+        self._stamps = self._stat()
+        self._checked = time.monotonic()
+
+    @classmethod
+    def of(cls, settings: Settings) -> KeyFiles | None:
+        values = {name: _revealed(getattr(settings, name)) for name in _KEY_FIELDS}
+        files: dict[str, Path] = {}
+        for name in _KEY_FIELDS:
+            path = getattr(settings, f"{name}_file")
+            if path is not None and _read(Path(path)) == values[name]:
+                files[name] = Path(path).expanduser()
+        return cls(files, values) if files else None
+
+    def _stat(self) -> dict[str, tuple[int, int] | None]:
+        stamps: dict[str, tuple[int, int] | None] = {}
+        for name, path in self.files.items():
+            try:
+                info = path.stat()
+                stamps[name] = (info.st_mtime_ns, info.st_size)
+            except OSError:
+                stamps[name] = None
+        return stamps
+
+    def renewed(self) -> Credentials | None:
+        """New credentials when a file changed since the last look; else None."""
+        now = time.monotonic()
+        if now - self._checked < self.CHECK_EVERY_S:
+            return None
+        self._checked = now
+        stamps = self._stat()
+        if stamps == self._stamps:
+            return None
+        self._stamps = stamps
+        read = {name: _read(path) for name, path in self.files.items()}
+        if any(value is None for value in read.values()):  # half-way through a rotation: next look
+            self._stamps = {}
+            return None
+        self.values |= read
+        access, secret = self.values["s3_access_key_id"], self.values["s3_secret_access_key"]
+        if not access or not secret:
+            return None
+        log.info("S3 credentials read again from %s", ", ".join(str(p) for p in self.files.values()))
+        return Credentials(access, secret, self.values["s3_session_token"])
+
+
+_KEY_FIELDS = ("s3_access_key_id", "s3_secret_access_key", "s3_session_token")
+
+
+def _revealed(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.expanduser().read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _explicit_credentials(settings: Settings) -> Credentials | None:

@@ -147,7 +147,8 @@ def test_bulk_job_indexes_a_private_bucket_and_a_wrong_secret_writes_nothing(
 ) -> None:
     """Photos in a private bucket of a real S3 server (signatures checked): with a wrong secret
     every photo is a per-photo storage_forbidden, nothing is written (no row, no ledger entry)
-    and the secret is nowhere; with the right one every photo is indexed once."""
+    and the secret is nowhere; once the secret's file holds the right one, every photo is
+    indexed once."""
     dsn, writer = new_catalog_database(service.settings)
     sid = writer.add_session("Сессия в бакете")
     add_face_photos(writer, s3_server, sid, 4, prefix="s3")
@@ -156,15 +157,13 @@ def test_bulk_job_indexes_a_private_bucket_and_a_wrong_secret_writes_nothing(
     namespace = f"facepass-s3-job-{uuid.uuid4().hex[:8]}"
     wrong_secret = "wrong-secret-5b1d90"
 
-    def bucket_env(secret: str, label: str) -> dict[str, str]:
-        plain = {k: v for k, v in s3_server.environment().items() if "_KEY" not in k}
-        keys = secret_files(
-            tmp_path / f"s3-{label}", s3_access_key_id=s3_server.access_key, s3_secret_access_key=secret
-        )
-        return plain | keys | {"FACEPASS_RAY_NAMESPACE": namespace}
+    secrets = tmp_path / "s3-keys"
+    keys = secret_files(secrets, s3_access_key_id=s3_server.access_key, s3_secret_access_key=wrong_secret)
+    plain = {k: v for k, v in s3_server.environment().items() if "_KEY" not in k}
+    bucket_env = plain | keys | {"FACEPASS_RAY_NAMESPACE": namespace}
 
     try:
-        refused = submit(service, dsn, tmp_path / "wrong.json", env=bucket_env(wrong_secret, "wrong"))
+        refused = submit(service, dsn, tmp_path / "wrong.json", env=bucket_env)
         assert refused.returncode == 0, refused.stdout + refused.stderr  # photos failed, not the job
         summary = json.loads((tmp_path / "wrong.json").read_text())
         assert (summary["photos_processed"], summary["photos_failed"], summary["photos_successful"]) == (
@@ -177,7 +176,10 @@ def test_bulk_job_indexes_a_private_bucket_and_a_wrong_secret_writes_nothing(
         shown = refused.stdout + refused.stderr + (tmp_path / "wrong.json").read_text()
         assert wrong_secret not in shown and s3_server.secret_key not in shown
 
-        indexed = submit(service, dsn, tmp_path / "right.json", env=bucket_env(s3_server.secret_key, "right"))
+        # The operator fixes the mounted secret in place: the pool's actors (alive since the first
+        # job, shared by the jobs of the namespace) read it again; no restart.
+        (secrets / "s3_secret_access_key").write_text(s3_server.secret_key)
+        indexed = submit(service, dsn, tmp_path / "right.json", env=bucket_env)
         assert indexed.returncode == 0, indexed.stdout + indexed.stderr
         right = json.loads((tmp_path / "right.json").read_text())
         assert (right["photos_processed"], right["photos_successful"]) == (4, 4)

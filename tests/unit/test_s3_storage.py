@@ -21,7 +21,7 @@ from pydantic import SecretStr, ValidationError
 from facepass.demo.s3server import LocalS3Server
 from facepass.errors import PhotoNotFound, StorageForbidden, StorageUnavailable, UrlNotAllowed
 from facepass.settings import Settings
-from facepass.storage.s3 import S3Bucket, error_for, parse_error
+from facepass.storage.s3 import KeyFiles, S3Bucket, error_for, parse_error
 from facepass.vision.images import ImageFetcher
 
 JPEG = b"\xff\xd8\xff" + b"s3 photo" * 100
@@ -318,3 +318,50 @@ def test_a_transient_failure_is_tried_again_within_the_deadline(
     assert handler.hits[folder + "b.jpg"] == 1 + settings.storage_retries
     _raises(settings, "missing.jpg", PhotoNotFound)
     assert handler.hits[folder + "missing.jpg"] == 1  # a 404 is an answer, not retried
+
+
+def test_keys_from_files_are_read_again_when_a_file_changes(
+    s3_server: LocalS3Server, key: Callable[[str], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mounted Secret fixed in place reaches a long-lived fetcher (the pool's actors)."""
+    monkeypatch.setattr(KeyFiles, "CHECK_EVERY_S", 0.0)
+    path = key("rotated.jpg")
+    s3_server.put(path, JPEG)
+    (tmp_path / "id").write_text(s3_server.access_key)
+    (tmp_path / "secret").write_text("an-old-wrong-secret")
+    settings = Settings(
+        storage_backend="s3",
+        s3_endpoint_url=s3_server.endpoint_url,
+        s3_bucket=s3_server.bucket,
+        s3_access_key_id_file=tmp_path / "id",
+        s3_secret_access_key_file=tmp_path / "secret",
+    )
+
+    async def fetch_before_and_after_the_fix() -> tuple[BaseException | bytes, bytes]:
+        fetcher = ImageFetcher(settings)
+        try:
+            try:
+                before: BaseException | bytes = await fetcher.fetch(path)
+            except StorageForbidden as exc:
+                before = exc
+            (tmp_path / "secret").write_text(s3_server.secret_key + "\n")
+            return before, await fetcher.fetch(path)
+        finally:
+            await fetcher.aclose()
+
+    before, after = asyncio.run(fetch_before_and_after_the_fix())
+    assert isinstance(before, StorageForbidden)
+    assert after == JPEG
+
+
+def test_a_key_set_directly_is_not_replaced_by_its_file(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("from-the-file")
+    settings = Settings(
+        storage_backend="s3",
+        s3_bucket="b",
+        s3_access_key_id="AKIA",
+        s3_secret_access_key="set-directly",
+        s3_secret_access_key_file=tmp_path / "secret",
+    )
+    assert KeyFiles.of(settings) is None
+    assert S3Bucket(settings).credentials().secret_key == "set-directly"
