@@ -84,6 +84,27 @@ class BenchService:
         }
         return self
 
+    def redeploy(
+        self,
+        settings: Settings,
+        before_serve: Callable[[], object] | None = None,
+        ready_timeout_s: float = 600,
+    ) -> BenchService:
+        """The app again with other settings (another storage) on the same Ray cluster: one Ray
+        session for runs that are compared (no shutdown and start between them). The settings'
+        namespace should be another: its pool is created by ``before_serve`` once the earlier
+        namespace's pool is killed."""
+        earlier = self.settings
+        assert settings.http_port == earlier.http_port, "Serve's HTTP port is fixed at its start"
+        kill_pool_actors(earlier)  # first: the new pool needs the CPUs the earlier one holds
+        self.settings = settings
+        if before_serve is not None:
+            before_serve()
+        serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+        self._wait_healthy(ready_timeout_s)
+        self.actor_pids = self._actor_pids()
+        return self
+
     def _wait_healthy(self, timeout_s: float) -> None:
         """/healthz answers 200 once an embedding actor is up; wait until every one is."""
         deadline = time.monotonic() + timeout_s
@@ -110,16 +131,23 @@ class BenchService:
             pids[f"embedder-{i}"] = int(info["pid"])
         # The replica (where the coordinator runs) and the writer, found by their process titles
         # among this driver's descendants (other Ray clusters on the machine are not ours).
+        # After a redeploy the earlier replica may still be stopping: the newest process wins.
+        newest: dict[str, tuple[float, int]] = {}
         for proc in psutil.Process().children(recursive=True):
             try:
                 title = " ".join(proc.cmdline())
+                born = proc.create_time()
             except psutil.Error:
                 continue
             if "ServeReplica:" in title and "FacePassIngress" in title:
-                pids["ingress-replica"] = proc.pid
+                role = "ingress-replica"
             elif "IndexWriter" in title:
-                pids["index-writer"] = proc.pid
-        return pids
+                role = "index-writer"
+            else:
+                continue
+            if born >= newest.get(role, (-1.0, 0))[0]:
+                newest[role] = (born, proc.pid)
+        return pids | {role: pid for role, (_, pid) in newest.items()}
 
     def pids(self) -> dict[str, int]:
         return {"driver": os.getpid(), **self.actor_pids, **self.watched}

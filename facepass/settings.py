@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from facepass.builds import AUTO, CPU_PROVIDER, CUDA_PROVIDER, Variant
@@ -162,8 +162,19 @@ class Settings(BaseSettings):
     storage_backend: StorageBackend = "http"
     # None: AWS itself (https://s3.<region>.amazonaws.com). The operator's endpoint may be on
     # loopback or a private network (it is trusted as storage_url is); catalog data is not.
-    s3_endpoint_url: str | None = None
-    s3_region: str = "us-east-1"  # MinIO/SeaweedFS us-east-1, Yandex ru-central1, Ceph its zonegroup
+    # Unset here: the AWS SDKs' own variables (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL; AWS_REGION,
+    # AWS_DEFAULT_REGION), as every AWS tool on the node reads them.
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "s3_endpoint_url", "FACEPASS_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"
+        ),
+    )
+    # MinIO/SeaweedFS us-east-1, Yandex ru-central1, Ceph its zonegroup.
+    s3_region: str = Field(
+        default="us-east-1",
+        validation_alias=AliasChoices("s3_region", "FACEPASS_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+    )
     s3_bucket: str | None = None
     s3_prefix: str = ""  # put before every relative key ("photos/" + "a.jpg")
     # None: path-style for a custom endpoint (MinIO, Ceph, SeaweedFS), virtual-host for AWS.

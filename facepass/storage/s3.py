@@ -1,11 +1,12 @@
 """An S3-compatible bucket: where a key lives, how a GET of it is signed, its presigned URL,
 and what the bucket's error answers mean.
 
-Signing is botocore's ``S3SigV4Auth`` on the service's own aiohttp client (``vision/images.py``),
-not an S3 client library: measured on 2 cores (docs/storage.md), the existing client with header
-signing costs ~2x an unsigned GET's CPU where aiobotocore costs ~8x, and it keeps every guard
-of the fetcher (checked resolver, byte caps, one deadline, no redirects). botocore also brings
-the standard AWS credential chain. Only requests to the configured endpoint are signed, never
+Signing is SigV4 headers (``sigv4.py``, held to botocore's ``S3SigV4Auth`` by a test) on the
+service's own aiohttp client (``vision/images.py``), not an S3 client library: measured on 2
+cores (docs/storage.md), the existing client with header signing costs ~2x an unsigned GET's
+CPU where aiobotocore costs ~8x, and it keeps every guard of the fetcher (checked resolver,
+byte caps, one deadline, no redirects). botocore brings the standard AWS credential chain and
+signs the presigned URLs of search answers. Only requests to the configured endpoint are signed, never
 an absolute URL from the catalog.
 """
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
+from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.session import Session as BotocoreSession
@@ -34,6 +35,7 @@ from facepass.errors import (
 )
 from facepass.settings import Settings
 from facepass.storage.paths import is_absolute, relative_path
+from facepass.storage.sigv4 import GetSigner
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,8 @@ class S3Bucket:
         self.endpoint = settings.s3_endpoint_url or AWS_ENDPOINT.format(region=self.region)
         self.addressing = settings.s3_addressing or ("path" if settings.s3_endpoint_url else "virtual")
         self._base = self._base_url(self.endpoint)
+        self._host_header = _host_header(self._base)
+        self._signer = GetSigner(self.region)
         presign_endpoint = settings.s3_presign_endpoint_url or self.endpoint
         self._presign_base = self._base_url(presign_endpoint)
         self.presign_expiry_s = settings.s3_presign_expiry_s
@@ -174,9 +178,10 @@ class S3Bucket:
 
     def signed_headers(self, url: str) -> dict[str, str]:
         """Headers of a SigV4-signed GET of ``url`` (x-amz-content-sha256 included, as AWS asks)."""
-        request = AWSRequest(method="GET", url=url)
-        S3SigV4Auth(self.credentials(), "s3", self.region).add_auth(request)
-        return dict(request.headers.items())
+        keys = self.credentials()
+        return self._signer.headers(
+            self._host_header, urlsplit(url).path, keys.access_key, keys.secret_key, keys.token
+        )
 
     def presigned_url(self, preview_path: str) -> str | None:
         """A GET URL of the photo any client can open until it expires; None where the path is
@@ -188,6 +193,16 @@ class S3Bucket:
         signer = S3SigV4QueryAuth(self.credentials(), "s3", self.region, expires=self.presign_expiry_s)
         signer.add_auth(request)
         return str(request.url)
+
+
+def _host_header(url: str) -> str:
+    """What an HTTP client sends as Host (and SigV4 signs): the port only when not the scheme's."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    default = 443 if parts.scheme == "https" else 80
+    return host if parts.port in (None, default) else f"{host}:{parts.port}"
 
 
 class KeyFiles:

@@ -22,6 +22,7 @@ from facepass.demo.s3server import LocalS3Server
 from facepass.errors import PhotoNotFound, StorageForbidden, StorageUnavailable, UrlNotAllowed
 from facepass.settings import Settings
 from facepass.storage.s3 import KeyFiles, S3Bucket, error_for, parse_error
+from facepass.storage.sigv4 import GetSigner
 from facepass.vision.images import ImageFetcher
 
 JPEG = b"\xff\xd8\xff" + b"s3 photo" * 100
@@ -365,3 +366,52 @@ def test_a_key_set_directly_is_not_replaced_by_its_file(tmp_path: Path) -> None:
     )
     assert KeyFiles.of(settings) is None
     assert S3Bucket(settings).credentials().secret_key == "set-directly"
+
+
+def test_the_aws_sdks_own_variables_name_the_endpoint_and_region(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio.internal:9000")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ru-central1")
+    settings = Settings(storage_backend="s3", s3_bucket="b")
+    assert (settings.s3_endpoint_url, settings.s3_region) == ("http://minio.internal:9000", "ru-central1")
+    monkeypatch.setenv("FACEPASS_S3_REGION", "us-east-1")  # ours win
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "https://s3.example.com")  # the S3 one before the global one
+    settings = Settings(storage_backend="s3", s3_bucket="b")
+    assert (settings.s3_endpoint_url, settings.s3_region) == ("https://s3.example.com", "us-east-1")
+
+
+@pytest.mark.parametrize("token", [None, "a-session-token/+="])
+def test_the_signer_writes_what_botocore_writes(monkeypatch: pytest.MonkeyPatch, token: str | None) -> None:
+    """The service's SigV4 (storage/sigv4.py) against botocore's S3SigV4Auth, same time, same GET."""
+    import datetime
+
+    import botocore.auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    when = datetime.datetime(2026, 12, 8, 1, 2, 3)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: when)
+    url = "http://127.0.0.1:8333/photos/a/%D1%84%D0%BE%D1%82%D0%BE%201%2B~%3D.jpg"
+    request = AWSRequest(method="GET", url=url)
+    botocore.auth.S3SigV4Auth(Credentials("AKIDEXAMPLE", "s3cr3t/KEY", token), "s3", "ru-central1").add_auth(
+        request
+    )
+    expected = dict(request.headers.items())
+    ours = GetSigner("ru-central1").headers(
+        "127.0.0.1:8333",
+        "/photos/a/%D1%84%D0%BE%D1%82%D0%BE%201%2B~%3D.jpg",
+        "AKIDEXAMPLE",
+        "s3cr3t/KEY",
+        token,
+        now=when.replace(tzinfo=datetime.UTC).timestamp(),
+    )
+    assert ours == expected
+
+
+def test_the_host_header_signed_is_the_one_sent() -> None:
+    for endpoint, host in [
+        ("http://127.0.0.1:8333", "127.0.0.1:8333"),
+        ("https://Storage.Example.com:443", "storage.example.com"),
+        ("http://[::1]:9000", "[::1]:9000"),
+    ]:
+        bucket = S3Bucket(Settings(storage_backend="s3", s3_bucket="b", s3_endpoint_url=endpoint))
+        assert bucket._host_header == host
