@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -210,13 +211,25 @@ async def ping_all(handles: list[Any], method: str, timeout_s: float) -> list[An
     )
 
 
-def kill_pool_actors(settings: Settings) -> None:
-    """Kill every named, detached actor of the pool in a namespace (tests, demo and bench clean up)."""
+def kill_pool_actors(settings: Settings, wait_s: float = 10.0) -> None:
+    """Kill every named, detached actor of the pool in a namespace (tests, demo and bench clean
+    up), and wait up to ``wait_s`` until their names are gone: a ``ray.shutdown()`` right after
+    the kills met their death notices half-way (the bench's driver exited with "The core worker
+    has already been shutdown" in a few of its stops)."""
     prefixes = (EMBEDDER_PREFIX, DECODER_PREFIX, WRITER_NAME)
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        if entry["namespace"] != settings.ray_namespace or not entry["name"].startswith(prefixes):
-            continue
+
+    def ours() -> list[str]:
+        return [
+            entry["name"]
+            for entry in ray.util.list_named_actors(all_namespaces=True)
+            if entry["namespace"] == settings.ray_namespace and entry["name"].startswith(prefixes)
+        ]
+
+    for name in ours():
         try:
-            ray.kill(ray.get_actor(entry["name"], namespace=settings.ray_namespace), no_restart=True)
+            ray.kill(ray.get_actor(name, namespace=settings.ray_namespace), no_restart=True)
         except ValueError:  # gone meanwhile
             pass
+    deadline = time.monotonic() + wait_s
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -314,12 +314,13 @@ class Settings(BaseSettings):
     download_timeout_s: float = Field(default=30.0, gt=0)
     max_download_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=50_000_000, gt=0)
-    # A transient storage failure (5xx, SlowDown, a stall, a dropped connection) is tried again
-    # this many times within the photo's download_timeout_s, after a jittered backoff doubling
-    # from storage_retry_backoff_s; a connection that sends nothing this long is a stall.
+    # A transient storage failure (5xx, SlowDown, a connect that hangs past
+    # storage_connect_timeout_s, a dropped connection) is tried again this many times within
+    # the photo's download_timeout_s, after a jittered backoff doubling from
+    # storage_retry_backoff_s.
     storage_retries: int = Field(default=2, ge=0)
     storage_retry_backoff_s: float = Field(default=0.1, ge=0)
-    storage_stall_timeout_s: float = Field(default=10.0, gt=0)
+    storage_connect_timeout_s: float = Field(default=10.0, gt=0)
 
     report_max_errors: int = Field(default=10, ge=0)
     catalog_page_size: int = Field(default=1000, ge=1)
