@@ -40,7 +40,7 @@ bench: install
 # CI-sized smoke run of the benchmark (about 2 minutes here).
 bench-smoke: install
 	$(RUN) python -m bench.run --n 12 --latency-ms 20,50 --seed-loop-sample 6 --limit-sample 12 --rerun-n 2000 \
-		--writer-photos 500 --search-sessions 3 --search-session-faces 2000 --search-big-faces 0 --orch-n 200 --orch-storage-n 3000 \
+		--writer-photos 500 --search-sessions 3 --search-session-faces 2000 --search-big-faces 0 --orch-n 200 --orch-storage-n 10000 \
 		--paired-rounds 1 --follow-groups 5 --follow-backlog 300 --follow-idle-s 5 \
 		--gpu-standin-n 2 --gpu-standin-batches 8 --gpu-standin-seconds 1
 
