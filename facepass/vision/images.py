@@ -254,9 +254,9 @@ class ImageFetcher:
 
     async def _fetch_signed(self, bucket: S3Bucket, preview_path: str) -> bytes:
         url = bucket.url_of(bucket.key_for(preview_path))
-        if not bucket.credentials_ready:  # the AWS chain's first look-up may block (a role's metadata)
-            await asyncio.to_thread(bucket.credentials)
         try:
+            if not bucket.credentials_ready:  # the AWS chain's first look-up may block (a role's metadata)
+                await asyncio.to_thread(bucket.credentials)
             return await self._download(url, bucket)
         except StorageForbidden as exc:
             self._tell(bucket, exc)

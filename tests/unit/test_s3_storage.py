@@ -415,3 +415,18 @@ def test_the_host_header_signed_is_the_one_sent() -> None:
     ]:
         bucket = S3Bucket(Settings(storage_backend="s3", s3_bucket="b", s3_endpoint_url=endpoint))
         assert bucket._host_header == host
+
+
+def test_no_credentials_anywhere_is_a_per_photo_storage_forbidden(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to ask here
+    settings = Settings(storage_backend="s3", s3_bucket="b", s3_endpoint_url="http://127.0.0.1:9")
+    with caplog.at_level(logging.WARNING, logger="facepass.vision.images"):
+        exc = _raises(settings, "a.jpg", StorageForbidden)
+    assert "no S3 credentials" in exc.detail and "FACEPASS_S3_ACCESS_KEY_ID" in exc.detail
+    assert "no S3 credentials" in caplog.text
