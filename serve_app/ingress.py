@@ -108,7 +108,14 @@ REPLICA_HEADER = "X-FacePass-Replica"
 _DATABASE_ERRORS: list[type[DatabaseError]] = [DatabaseError, *DatabaseError.__subclasses__()]
 _DATABASE_CODES = tuple(cls.code for cls in _DATABASE_ERRORS)
 
-IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
+IMAGE_TYPES = (
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/heic",
+    "image/heif",
+    "application/octet-stream",
+)
 IMAGE_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,

@@ -135,7 +135,7 @@ _MEANING = {
     404: "Not found (session or job)",
     409: "The session's run already going cannot be shared (another mode); the body gives its job",
     413: "Image too large (bytes or pixels)",
-    415: "The body is not a decodable image (JPEG, PNG, WebP)",
+    415: "The body is not a decodable image (JPEG, PNG, WebP, HEIC/HEIF)",
     429: "This replica already runs its most runs at once (code too_many_runs): try again after "
     "the Retry-After header's seconds",
     503: "A database is unreachable or lacks its tables; the body names which and what",

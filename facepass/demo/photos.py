@@ -4,6 +4,7 @@ tests and the benchmark)."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -24,6 +25,22 @@ __all__ = [
     "single_face_crops",
     "variant",
 ]
+
+
+def heic(image: BgrImage, quality: int = 90, orientation: int = 1) -> bytes:
+    """HEIC bytes as a phone writes them (pillow-heif), optionally with an EXIF orientation
+    (pillow-heif turns it into the file's own rotation on save)."""
+    from PIL import Image
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image[:, :, ::-1])).save(
+        out, format="HEIF", quality=quality, exif=exif.tobytes()
+    )
+    return out.getvalue()
 
 
 def jpeg(image: BgrImage, quality: int = 92) -> bytes:

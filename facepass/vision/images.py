@@ -20,6 +20,7 @@ import numpy.typing as npt
 import yarl
 from aiohttp.resolver import ThreadedResolver
 from PIL import Image, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 
 from facepass.errors import (
     DownloadTimeout,
@@ -37,6 +38,7 @@ from facepass.storage.paths import is_absolute, relative_path
 from facepass.storage.s3 import S3Bucket
 
 log = logging.getLogger(__name__)
+register_heif_opener()  # PIL opens HEIC/HEIF (selfies from phones) from here on
 
 BgrImage = npt.NDArray[np.uint8]
 
@@ -57,14 +59,34 @@ class ImageTooLarge(PhotoError):
         return f"Изображение {filename} слишком большое: {self.detail}"
 
 
+# HEIF's brands in its ftyp box (HEIC from phones: heic/heix; sequences and the generic ones).
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+
+
 def sniff_format(data: bytes) -> str:
     """The image format by its first bytes; anything else is refused before decoding."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return "heif"
     for magic, name in _MAGIC:
         if data.startswith(magic):
             return name
-    raise NotAnImage("content is not a JPEG, PNG, WebP or BMP image")
+    raise NotAnImage("content is not a JPEG, PNG, WebP, HEIC/HEIF or BMP image")
+
+
+def _decode_heif(data: bytes, max_pixels: int) -> BgrImage:
+    """HEIC/HEIF (iPhone photos and selfies) through pillow-heif: OpenCV cannot read it. The
+    opener applies the file's own rotation and mirror (irot/imir) and resets EXIF orientation."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageTooLarge(f"{width}x{height} pixels > limit {max_pixels}")
+            rgb = np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise NotAnImage(f"unreadable HEIF ({len(data)} bytes): {exc}") from exc
+    return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
 # NAT64's well-known prefix: 64:ff9b::a9fe:a9fe reaches 169.254.169.254 through a translator.
@@ -365,7 +387,8 @@ _ORIENT = {
 
 def decode_image(data: bytes, max_pixels: int) -> BgrImage:
     """Bytes -> upright BGR array. Checks the format and the pixel count before decoding."""
-    sniff_format(data)
+    if sniff_format(data) == "heif":
+        return _decode_heif(data, max_pixels)
     try:
         with Image.open(io.BytesIO(data)) as header:  # reads the header only
             width, height = header.size

@@ -39,6 +39,11 @@ def test_selfie_finds_the_photos_of_that_person_only(
     # Plain HTTP storage: nothing to presign (the s3 backend's answers: tests/integration/test_s3_storage.py).
     assert matches[0]["photo_url"] is None and found.json()["photo_urls_expire_in_s"] is None
 
+    # The same selfie as an iPhone sends it (HEIC): the same answer.
+    heic = search(service, sid, photos.heic(photos.load("yaoming.jpg")))
+    assert heic.status_code == 200, heic.text
+    assert [m["filename"] for m in heic.json()["matches"]] == ["players.jpg"]
+
     # With no threshold every photo comes back, the right one first.
     everything = search(service, sid, photos.jpeg(photos.load("yaoming.jpg")), threshold="-1").json()
     assert [m["filename"] for m in everything["matches"]][0] == "players.jpg"

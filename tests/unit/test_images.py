@@ -526,3 +526,24 @@ def test_the_operators_storage_host_may_be_on_loopback() -> None:
                 await fetcher.aclose()
 
         assert asyncio.run(fetch()) == server.files["x.jpg"]
+
+
+# --- HEIC/HEIF (selfies from phones) -------------------------------------------------------
+def test_heic_is_sniffed_and_decoded_upright() -> None:
+    image = np.zeros((40, 20, 3), np.uint8)
+    image[:10, :, 2] = 255  # a red band along the top of a portrait image
+    data = photos.heic(image, orientation=6)  # stored rotated, as a phone held sideways
+    assert sniff_format(data) == "heif"
+    decoded = decode_image(data, max_pixels=10_000)
+    assert decoded.shape == (20, 40, 3)  # the file's own rotation applied (EXIF 6: 90 degrees)
+    plain = decode_image(photos.heic(image), max_pixels=10_000)
+    assert plain.shape == (40, 20, 3)
+    assert plain[2, 10, 2] > 200 and plain[30, 10, 2] < 60  # red on top, not elsewhere, BGR order
+
+
+def test_heic_over_the_pixel_limit_or_broken_is_refused() -> None:
+    data = photos.heic(np.zeros((40, 40, 3), np.uint8))
+    with pytest.raises(ImageTooLarge):
+        decode_image(data, max_pixels=100)
+    with pytest.raises(NotAnImage):
+        decode_image(data[:40], max_pixels=10_000)
