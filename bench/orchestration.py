@@ -65,6 +65,10 @@ class Orchestration:
     def stand_ins(self, settings: Settings) -> Callable[[], object]:
         return lambda: start_stand_ins(settings, self.faces_by_path, self.model_name)
 
+    def service(self, settings: Settings, ray_logs: bool) -> BenchService:
+        """Ray, these settings' stand-ins under the pool's names, Serve and the app: started."""
+        return BenchService(settings, ray_logs=ray_logs, before_serve=self.stand_ins(settings)).start()
+
     def timed(
         self,
         service: BenchService,
@@ -107,23 +111,14 @@ class Orchestration:
 def run_orchestration(
     settings: Settings,
     storage: PhotoStorage,
-    catalog_writer: CatalogWriter,
-    session: SyntheticSession,
-    precomputed: list[list[DetectedFace]],
-    model_name: str,
+    plan: Orchestration,
     *,
-    photos: int,
     latency_ms: float,
-    in_flight: int,
-    batch: int,
     profile_dir: Path | None = None,
     ray_logs: bool = False,
 ) -> tuple[RunResult, RunResult, list[str]]:
     """A warm-up and the timed run; both sessions' ids for clean-up."""
-    plan = Orchestration.of(catalog_writer, session, precomputed, model_name, photos, in_flight, batch)
-    orch = plan.settings(settings, f"{settings.ray_namespace}-orch", free_port())
-    service = BenchService(orch, ray_logs=ray_logs, before_serve=plan.stand_ins(orch))
-    service.start()
+    service = plan.service(plan.settings(settings, f"{settings.ray_namespace}-orch", free_port()), ray_logs)
     try:
         return plan.timed(service, storage, latency_ms, profile_dir=profile_dir)
     finally:
@@ -163,14 +158,8 @@ def service_cpu_ms_per_photo(run: RunResult) -> float:
 def run_storage_comparison(
     settings: Settings,
     storage: PhotoStorage,
-    catalog_writer: CatalogWriter,
-    session: SyntheticSession,
-    precomputed: list[list[DetectedFace]],
-    model_name: str,
+    plan: Orchestration,
     *,
-    photos: int,
-    in_flight: int,
-    batch: int,
     ray_logs: bool = False,
     rounds: int = 2,
 ) -> tuple[RunResult, RunResult, list[str]]:
@@ -179,18 +168,15 @@ def run_storage_comparison(
     of a real S3 server on loopback (SeaweedFS), every GET SigV4-signed by the actors. One Ray
     cluster for both: the app is deployed again with the S3 settings and its own stand-ins (a
     namespace of their own); the S3 server runs through both, its CPU named apart."""
-    plan = Orchestration.of(catalog_writer, session, precomputed, model_name, photos, in_flight, batch)
     port = free_port()
-    plain_settings = plan.settings(settings, f"{settings.ray_namespace}-plain", port)
     with LocalS3Server() as s3:
-        for _, path in session.names_paths(len(precomputed)):
+        for path in plan.faces_by_path:  # every preview the catalog rows name
             data = storage.files.get(path)
             assert data is not None, path
             s3.put(path, data)
         assert s3.pid is not None
         s3_settings = plan.settings(s3.settings(settings), f"{settings.ray_namespace}-s3", port)
-        service = BenchService(plain_settings, ray_logs=ray_logs, before_serve=plan.stand_ins(plain_settings))
-        service.start()
+        service = plan.service(plan.settings(settings, f"{settings.ray_namespace}-plain", port), ray_logs)
         service.watched = {"storage": s3.pid}
         try:
             _, plain, ids = plan.timed(service, storage, 0.0, PLAIN_SOURCE, rounds)

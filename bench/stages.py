@@ -31,6 +31,7 @@ from bench.data import SyntheticSession, SyntheticStorage
 from bench.follow import run_follow_bench
 from bench.models import run_accuracy, run_model_comparison
 from bench.orchestration import (
+    Orchestration,
     orchestration_figures,
     pipeline_cpu_ms_per_photo,
     run_orchestration,
@@ -114,6 +115,20 @@ class Bench:
         self.runs.append(run)
         say(line if line is not None else run.line())
         return run
+
+    def orchestration_plan(self, photos: int) -> Orchestration:
+        """The stand-in runs' photos and knobs: ``photos`` catalog rows over the session's
+        previews whose faces (a) found."""
+        a = self.args
+        return Orchestration.of(
+            self.catalog_writer,
+            self.session,
+            self.precomputed,
+            self.model_name,
+            photos,
+            a.orch_in_flight,
+            a.orch_batch,
+        )
 
     def drop_embedder(self) -> None:
         """The all-cores model is done with before Ray starts (its memory goes back)."""
@@ -253,14 +268,8 @@ def orchestration(b: Bench) -> None:
     _, run, ids = run_orchestration(
         b.settings,
         b.storage,
-        b.catalog_writer,
-        b.session,
-        b.precomputed,
-        b.model_name,
-        photos=a.orch_n,
+        b.orchestration_plan(a.orch_n),
         latency_ms=a.orch_latency_ms,
-        in_flight=a.orch_in_flight,
-        batch=a.orch_batch,
         profile_dir=b.profile_dir,
         ray_logs=a.ray_logs,
     )
@@ -280,16 +289,7 @@ def storage(b: Bench) -> None:
     b.drop_embedder()
     say(f"storage: the orchestration run on plain HTTP, then on S3 (signed GETs), {photos} photos each ...")
     plain, signed, ids = run_storage_comparison(
-        b.settings,
-        b.storage,
-        b.catalog_writer,
-        b.session,
-        b.precomputed,
-        b.model_name,
-        photos=photos,
-        in_flight=a.orch_in_flight,
-        batch=a.orch_batch,
-        ray_logs=a.ray_logs,
+        b.settings, b.storage, b.orchestration_plan(photos), ray_logs=a.ray_logs
     )
     b.session_ids += ids
     b.add(plain)

@@ -33,7 +33,7 @@ from facepass.errors import (
     StorageUnavailable,
     UrlNotAllowed,
 )
-from facepass.settings import Settings
+from facepass.settings import Settings, read_secret_file
 from facepass.storage.paths import is_absolute, relative_path
 from facepass.storage.sigv4 import GetSigner
 
@@ -269,9 +269,10 @@ def _revealed(secret: SecretStr | None) -> str | None:
 
 
 def _read(path: Path) -> str | None:
+    """A key file's text as the settings read it; None while it cannot be read (mid-rotation)."""
     try:
-        return path.expanduser().read_text().strip() or None
-    except OSError:
+        return read_secret_file(path, "FACEPASS_S3_*_FILE")
+    except ValueError:
         return None
 
 

@@ -13,7 +13,6 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydantic import SecretStr, ValidationError
@@ -24,25 +23,9 @@ from facepass.settings import Settings
 from facepass.storage.s3 import KeyFiles, S3Bucket, error_for, parse_error
 from facepass.storage.sigv4 import GetSigner
 from facepass.vision.images import ImageFetcher
+from tests.unit.test_images import _fetch, _raises
 
 JPEG = b"\xff\xd8\xff" + b"s3 photo" * 100
-
-
-def _fetch(settings: Settings, preview_path: str) -> bytes:
-    async def go() -> bytes:
-        fetcher = ImageFetcher(settings)
-        try:
-            return await fetcher.fetch(preview_path)
-        finally:
-            await fetcher.aclose()
-
-    return asyncio.run(go())
-
-
-def _raises(settings: Settings, preview_path: str, kind: type[Exception]) -> Any:
-    with pytest.raises(kind) as info:
-        _fetch(settings, preview_path)
-    return info.value
 
 
 @pytest.fixture
