@@ -155,6 +155,24 @@ class TooManyRuns(FacePassError):
         return (type(self), (self.limit, self.retry_after_s))
 
 
+class SearchRateLimited(FacePassError):
+    """The caller (an API key, or a client address) searched more often than its rate limit."""
+
+    code = "rate_limited"
+
+    def __init__(self, rate_per_s: float, burst: int, retry_after_s: int) -> None:
+        super().__init__(
+            f"too many searches: at most {rate_per_s:g} a second ({burst} at once) per API key; "
+            f"try again in {retry_after_s} s"
+        )
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[type, tuple[float, int, int]]:
+        return (type(self), (self.rate_per_s, self.burst, self.retry_after_s))
+
+
 class ModelLoadError(FacePassError):
     """The model pack cannot be loaded as configured (a runtime or precision this node lacks)."""
 

@@ -211,6 +211,11 @@ class Settings(BaseSettings):
     # always let through). Each run holds its session's lock on a connection of its own.
     max_runs_per_replica: int = Field(default=8, ge=1)
     busy_retry_after_s: int = Field(default=10, ge=1)
+    # Selfie searches per caller (its API key; its client address where no keys are set), per
+    # replica: search_burst at once, refilled at search_rate_per_s; past it 429 with Retry-After
+    # (code rate_limited), counted in facepass_api_refused_total{reason="rate_limited"}. 0: off.
+    search_rate_per_s: float = Field(default=10.0, ge=0)
+    search_burst: int = Field(default=20, ge=1)
     # Serve's end-to-end HTTP timeout where this project starts Serve (serve_config.yaml says
     # its own): a blocking force-reindex of a large session must fit in it.
     http_request_timeout_s: float = Field(default=900.0, gt=0)

@@ -7,19 +7,27 @@ every call passes (the service then only starts on a loopback address, see
 ``facepass.settings``). A missing or unknown key gets 401, a known key without the route's
 scope 403 naming the scope. Keys are compared in constant time and never logged; refused
 calls are counted in a Ray metric.
+
+Selfie searches are also rate-limited per caller (``limit_searches``): the key's fingerprint
+(a SHA-256 prefix, never the key), or the client's address where no keys are set; past the
+limit 429 with Retry-After, counted as ``reason="rate_limited"`` and logged once a minute per
+caller.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Iterable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from facepass.errors import ScopeMissing, Unauthorized
+from facepass.errors import ScopeMissing, SearchRateLimited, Unauthorized
+from facepass.ratelimit import RateLimiter
 from facepass.settings import SCOPES
 
 log = logging.getLogger("facepass.auth")
@@ -55,12 +63,18 @@ class ApiKeys:
 
 
 _keys = ApiKeys()
+_search_limit: RateLimiter | None = None
+_RATE_LOG_EVERY_S = 60.0
+_rate_logged: dict[str, tuple[float, int]] = {}  # caller -> (last line's time, refusals since)
 
 
-def configure(keys: Iterable[str | ScopedKey]) -> None:
-    """Set the keys of this process (the Serve replica calls it once, at start)."""
-    global _keys
+def configure(keys: Iterable[str | ScopedKey], search_rate_per_s: float = 0.0, search_burst: int = 1) -> None:
+    """Set the keys and the search rate limit of this process (0: none; the Serve replica
+    calls it once, at start)."""
+    global _keys, _search_limit
     _keys = ApiKeys(keys)
+    _search_limit = RateLimiter(search_rate_per_s, search_burst) if search_rate_per_s > 0 else None
+    _rate_logged.clear()
 
 
 def _count_and_log(request: Request, reason: str, why: str) -> None:
@@ -100,6 +114,52 @@ async def _require(
         raise ScopeMissing(scope)
 
 
+def _presented(request: Request) -> tuple[str, str]:
+    header = request.headers.get("authorization", "")
+    bearer = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    return bearer, request.headers.get("x-api-key", "")
+
+
+def caller_of(request: Request) -> str:
+    """Whom a call counts against: its known API key's fingerprint (never the key), else
+    (no keys set) the client's address."""
+    if _keys.required:
+        for key in _presented(request):
+            if key and _keys.accepts(key):
+                return "key:" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    return "client:" + (request.client.host if request.client else "?")
+
+
+async def limit_searches(request: Request) -> None:
+    """429 (``SearchRateLimited``, Retry-After) past the caller's search rate; after the key check."""
+    limiter = _search_limit
+    if limiter is None:
+        return
+    caller = caller_of(request)
+    wait_s = limiter.take(caller)
+    if not wait_s:
+        return
+    from actors.metrics import access_metrics
+
+    access_metrics().refused("rate_limited")
+    now = time.monotonic()
+    last, since = _rate_logged.get(caller, (float("-inf"), 0))
+    if now - last >= _RATE_LOG_EVERY_S:
+        log.warning(
+            "rate-limited searches of %s: %d refused since the last line (limit %g/s, burst %d)",
+            caller,
+            since + 1,
+            limiter.rate,
+            int(limiter.burst),
+        )
+        _rate_logged[caller] = (now, 0)
+    else:
+        _rate_logged[caller] = (last, since + 1)
+    if len(_rate_logged) > limiter.max_callers:
+        _rate_logged.pop(next(iter(_rate_logged)))
+    raise SearchRateLimited(limiter.rate, int(limiter.burst), RateLimiter.retry_after_header(wait_s))
+
+
 # One module-level function per scope, not a closure: Serve pickles the app, and a closure
 # travels by value without the module globals FastAPI needs to read its annotations.
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
@@ -124,12 +184,10 @@ def presented_scopes(request: Request) -> frozenset[str]:
     more to a key (``/healthz``'s details need ``admin``)."""
     if not _keys.required:
         return EVERY_SCOPE
-    header = request.headers.get("authorization", "")
-    bearer = header[7:].strip() if header.lower().startswith("bearer ") else ""
-    return _scopes_presented((bearer, request.headers.get("x-api-key", ""))) or frozenset()
+    return _scopes_presented(_presented(request)) or frozenset()
 
 
 # ``dependencies=`` of the routes, by the scope they need.
-SEARCH: list[Any] = [Depends(require_search)]
+SEARCH: list[Any] = [Depends(require_search), Depends(limit_searches)]
 REINDEX: list[Any] = [Depends(require_reindex)]
 ADMIN: list[Any] = [Depends(require_admin)]

@@ -38,6 +38,7 @@ from facepass.errors import (
     PhotoError,
     PoolUnavailable,
     ScopeMissing,
+    SearchRateLimited,
     SelfieHasNoFace,
     SelfieNotAnImage,
     SelfieTooLarge,
@@ -100,6 +101,7 @@ _STATUS: dict[type[FacePassError], int] = {
     FacePassDisabled: 403,
     SessionBusy: 409,
     TooManyRuns: 429,
+    SearchRateLimited: 429,
     DatabaseError: 503,
     PoolUnavailable: 503,
 }
@@ -137,7 +139,7 @@ async def _facepass_error(_: Request, exc: FacePassError) -> JSONResponse:
         content |= {"job_id": exc.job_id, "cause_code": exc.cause_code}
         status = 503 if exc.cause_code in _DATABASE_CODES else 500
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    if isinstance(exc, TooManyRuns):
+    if isinstance(exc, TooManyRuns | SearchRateLimited):
         content |= {"retry_after_s": exc.retry_after_s}
         headers = {"Retry-After": str(exc.retry_after_s)}
     if isinstance(exc, ScopeMissing):
@@ -169,7 +171,7 @@ class FacePassIngress:
     def __init__(self, settings: Settings) -> None:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         require_closed_or_loopback(settings)  # before anything: no key on a public bind, no start
-        configure(settings.keys_with_scopes())
+        configure(settings.keys_with_scopes(), settings.search_rate_per_s, settings.search_burst)
         self.settings = settings
         self.catalog = CloudCatalog(settings.cloud_url())
         self.store = VectorStore(settings.local_url())
@@ -316,7 +318,7 @@ class FacePassIngress:
         summary="Photos of the session that show the person in the selfie (image bytes as the body)",
         dependencies=SEARCH,
         openapi_extra=IMAGE_BODY,
-        responses=error_responses(400, 401, 403, 404, 413, 415, 422, 503),
+        responses=error_responses(400, 401, 403, 404, 413, 415, 422, 429, 503),
     )
     async def search(
         self,

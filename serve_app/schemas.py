@@ -102,6 +102,12 @@ class DatabaseErrorBody(ErrorBody):
     missing: list[str] = Field(default_factory=list, description="tables (or columns) that are not there")
 
 
+class RetryLaterBody(ErrorBody):
+    """429: too many calls now; the Retry-After header says when to call again."""
+
+    retry_after_s: int = Field(description="seconds to wait (the Retry-After header's value)")
+
+
 class SessionBusyBody(ErrorBody):
     """409: the session has a run going that this call cannot share (it asked for another mode)."""
 
@@ -136,8 +142,9 @@ _MEANING = {
     409: "The session's run already going cannot be shared (another mode); the body gives its job",
     413: "Image too large (bytes or pixels)",
     415: "The body is not a decodable image (JPEG, PNG, WebP, HEIC/HEIF)",
-    429: "This replica already runs its most runs at once (code too_many_runs): try again after "
-    "the Retry-After header's seconds",
+    429: "Too many calls: this replica already runs its most runs at once (code too_many_runs), or "
+    "the caller's API key searched more often than its rate limit (code rate_limited); try again "
+    "after the Retry-After header's seconds",
     503: "A database is unreachable or lacks its tables; the body names which and what",
 }
 
@@ -150,10 +157,14 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             503: DatabaseErrorBody,
             409: SessionBusyBody,
             403: ForbiddenBody,
+            429: RetryLaterBody,
         }
         model = bodies.get(status, ErrorBody)
         if status == 422:
             responses[422] = {"model": InvalidRequestBody, "description": "Invalid parameters"}
+        elif status == 429:
+            retry = {"description": "seconds to wait", "schema": {"type": "integer"}}
+            responses[429] = {"model": model, "description": _MEANING[429], "headers": {"Retry-After": retry}}
         else:
             responses[status] = {"model": model, "description": _MEANING[status]}
     return responses

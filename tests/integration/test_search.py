@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
+from collections import Counter
 
 import httpx
 
@@ -63,3 +66,32 @@ def test_bad_selfies_get_clear_4xx(service: Service, catalog_writer: CatalogWrit
     assert search(service, uuid.uuid4(), photos.jpeg(photos.load("yaoming.jpg"))).status_code == 404
     disabled = catalog_writer.add_session("Поиск: выключен", enabled=False)
     assert search(service, disabled, photos.jpeg(photos.load("yaoming.jpg"))).status_code == 403
+
+
+def test_a_flood_of_searches_from_one_key_gets_429s_not_errors(
+    service: Service, catalog_writer: CatalogWriter
+) -> None:
+    """100 selfie searches in about a second from one key: the burst answers, the rest 429 with
+    Retry-After (before any work); nothing else."""
+    sid = catalog_writer.add_session("Поиск: лимит")
+    selfie = photos.jpeg(photos.load("yaoming.jpg"))
+    url = f"{service.base_url}/api/v1/faces/search/{sid}"
+    headers = {"Content-Type": "image/jpeg", **service.headers}
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=100)) as client:
+            return list(
+                await asyncio.gather(*(client.post(url, content=selfie, headers=headers) for _ in range(100)))
+            )
+
+    started = time.monotonic()
+    answers = asyncio.run(flood())
+    codes = Counter(a.status_code for a in answers)
+    assert set(codes) == {200, 429}, codes
+    burst, rate = service.settings.search_burst, service.settings.search_rate_per_s
+    elapsed = time.monotonic() - started
+    assert codes[200] <= burst + rate * elapsed + 1, (codes, elapsed)
+    refused = next(a for a in answers if a.status_code == 429)
+    assert refused.json()["code"] == "rate_limited"
+    assert int(refused.headers["Retry-After"]) >= 1
+    time.sleep(burst / rate)  # the key's bucket full again for the tests after this one
