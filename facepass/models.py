@@ -63,6 +63,36 @@ class DetectedFace:
     bbox: tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
     det_score: float
     embedding: Embedding  # L2-normalized, EMBEDDING_DIM floats
+    # How usable the face is for search (``facepass/vision/quality.py``): the Laplacian variance
+    # of its aligned crop and its yaw in eye distances; None where not measured (a stand-in).
+    sharpness: float | None = None
+    yaw: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QualityGates:
+    """Which indexed faces search compares a selfie with (``Settings.quality_gates``): a face
+    whose box is smaller, whose detector score is lower, that is blurrier or turned further
+    away than these is left out. Unmeasured sharpness or yaw (rows older than migration 0008)
+    passes those two gates."""
+
+    min_face_px: float = 0.0  # the box's shorter side, in the photo's pixels
+    min_det_score: float = 0.0
+    min_sharpness: float = 0.0  # the Laplacian variance of the aligned 112x112 crop
+    max_abs_yaw: float = float("inf")  # eye distances
+
+    @property
+    def open(self) -> bool:
+        return self == QualityGates()
+
+    def passes(self, face: DetectedFace) -> bool:
+        x1, y1, x2, y2 = face.bbox
+        return (
+            min(x2 - x1, y2 - y1) >= self.min_face_px
+            and face.det_score >= self.min_det_score
+            and (face.sharpness is None or face.sharpness >= self.min_sharpness)
+            and (face.yaw is None or abs(face.yaw) <= self.max_abs_yaw)
+        )
 
 
 @dataclass(slots=True)

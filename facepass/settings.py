@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from facepass.builds import AUTO, CPU_PROVIDER, CUDA_PROVIDER, Variant
 from facepass.errors import ModelLoadError
+from facepass.models import QualityGates
 
 # Ports an absolute photo URL from the catalog may name (the storage URL's own is allowed too).
 DEFAULT_STORAGE_PORTS = (80, 443)
@@ -291,6 +292,14 @@ class Settings(BaseSettings):
     recognizer_file: str | None = None
     det_size: int = Field(default=640, ge=64)
     det_thresh: float = Field(default=0.5, gt=0, lt=1)
+    # Search's face-quality gates (issue 45; measured in docs/search-quality.md): indexed faces
+    # smaller (the box's shorter side, pixels), less certain, blurrier (Laplacian variance of
+    # the aligned crop) or turned further away (|yaw|, eye distances) are left out of search;
+    # the measures are in every face row, so a change needs no re-embedding. 0 / inf: no gate.
+    search_min_face_px: float = Field(default=24.0, ge=0)
+    search_min_det_score: float = Field(default=0.6, ge=0, le=1)
+    search_min_sharpness: float = Field(default=10.0, ge=0)
+    search_max_yaw: float = Field(default=0.6, gt=0)
 
     # Which build of the pack runs (issue 31; names in facepass/builds.py, the choice in
     # facepass/vision/variants.py and selection.py). model_variant "auto": each actor measures
@@ -459,6 +468,12 @@ class Settings(BaseSettings):
     def api_keys(self) -> tuple[str, ...]:
         """The all-scope keys, in clear: hand them only to the code that compares."""
         return tuple(key.get_secret_value() for key in self.api_key)
+
+    def quality_gates(self) -> QualityGates:
+        """Which indexed faces search compares a selfie with."""
+        return QualityGates(
+            self.search_min_face_px, self.search_min_det_score, self.search_min_sharpness, self.search_max_yaw
+        )
 
     def keys_with_scopes(self) -> tuple[tuple[str, frozenset[str]], ...]:
         """Every accepted key, in clear, with its scopes (the all-scope keys first)."""

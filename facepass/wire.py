@@ -89,7 +89,7 @@ class ResultBatch(list[PhotoResult]):
             _photo_columns([r.photo for r in self]),
             [r.model_name for r in self],
             [len(r.faces) for r in self],
-            [(*face.bbox, face.det_score) for face in faces],
+            [(*face.bbox, face.det_score, face.sharpness, face.yaw) for face in faces],
             vectors,
             [r.error_code for r in self],
             [r.error_message for r in self],
@@ -105,7 +105,7 @@ def _result_batch(
     photos: _PhotoColumns,
     models: list[str],
     counts: list[int],
-    boxes: list[tuple[float, float, float, float, float]],
+    boxes: list[tuple[float, float, float, float, float, float | None, float | None]],
     vectors: np.ndarray,
     codes: list[str | None],
     messages: list[str | None],
@@ -119,8 +119,8 @@ def _result_batch(
     for i, photo in enumerate(_photos_of(photos)):
         faces = []
         for k in range(row, row + counts[i]):
-            x1, y1, x2, y2, score = boxes[k]
-            faces.append(DetectedFace((x1, y1, x2, y2), score, vectors[k]))
+            x1, y1, x2, y2, score, sharp, yaw = boxes[k]
+            faces.append(DetectedFace((x1, y1, x2, y2), score, vectors[k], sharp, yaw))
         row += counts[i]
         batch.append(
             PhotoResult(

@@ -53,6 +53,7 @@ _COLUMNS: list[Column] = [
     ("failed", 7, lambda s: s.ledger_failed),
     ("faces", 8, lambda s: s.face_rows),
     ("unindexed", 10, lambda s: s.unindexed_photos),
+    ("gated", 7, lambda s: s.below_gates_rows),
     *[_defect_column(kind) for kind in Defect],
 ]
 
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     # With the JSON on stdout, the table for people goes to stderr.
     out: TextIO = sys.stderr if args.json == "-" else sys.stdout
     try:
-        auditor = IndexAuditor(catalog, store, model_name, args.norm_tolerance)
+        auditor = IndexAuditor(catalog, store, model_name, args.norm_tolerance, settings.quality_gates())
         found = auditor.audit(args.session)
         print(f"Audit of the index (model {model_name}):", file=out)
         print("\n".join(table(found, args.all)), file=out)

@@ -5,8 +5,10 @@ the class-based routes that Serve wraps.
 """
 
 import asyncio
+import dataclasses
 import logging
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -106,6 +108,7 @@ _STATUS: dict[type[FacePassError], int] = {
     PoolUnavailable: 503,
 }
 REPLICA_HEADER = "X-FacePass-Replica"
+QUALITY_COUNT_EVERY_S = 60.0  # /mirror's count of faces below the gates: a pass over the face rows
 # A joined run that failed answers like its owner did: 503 when a database failed it.
 _DATABASE_ERRORS: list[type[DatabaseError]] = [DatabaseError, *DatabaseError.__subclasses__()]
 _DATABASE_CODES = tuple(cls.code for cls in _DATABASE_ERRORS)
@@ -200,6 +203,7 @@ class FacePassIngress:
             log.warning("local index not ready at start (%s); will check again on the next call", exc)
         self.generation_packs = GenerationPacks(settings)  # earlier packs, loaded on first use
         self.photo_links = PhotoLinks(settings)
+        self._quality_cache: tuple[float, dict[str, object] | None] = (0.0, None)
         self._follower_lock = FollowerLock(settings.local_url())  # asks who follows (never takes it here)
         self.follower: ReplicaFollower | None = None
         if settings.follow:
@@ -381,7 +385,15 @@ class FacePassIngress:
         except PhotoError as exc:  # too many pixels
             raise SelfieTooLarge(exc.detail) from exc
         matches = await asyncio.to_thread(
-            find_photos, self.store, self.catalog, session_id, face, limit, threshold, model
+            find_photos,
+            self.store,
+            self.catalog,
+            session_id,
+            face,
+            limit,
+            threshold,
+            model,
+            self.settings.quality_gates(),
         )
         return face, matches
 
@@ -402,7 +414,26 @@ class FacePassIngress:
                 generations = Generations(self.store.engine, self.pool.model_name)
                 progress = await asyncio.to_thread(generations.progress)
                 report["generations"] = [g.to_json() for g in progress]
+            report["quality"] = await asyncio.to_thread(self._quality_counts, self.pool.model_name)
             return report
+
+    def _quality_counts(self, model: str) -> dict[str, object]:
+        """The current generation's face rows below search's quality gates (and unmeasured), at
+        most once a minute per replica: one pass over the face rows' heap columns."""
+        at, counts = self._quality_cache
+        if counts is None or time.monotonic() - at > QUALITY_COUNT_EVERY_S:
+            gates = self.settings.quality_gates()
+            found = self.store.count_below_gates(gates, model_name=model)
+            counts = {
+                "gates": {k: None if v == float("inf") else v for k, v in dataclasses.asdict(gates).items()},
+                "faces": found.faces,
+                "below_gates": found.below,
+                "unmeasured": found.unmeasured,
+                "counted_s_ago": 0.0,
+            }
+            self._quality_cache = (time.monotonic(), counts)
+            return counts
+        return {**counts, "counted_s_ago": round(time.monotonic() - at, 1)}
 
     @api.get(
         "/healthz",

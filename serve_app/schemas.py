@@ -196,3 +196,8 @@ class MirrorResponse(BaseModel):
     sessions: dict[str, int]
     totals: dict[str, Any]
     generations: list[dict[str, Any]] = Field(default_factory=list)
+    quality: dict[str, Any] | None = Field(
+        default=None,
+        description="the current generation's face rows, those below search's quality gates (left "
+        "out of search) and those never measured; counted at most once a minute",
+    )

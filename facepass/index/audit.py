@@ -12,6 +12,10 @@ of defect, each a set of photo ids:
   (an ``indexed`` photo without rows, a ``no_face`` one with rows);
 - ``bad_norm``: face vectors whose L2 norm is not 1 (within a tolerance).
 
+Not defects, counted beside them: face rows below search's quality gates (``below_gates_rows``:
+search leaves them out; a gate is a setting, no repair) and rows whose quality was never
+measured (``unmeasured_rows``: written before migration 0008; a ``mode=full`` run measures them).
+
 Each session costs one set-based query on the index (everything computed in
 PostgreSQL, defects returned as arrays of ids) and one id-only query on the catalog,
 made *after* the index query: a photo the index held that the catalog no longer
@@ -34,6 +38,7 @@ import sqlalchemy as sa
 from facepass.catalog.cloud import CloudCatalog
 from facepass.index.generations import COUNTS
 from facepass.index.store import PruneResult, VectorStore
+from facepass.models import QualityGates
 
 NORM_TOLERANCE = 1e-3  # float32 vectors normalized by the model sit within ~1e-6 of 1
 PRUNE_CHUNK = 1000  # photos per prune transaction
@@ -63,6 +68,8 @@ class SessionAudit:
     # The current generation's photos per build of its weights ("openvino-f32/cpu": 12, ...):
     # a mix is no defect (every build that passed the accuracy gate writes into it).
     variants: dict[str, int] = field(default_factory=dict)
+    below_gates_rows: int = 0  # face rows search leaves out (QualityGates): no defect
+    unmeasured_rows: int = 0  # face rows without quality measures (before migration 0008)
 
     @property
     def ok(self) -> bool:
@@ -90,6 +97,8 @@ class SessionAudit:
             "unindexed_photos": self.unindexed_photos,
             "stale_rows": self.stale_rows,
             "bad_norm_rows": self.bad_norm_rows,
+            "below_gates_rows": self.below_gates_rows,
+            "unmeasured_rows": self.unmeasured_rows,
             "variants": dict(self.variants),
             "defects": {
                 kind.value: {"photos": len(ids), "photo_ids": [str(i) for i in ids[:max_ids]]}
@@ -115,6 +124,8 @@ class AuditReport:
             unindexed_photos=sum(s.unindexed_photos for s in self.sessions),
             stale_rows=sum(s.stale_rows for s in self.sessions),
             bad_norm_rows=sum(s.bad_norm_rows for s in self.sessions),
+            below_gates_rows=sum(s.below_gates_rows for s in self.sessions),
+            unmeasured_rows=sum(s.unmeasured_rows for s in self.sessions),
         )
         totals.update({kind.value: sum(s.count(kind) for s in self.sessions) for kind in Defect})
         return totals
@@ -159,11 +170,13 @@ class IndexAuditor:
         store: VectorStore,
         model_name: str,
         norm_tolerance: float = NORM_TOLERANCE,
+        gates: QualityGates | None = None,
     ) -> None:
         self.catalog = catalog
         self.store = store
         self.model_name = model_name
         self.norm_tolerance = norm_tolerance
+        self.gates = gates or QualityGates()
 
     def audit(self, session_ids: Iterable[uuid.UUID] | None = None) -> AuditReport:
         """The named sessions, or every session of the catalog and of the index."""
@@ -177,6 +190,7 @@ class IndexAuditor:
         with self.store.engine.connect() as conn:
             row = conn.execute(_SESSION_AUDIT, params).one()
             variants = {str(v): int(n) for v, n in conn.execute(_SESSION_VARIANTS, params)}
+        quality = self.store.count_below_gates(self.gates, session_id, self.model_name)
         live = self._live_photo_ids(session_id)  # after the index: see the module's docstring
         held = set(row.held or ())
         defects = {
@@ -199,6 +213,8 @@ class IndexAuditor:
             bad_norm_rows=row.bad_norm_rows,
             defects=defects,
             variants=variants,
+            below_gates_rows=quality.below,
+            unmeasured_rows=quality.unmeasured,
         )
 
     def fix(self, report: AuditReport) -> FixResult:

@@ -3,8 +3,9 @@
 The layout is PostgreSQL's binary COPY format (``COPY ... FROM STDIN (FORMAT BINARY)``): a
 signature, then for each row the field count and each field as a 4-byte length and its bytes
 (network order); psycopg adds the trailer. A row is fixed-size for one model name and vector
-size, so the rows of each (model, size) are one numpy record array: no Python per field, no
-dumper per vector. pgvector's binary ``vector``: int16 dimensions, int16 unused, float4s.
+size, so the rows of each (model, size, quality measured or not) are one numpy record array: no
+Python per field, no dumper per vector. pgvector's binary ``vector``: int16 dimensions, int16
+unused, float4s. A face without its quality measures (a stand-in) writes them as NULLs (length -1).
 """
 
 from __future__ import annotations
@@ -29,12 +30,17 @@ COLUMNS = (
     "det_score",
     "embedding",
     "model_name",
+    "sharpness",
+    "yaw",
 )
 _FLOATS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "det_score")
 
 
-@cache  # a handful of layouts (one per model name length and vector size)
-def _row_type(dim: int, name_bytes: int) -> np.dtype[np.void]:
+_QUALITY = ("sharpness", "yaw")
+
+
+@cache  # a handful of layouts (one per model name length, vector size and quality or not)
+def _row_type(dim: int, name_bytes: int, quality: bool) -> np.dtype[np.void]:
     fields: list[tuple[str, str] | tuple[str, str, tuple[int]]] = [
         ("fields", ">i2"),
         ("session_len", ">i4"),
@@ -54,25 +60,28 @@ def _row_type(dim: int, name_bytes: int) -> np.dtype[np.void]:
         ("model_len", ">i4"),
         ("model_name", f"S{name_bytes}"),
     ]
+    for name in _QUALITY:  # a NULL is its length -1 and no bytes
+        fields += [(f"{name}_len", ">i4"), (name, ">f8")] if quality else [(f"{name}_len", ">i4")]
     return np.dtype(fields)
 
 
 def faces_rows(results: Sequence[PhotoResult]) -> bytes:
     """The COPY rows (no signature) of every face of ``results``: rows of several batches
     join into one payload."""
-    groups: dict[tuple[str, int], list[tuple[PhotoResult, int, DetectedFace]]] = {}
+    groups: dict[tuple[str, int, bool], list[tuple[PhotoResult, int, DetectedFace]]] = {}
     for result in results:
         if result.status is PhotoStatus.RETRY:  # never written
             continue
         for index, face in enumerate(result.faces):
-            key = (result.model_name, len(face.embedding))
+            measured = face.sharpness is not None and face.yaw is not None
+            key = (result.model_name, len(face.embedding), measured)
             groups.setdefault(key, []).append((result, index, face))
     parts: list[bytes] = []
-    for (model_name, dim), rows in groups.items():
+    for (model_name, dim, measured), rows in groups.items():
         name = model_name.encode()
         if not name:
             raise ValueError("a face row needs its model's name")
-        table = np.empty(len(rows), dtype=_row_type(dim, len(name)))
+        table = np.empty(len(rows), dtype=_row_type(dim, len(name), measured))
         table["fields"] = len(COLUMNS)
         table["session_len"] = table["photo_len"] = 16
         table["session_id"] = np.frombuffer(b"".join(r.photo.session_id.bytes for r, _, _ in rows), "V16")
@@ -89,6 +98,14 @@ def faces_rows(results: Sequence[PhotoResult]) -> bytes:
         table["embedding"] = np.stack([np.asarray(face.embedding, dtype=np.float32) for _, _, face in rows])
         table["model_len"] = len(name)
         table["model_name"] = name
+        if measured:
+            quality = np.array([(face.sharpness, face.yaw) for _, _, face in rows], dtype=np.float64)
+            for column, name_ in enumerate(_QUALITY):
+                table[f"{name_}_len"] = 8
+                table[name_] = quality[:, column]
+        else:
+            for name_ in _QUALITY:
+                table[f"{name_}_len"] = -1
         parts.append(table.tobytes())
     return b"".join(parts)
 

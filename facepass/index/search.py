@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from facepass.catalog.cloud import CloudCatalog
 from facepass.errors import NoFaceDetected
 from facepass.index.store import VectorStore
-from facepass.models import DetectedFace
+from facepass.models import DetectedFace, QualityGates
 
 DEFAULT_THRESHOLD = 0.35  # ArcFace cosine: the same person is typically > 0.4, others < 0.2
 
@@ -38,12 +38,14 @@ def find_photos(
     limit: int = 20,
     threshold: float = DEFAULT_THRESHOLD,
     model_name: str | None = None,
+    gates: QualityGates | None = None,
 ) -> list[PhotoMatch]:
     """Photos of the session that show this face, best first, one entry per photo.
     Photos deleted from the catalog since they were indexed are left out; with
-    ``model_name``, only faces embedded by that model (the selfie's) are compared."""
+    ``model_name``, only faces embedded by that model (the selfie's) are compared; with
+    ``gates``, only faces that pass them (big, certain, sharp and frontal enough)."""
     # A photo may hold several faces: ask for more faces than photos.
-    hits = store.search(session_id, face.embedding, limit=limit * 4, model_name=model_name)
+    hits = store.search(session_id, face.embedding, limit=limit * 4, model_name=model_name, gates=gates)
     best: dict[uuid.UUID, tuple[float, int, tuple[float, float, float, float]]] = {}
     for hit in hits:
         if hit.similarity >= threshold and hit.similarity > best.get(hit.photo_id, (-2.0, 0, ()))[0]:

@@ -31,7 +31,15 @@ from facepass.index.copy_faces import COLUMNS as COPY_COLUMNS
 from facepass.index.copy_faces import SIGNATURE as COPY_SIGNATURE
 from facepass.index.copy_faces import faces_payload
 from facepass.index.migrations import migrate, require_current
-from facepass.models import EMBEDDING_DIM, Fence, LedgerStatus, PhotoOutcome, PhotoResult, PhotoStatus
+from facepass.models import (
+    EMBEDDING_DIM,
+    Fence,
+    LedgerStatus,
+    PhotoOutcome,
+    PhotoResult,
+    PhotoStatus,
+    QualityGates,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,9 @@ face_embeddings = sa.Table(
     ),
     sa.Column("model_name", sa.Text, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+    # The face's quality (migration 0008; ``facepass/vision/quality.py``); NULL: not measured.
+    sa.Column("sharpness", sa.Float),
+    sa.Column("yaw", sa.Float),
     # Unique per model (migration 0004): a new model's rows are written beside the old ones;
     # per session (0005): a catalog may repeat a photo id in two sessions.
     sa.UniqueConstraint(
@@ -103,6 +114,13 @@ class SearchHit:
     face_index: int
     similarity: float
     bbox: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class GateCounts:
+    faces: int
+    below: int  # below the quality gates: search leaves them out
+    unmeasured: int  # no quality measures (rows older than migration 0008)
 
 
 _Key = tuple[uuid.UUID, uuid.UUID]  # (session, photo): the ledger's key
@@ -367,12 +385,33 @@ class VectorStore:
         with self.engine.connect() as conn:
             return list(conn.execute(query))
 
+    def count_below_gates(
+        self, gates: QualityGates, session_id: uuid.UUID | None = None, model_name: str | None = None
+    ) -> GateCounts:
+        """Face rows of a session or the whole index (of one model's vectors, if given), those
+        below the gates (what search leaves out) and those never measured. One pass over the
+        rows' heap columns."""
+        fe = face_embeddings
+        query = sa.select(
+            sa.func.count(),
+            sa.func.count().filter(sa.not_(sa.and_(*gate_clauses(gates)))),
+            sa.func.count().filter(fe.c.sharpness.is_(None)),
+        )
+        if session_id is not None:
+            query = query.where(fe.c.session_id == session_id)
+        if model_name is not None:
+            query = query.where(fe.c.model_name == model_name)
+        with self.engine.connect() as conn:
+            total, below, unmeasured = conn.execute(query.select_from(fe)).one()
+        return GateCounts(int(total), int(below), int(unmeasured))
+
     def search(
         self,
         session_id: uuid.UUID,
         embedding: Iterable[float],
         limit: int = 20,
         model_name: str | None = None,
+        gates: QualityGates | None = None,
     ) -> list[SearchHit]:
         """Faces of the session nearest to ``embedding`` by cosine similarity, exactly.
 
@@ -380,7 +419,8 @@ class VectorStore:
         (2x the limit, at least 32 more), which is re-ranked on the full vectors:
         the order of the answer is the exact one, and no approximate index can
         drop true matches under the session filter. ``model_name`` keeps vectors
-        of other models out (their scores mean nothing against this one).
+        of other models out (their scores mean nothing against this one); ``gates`` the faces
+        too small, uncertain, blurred or turned away to be trusted.
         """
         query_vec = np.asarray(list(embedding), dtype=np.float32)
         fe = face_embeddings
@@ -389,6 +429,8 @@ class VectorStore:
         where = [fe.c.session_id == session_id]
         if model_name is not None:
             where.append(fe.c.model_name == model_name)
+        if gates is not None and not gates.open:
+            where += gate_clauses(gates)
         candidates = (
             sa.select(
                 fe.c.photo_id,
@@ -427,6 +469,17 @@ class VectorStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def gate_clauses(gates: QualityGates) -> list[sa.ColumnElement[bool]]:
+    """``QualityGates.passes`` in SQL, on ``face_embeddings``."""
+    fe = face_embeddings
+    size = sa.func.least(fe.c.bbox_x2 - fe.c.bbox_x1, fe.c.bbox_y2 - fe.c.bbox_y1)
+    clauses: list[sa.ColumnElement[bool]] = [size >= gates.min_face_px, fe.c.det_score >= gates.min_det_score]
+    clauses.append(sa.or_(fe.c.sharpness.is_(None), fe.c.sharpness >= gates.min_sharpness))
+    if gates.max_abs_yaw != float("inf"):
+        clauses.append(sa.or_(fe.c.yaw.is_(None), sa.func.abs(fe.c.yaw) <= gates.max_abs_yaw))
+    return clauses
 
 
 _FENCES_FOR_SHARE = "SELECT session_id, token FROM session_fences WHERE session_id = ANY(%s) FOR SHARE"

@@ -18,6 +18,7 @@ from facepass.settings import Settings
 from facepass.vision.detector import ScrfdDetector
 from facepass.vision.images import BgrImage
 from facepass.vision.pack import ModelPack
+from facepass.vision.quality import face_quality
 from facepass.vision.recognizer import ArcFaceRecognizer
 from facepass.vision.runtimes import ModelSession, open_session
 
@@ -87,6 +88,8 @@ def embed_with(
         for kps in detections.landmarks
     ]
     unit = recognizer.embed(crops)
+    landmarks = [kps for detections in found for kps in detections.landmarks]
+    quality = [face_quality(crop, kps) for crop, kps in zip(crops, landmarks, strict=True)]
     faces: list[list[DetectedFace]] = []
     at = 0
     for detections in found:
@@ -96,6 +99,8 @@ def embed_with(
                     bbox=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
                     det_score=float(b[4]),
                     embedding=unit[at + i],
+                    sharpness=quality[at + i].sharpness,
+                    yaw=quality[at + i].yaw,
                 )
                 for i, b in enumerate(detections.boxes)
             ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import numpy as np
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 
 from facepass.index.migrations import current_revision, head_revision
 from facepass.index.store import VectorStore, face_embeddings, indexed_photos
-from facepass.models import EMBEDDING_DIM, DetectedFace, PhotoRef, PhotoResult, PhotoStatus
+from facepass.models import EMBEDDING_DIM, DetectedFace, PhotoRef, PhotoResult, PhotoStatus, QualityGates
 
 MODEL = "model/scrfd_500m_bnkps+w600k_mbf"
 
@@ -352,7 +353,13 @@ def test_the_copy_buffer_stores_every_field_of_every_face_as_given(
     models (two record layouts) in one transaction."""
     refs = [photo(session_id, f"c{i}.jpg") for i in range(3)]
     other = PhotoResult(photo=refs[2], model_name="another/model-ü", faces=faces(2, seed=7))
-    results = [indexed(refs[0], 3, seed=5), indexed(refs[1], 1, seed=6), other]
+    measured = indexed(refs[0], 3, seed=5)
+    measured.faces = [
+        dataclasses.replace(f, sharpness=12.5 * (i + 1), yaw=0.1 - 0.2 * i)
+        for i, f in enumerate(measured.faces)
+    ]
+    # Measured faces (quality columns), unmeasured ones (NULLs: a stand-in), and a mix in one batch.
+    results = [measured, indexed(refs[1], 1, seed=6), other]
     store.write_results(results)
     for result in results:
         rows = rows_of(store, result.photo.id)
@@ -362,3 +369,42 @@ def test_the_copy_buffer_stores_every_field_of_every_face_as_given(
             assert (row.bbox_x1, row.bbox_y1, row.bbox_x2, row.bbox_y2) == face.bbox
             assert row.det_score == face.det_score
             assert np.array_equal(np.asarray(row.embedding, dtype=np.float32), face.embedding)
+            assert (row.sharpness, row.yaw) == (face.sharpness, face.yaw)
+
+
+def test_search_leaves_out_faces_below_the_quality_gates(store: VectorStore, session_id: uuid.UUID) -> None:
+    """Each gate on its own drops its face; unmeasured sharpness/yaw (older rows) pass those two;
+    the counts say what search leaves out; no gate: every face."""
+    query = unit_vectors(1, seed=42)[0]
+    near = [query + 0.01 * v for v in unit_vectors(6, seed=43)]
+    near = [(v / np.linalg.norm(v)).astype(np.float32) for v in near]
+    shapes = {  # name: (box, det score, sharpness, yaw)
+        "good": ((0.0, 0.0, 60.0, 70.0), 0.9, 80.0, 0.05),
+        "tiny": ((0.0, 0.0, 15.0, 18.0), 0.9, 80.0, 0.05),
+        "unsure": ((0.0, 0.0, 60.0, 70.0), 0.55, 80.0, 0.05),
+        "blurred": ((0.0, 0.0, 60.0, 70.0), 0.9, 4.0, 0.05),
+        "profile": ((0.0, 0.0, 60.0, 70.0), 0.9, 80.0, -0.8),
+        "unmeasured": ((0.0, 0.0, 60.0, 70.0), 0.9, None, None),
+    }
+    refs = {name: photo(session_id, f"{name}.jpg") for name in shapes}
+    store.write_results(
+        [
+            PhotoResult(refs[name], MODEL, [DetectedFace(box, score, near[i], sharp, yaw)])
+            for i, (name, (box, score, sharp, yaw)) in enumerate(shapes.items())
+        ]
+    )
+    gates = QualityGates(min_face_px=24, min_det_score=0.6, min_sharpness=10, max_abs_yaw=0.6)
+    found = {hit.photo_id for hit in store.search(session_id, query, limit=10, gates=gates)}
+    assert found == {refs["good"].id, refs["unmeasured"].id}
+    assert len(store.search(session_id, query, limit=10)) == 6
+    assert len(store.search(session_id, query, limit=10, gates=QualityGates())) == 6
+    counts = store.count_below_gates(gates, session_id)
+    assert (counts.faces, counts.below, counts.unmeasured) == (6, 4, 1)
+    assert store.count_below_gates(gates, session_id, model_name="other").faces == 0
+    # The Python rule is the SQL rule.
+    kept = {
+        name
+        for name, (box, score, sharp, yaw) in shapes.items()
+        if gates.passes(DetectedFace(box, score, query, sharp, yaw))
+    }
+    assert kept == {"good", "unmeasured"}

@@ -25,7 +25,12 @@ def results(photos: list[PhotoRef], dim: int = 512) -> list[PhotoResult]:
     out = []
     for i, photo in enumerate(photos):
         faces = [
-            DetectedFace((1.5 * k, 2.0, 3.0 + k, 4.25), 0.5 + 0.01 * k, rng.random(dim, dtype=np.float32))
+            DetectedFace(
+                (1.5 * k, 2.0, 3.0 + k, 4.25),
+                0.5 + 0.01 * k,
+                rng.random(dim, dtype=np.float32),
+                *((None, None) if i % 2 else (40.5 + k, -0.125 * k)),  # measured, or not (a stand-in)
+            )
             for k in range(i % 4)
         ]
         result = PhotoResult(photo, "pack/a", faces, download_ms=1.5 * i, inference_ms=0.25, variant="v")
@@ -56,6 +61,7 @@ def same(a: list[PhotoResult], b: list[PhotoResult]) -> bool:
         )
         for f, g in zip(x.faces, y.faces, strict=True):
             assert f.bbox == g.bbox and f.det_score == g.det_score
+            assert (f.sharpness, f.yaw) == (g.sharpness, g.yaw)
             assert f.embedding.dtype == g.embedding.dtype and np.array_equal(f.embedding, g.embedding)
     return True
 
