@@ -15,6 +15,9 @@ export RAY_ENABLE_UV_RUN_RUNTIME_ENV := 0
 install:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	$(UV) sync --frozen
+	@# Photos of labeled people (face_recognition's source archive on PyPI, pinned by SHA-256) for
+	@# search quality's tests and bench: fetched once into .facepass/labeled.
+	$(RUN) python -m facepass.demo.labeled --fetch
 
 demo: install
 	$(RUN) python -m jobs.migrate

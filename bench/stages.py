@@ -258,6 +258,43 @@ def search(b: Bench) -> None:
     say("search: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
 
 
+def search_quality(b: Bench) -> None:
+    """Precision and recall of selfie search on photos of labeled people, per threshold, with
+    the default quality gates and without them (``facepass/demo/search_quality.py``)."""
+    from facepass.demo import search_quality as sq
+    from facepass.index.search import default_threshold
+
+    embedder = FaceEmbedder(b.settings).load()
+    session = sq.labeled_session(embedder)
+    gates = b.settings.quality_gates()
+    threshold = default_threshold(embedder.pack.name)
+    rows = sq.table(session, gates)
+    at = sq.score(session, threshold, gates)
+    ungated = sq.score(session, threshold, None)
+    b.figures |= {
+        "search_precision": round(at.precision, 4),
+        "search_recall": round(at.recall, 4),
+        "search_threshold": threshold,
+        "search_quality_gates": gates.as_json(),
+        "search_precision_ungated": round(ungated.precision, 4),
+        "search_recall_ungated": round(ungated.recall, 4),
+        "search_quality_set": {
+            "photos": len(session.photos),
+            "faces": session.face_count,
+            "selfies": len(session.selfies),
+            "people": session.people,
+        },
+        "search_quality_table": [r.as_dict() for r in rows],
+    }
+    sizes = f"{len(session.photos)} photos, {session.face_count} faces, {len(session.selfies)} selfies"
+    say(f"search quality ({sizes}):")
+    say("  threshold  gated: precision recall (false/missed)   ungated: precision recall (false/missed)")
+    for gated, bare in zip(rows[::2], rows[1::2], strict=True):
+        cells = [f"{r.precision:6.3f} {r.recall:6.3f} ({r.false_matches}/{r.missed})" for r in (gated, bare)]
+        say(f"  {gated.threshold:9.2f}  {cells[0]}          {cells[1]}")
+    say(f"search quality at the default {threshold}: precision {at.precision:.3f}, recall {at.recall:.3f}")
+
+
 def orchestration(b: Bench) -> None:
     """(d) the route with the model taken out (the benchmark-only stand-in)."""
     a = b.args
@@ -525,6 +562,7 @@ STAGES: list[Stage] = [
     Stage("seed_loop", seed_loop, "(b) the seed's loop at each latency", ("limit",)),
     Stage("writer", writer, "the writer alone", ("limit",)),
     Stage("search", search, "search at scale"),
+    Stage("search_quality", search_quality, "selfie search precision/recall on labeled people"),
     Stage("orchestration", orchestration, "(d) the route with the stand-in", ("limit",)),
     Stage("storage", storage, "(d) on plain HTTP and on S3 (signed GETs): CPU a photo", ("limit",)),
     Stage("fp32_pipeline", fp32_pipeline, "(c) once with the reference"),

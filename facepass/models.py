@@ -85,6 +85,15 @@ class QualityGates:
     def open(self) -> bool:
         return self == QualityGates()
 
+    def as_json(self) -> dict[str, float | None]:
+        """The gates as JSON allows them (no gate on yaw: null)."""
+        return {
+            "min_face_px": self.min_face_px,
+            "min_det_score": self.min_det_score,
+            "min_sharpness": self.min_sharpness,
+            "max_abs_yaw": None if self.max_abs_yaw == float("inf") else self.max_abs_yaw,
+        }
+
     def passes(self, face: DetectedFace) -> bool:
         x1, y1, x2, y2 = face.bbox
         return (

@@ -296,6 +296,9 @@ class Settings(BaseSettings):
     # smaller (the box's shorter side, pixels), less certain, blurrier (Laplacian variance of
     # the aligned crop) or turned further away (|yaw|, eye distances) are left out of search;
     # the measures are in every face row, so a change needs no re-embedding. 0 / inf: no gate.
+    # The cosine cut-off of every search that names none (unset: each generation's own measured
+    # one, facepass/index/search.py PACK_THRESHOLDS).
+    search_threshold: float | None = Field(default=None, ge=-1, le=1)
     search_min_face_px: float = Field(default=24.0, ge=0)
     search_min_det_score: float = Field(default=0.6, ge=0, le=1)
     search_min_sharpness: float = Field(default=10.0, ge=0)

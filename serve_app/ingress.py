@@ -5,7 +5,6 @@ the class-based routes that Serve wraps.
 """
 
 import asyncio
-import dataclasses
 import logging
 import threading
 import time
@@ -52,7 +51,7 @@ from facepass.errors import (
 from facepass.health import DatabaseProbe, diagnose, is_database_failure
 from facepass.index.follow_ledger import FollowLedger
 from facepass.index.generations import Generations
-from facepass.index.search import DEFAULT_THRESHOLD, PhotoMatch, find_photos, selfie_face
+from facepass.index.search import PhotoMatch, default_threshold, find_photos, selfie_face
 from facepass.index.store import VectorStore, face_embeddings, indexed_photos
 from facepass.models import DetectedFace
 from facepass.runs.follow import mirror_report
@@ -329,7 +328,10 @@ class FacePassIngress:
         session_id: uuid.UUID,
         request: Request,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        threshold: Annotated[float, Query(ge=-1.0, le=1.0)] = DEFAULT_THRESHOLD,
+        threshold: Annotated[
+            float | None,
+            Query(ge=-1.0, le=1.0, description="cosine cut-off; unset: the searched generation's own"),
+        ] = None,
     ) -> dict[str, Any]:
         data = await request.body()
         if not data:
@@ -344,19 +346,21 @@ class FacePassIngress:
             # is complete in the current model), and the selfie embedded by its model.
             generations = Generations(self.store.engine, self.pool.model_name)
             model = await asyncio.to_thread(generations.search_model, session_id)
-            face, matches = await self._search_in(model, data, session_id, limit, threshold)
+            cut = self._threshold(model, threshold)
+            face, matches = await self._search_in(model, data, session_id, limit, cut)
             if not matches and model != generations.current:
                 # The session may have switched between the choice and the query (its old
                 # vectors go in one statement): nothing found in a generation that is gone.
                 now = await asyncio.to_thread(generations.search_model, session_id)
                 if now != model:
-                    face, matches = await self._search_in(now, data, session_id, limit, threshold)
+                    cut = self._threshold(now, threshold)
+                    face, matches = await self._search_in(now, data, session_id, limit, cut)
         urls = await asyncio.to_thread(self.photo_links.urls, [m.preview_path for m in matches])
         return {
             "session_id": str(session_id),
             "session_name": session.name,
             "selfie_face": {"bbox": face.bbox, "det_score": face.det_score},
-            "threshold": threshold,
+            "threshold": cut,
             "photo_urls_expire_in_s": self.photo_links.expires_in_s,
             "matches": [
                 {
@@ -371,6 +375,13 @@ class FacePassIngress:
                 for m, url in zip(matches, urls, strict=True)
             ],
         }
+
+    def _threshold(self, generation: str, asked: float | None) -> float:
+        """The caller's threshold, else FACEPASS_SEARCH_THRESHOLD, else the generation's own."""
+        if asked is not None:
+            return asked
+        configured = self.settings.search_threshold
+        return configured if configured is not None else default_threshold(generation)
 
     async def _search_in(
         self, model: str, data: bytes, session_id: uuid.UUID, limit: int, threshold: float
@@ -425,7 +436,7 @@ class FacePassIngress:
             gates = self.settings.quality_gates()
             found = self.store.count_below_gates(gates, model_name=model)
             counts = {
-                "gates": {k: None if v == float("inf") else v for k, v in dataclasses.asdict(gates).items()},
+                "gates": gates.as_json(),
                 "faces": found.faces,
                 "below_gates": found.below,
                 "unmeasured": found.unmeasured,

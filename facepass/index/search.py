@@ -9,8 +9,22 @@ from facepass.catalog.cloud import CloudCatalog
 from facepass.errors import NoFaceDetected
 from facepass.index.store import VectorStore
 from facepass.models import DetectedFace, QualityGates
+from facepass.vision.pack import weights_of
 
-DEFAULT_THRESHOLD = 0.35  # ArcFace cosine: the same person is typically > 0.4, others < 0.2
+# The cosine a face must reach to count as the selfie's person, per recognizer (the weights of a
+# generation: "<pack>/<detector>+<recognizer>#<weights id>"), measured on labeled people
+# (docs/search-quality.md, `python -m bench.run --stages search_quality`). A generation answers
+# with its own, also while a newer one is being built; FACEPASS_SEARCH_THRESHOLD overrides all.
+PACK_THRESHOLDS = {
+    "w600k_mbf": 0.40,  # measured: strangers <= 0.19, the same person >= 0.63 (AMD/Intel alike)
+}
+DEFAULT_THRESHOLD = 0.40  # a recognizer not measured here (w600k_r50, glintr100): the same cut-off
+
+
+def default_threshold(generation: str) -> float:
+    """The measured threshold of a generation's recognizer (``PACK_THRESHOLDS``), else the default."""
+    recognizer = weights_of(generation).rsplit("/", 1)[-1].rsplit("+", 1)[-1]
+    return PACK_THRESHOLDS.get(recognizer, DEFAULT_THRESHOLD)
 
 
 @dataclass(frozen=True, slots=True)

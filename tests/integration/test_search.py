@@ -9,9 +9,13 @@ from collections import Counter
 
 import httpx
 
+from facepass.builds import REFERENCE_VARIANT
 from facepass.demo import photos
+from facepass.demo import search_quality as sq
 from facepass.demo.scenario import CatalogWriter, preview_path
 from facepass.demo.storage import PhotoStorage
+from facepass.settings import Settings
+from facepass.vision.faces import FaceEmbedder
 from tests.integration.conftest import Service
 
 
@@ -95,3 +99,38 @@ def test_a_flood_of_searches_from_one_key_gets_429s_not_errors(
     assert refused.json()["code"] == "rate_limited"
     assert int(refused.headers["Retry-After"]) >= 1
     time.sleep(burst / rate)  # the key's bucket full again for the tests after this one
+
+
+def test_selfies_of_labeled_people_find_their_photos_and_no_strangers_through_the_route(
+    service: Service, catalog_writer: CatalogWriter, storage: PhotoStorage
+) -> None:
+    """The labeled set (facepass/demo/search_quality.py) indexed by the route, then each selfie
+    searched with the default threshold and gates: what the unit test measured, end to end."""
+    labeled = sq.labeled_session(FaceEmbedder(Settings(model_variant=REFERENCE_VARIANT)).load())
+    sid = catalog_writer.add_session("Поиск: известные люди")
+    names = []
+    for photo in labeled.photos:
+        path = preview_path(sid, photo.name)
+        storage.put(path, photos.jpeg(photo.image, quality=95))
+        names.append((photo.name, path))
+    catalog_writer.add_photos(sid, names)
+    report = service.reindex(sid).json()
+    # Every photo indexed; the crowds' tiny blurred faces are at the detector's edge (a build may
+    # see none: no_face), never a failure.
+    assert report["processed_photos"] == len(labeled.photos) and report["retry_photos"] == 0, report
+    assert report["failed_photos"] == report["no_face_photos"], report["errors"]
+    assert report["successful_photos"] >= len(labeled.photos) - 2
+    shown = {p.name: p.people for p in labeled.photos}
+    true_matches = false_matches = missed = 0
+    for selfie in labeled.selfies:
+        image = next(p.image for p in labeled.photos if p.name == selfie.photo)
+        answer = search(service, sid, photos.jpeg(image, quality=95))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["threshold"] == 0.40  # the generation's own
+        found = {m["filename"] for m in answer.json()["matches"]}
+        scored = {name for name in shown if sq.family(name) != sq.family(selfie.photo)}
+        relevant = {name for name in scored if selfie.person in shown[name]}
+        true_matches += len(found & relevant)
+        false_matches += len((found & scored) - relevant)
+        missed += len(relevant - found)
+    assert (true_matches, false_matches, missed) == (31, 0, 0)
