@@ -52,10 +52,8 @@ def test_callers_not_seen_for_longest_are_dropped_first() -> None:
         RateLimiter(rate_per_s=0, burst=1)
 
 
-@pytest.fixture
-def searches() -> Iterator[TestClient]:
+def search_app() -> TestClient:
     """A route behind the real search dependencies (key, then rate) and error handler."""
-    auth.configure([KEY, OTHER], search_rate_per_s=5.0, search_burst=10)
     app = FastAPI()
     app.add_exception_handler(FacePassError, _facepass_error)  # type: ignore[arg-type]
 
@@ -63,7 +61,13 @@ def searches() -> Iterator[TestClient]:
     async def search() -> dict[str, str]:
         return {"ok": "yes"}
 
-    yield TestClient(app)
+    return TestClient(app)
+
+
+@pytest.fixture
+def searches() -> Iterator[TestClient]:
+    auth.configure([KEY, OTHER], search_rate_per_s=5.0, search_burst=10)
+    yield search_app()
     auth.configure([])
 
 
@@ -103,14 +107,7 @@ def test_one_hundred_concurrent_searches_get_429s_not_errors(searches: TestClien
 def test_without_keys_the_client_address_is_the_caller() -> None:
     auth.configure([], search_rate_per_s=1.0, search_burst=2)
     try:
-        app = FastAPI()
-        app.add_exception_handler(FacePassError, _facepass_error)  # type: ignore[arg-type]
-
-        @app.post("/api/search", dependencies=SEARCH)
-        async def search() -> dict[str, str]:
-            return {"ok": "yes"}
-
-        client = TestClient(app)
+        client = search_app()
         assert [client.post("/api/search").status_code for _ in range(3)] == [200, 200, 429]
     finally:
         auth.configure([])
@@ -119,13 +116,7 @@ def test_without_keys_the_client_address_is_the_caller() -> None:
 def test_rate_zero_is_no_limit() -> None:
     auth.configure([KEY], search_rate_per_s=0.0)
     try:
-        app = FastAPI()
-
-        @app.post("/api/search", dependencies=SEARCH)
-        async def search() -> dict[str, str]:
-            return {"ok": "yes"}
-
-        client = TestClient(app)
+        client = search_app()
         assert {client.post("/api/search", headers={"X-API-Key": KEY}).status_code for _ in range(50)} == {
             200
         }
